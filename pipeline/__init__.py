@@ -1,0 +1,118 @@
+"""llmpipe's core: events, bounded channels, stages, producers and the runner.
+
+Public names only; the code lives in the private modules.
+"""
+
+from ._channels import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
+from ._channels import DEFAULT_MAX_ITEMS as DEFAULT_MAX_ITEMS
+from ._channels import ChannelStatistics as ChannelStatistics
+from ._channels import EventReceiver as EventReceiver
+from ._channels import EventSender as EventSender
+from ._channels import Policy as Policy
+from ._channels import PolicyName as PolicyName
+from ._channels import open_event_channel as open_event_channel
+from ._chunker import AdaptiveChunker as AdaptiveChunker
+from ._errors import ChannelOverflowError as ChannelOverflowError
+from ._errors import ConfigError as ConfigError
+from ._errors import ConsumerGone as ConsumerGone
+from ._errors import LLMPipeError as LLMPipeError
+from ._errors import ProducerConnectionError as ProducerConnectionError
+from ._errors import ProducerError as ProducerError
+from ._errors import ProducerProtocolError as ProducerProtocolError
+from ._errors import ProducerStatusError as ProducerStatusError
+from ._errors import ProducerTimeout as ProducerTimeout
+from ._errors import StageError as StageError
+from ._events import Done as Done
+from ._events import Dropped as Dropped
+from ._events import Error as Error
+from ._events import Event as Event
+from ._events import Heartbeat as Heartbeat
+from ._events import Metadata as Metadata
+from ._events import TextDelta as TextDelta
+from ._events import ToolCallDelta as ToolCallDelta
+from ._events import ToolCallEnd as ToolCallEnd
+from ._events import ToolCallStart as ToolCallStart
+from ._events import Usage as Usage
+from ._events import event_from_dict as event_from_dict
+from ._events import event_from_json as event_from_json
+from ._events import event_nbytes as event_nbytes
+from ._events import event_to_dict as event_to_dict
+from ._events import event_to_json as event_to_json
+from ._events import is_terminal as is_terminal
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import PipelineStatistics as PipelineStatistics
+from ._pipeline import Route as Route
+from ._pipeline import RunningPipeline as RunningPipeline
+from ._pipeline import Sink as Sink
+from ._pipeline import SinkStatistics as SinkStatistics
+from ._pipeline import error_event as error_event
+from ._producer import Emit as Emit
+from ._producer import Producer as Producer
+from ._sentences import SentenceBuffer as SentenceBuffer
+from ._stage import Stage as Stage
+from ._stage import StageContext as StageContext
+from ._stage import StageStatistics as StageStatistics
+from ._stage import TextStage as TextStage
+from ._stages import Accumulate as Accumulate
+from ._stages import AccumulatedTimings as AccumulatedTimings
+from ._stages import SentenceStage as SentenceStage
+from ._stages import Transform as Transform
+from ._stages import Validate as Validate
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ITEMS",
+    "Accumulate",
+    "AccumulatedTimings",
+    "AdaptiveChunker",
+    "ChannelOverflowError",
+    "ChannelStatistics",
+    "ConfigError",
+    "ConsumerGone",
+    "Done",
+    "Dropped",
+    "Emit",
+    "Error",
+    "Event",
+    "EventReceiver",
+    "EventSender",
+    "Heartbeat",
+    "LLMPipeError",
+    "Metadata",
+    "Pipeline",
+    "PipelineStatistics",
+    "Policy",
+    "PolicyName",
+    "Producer",
+    "ProducerConnectionError",
+    "ProducerError",
+    "ProducerProtocolError",
+    "ProducerStatusError",
+    "ProducerTimeout",
+    "Route",
+    "RunningPipeline",
+    "SentenceBuffer",
+    "SentenceStage",
+    "Sink",
+    "SinkStatistics",
+    "Stage",
+    "StageContext",
+    "StageError",
+    "StageStatistics",
+    "TextDelta",
+    "TextStage",
+    "ToolCallDelta",
+    "ToolCallEnd",
+    "ToolCallStart",
+    "Transform",
+    "Usage",
+    "Validate",
+    "error_event",
+    "event_from_dict",
+    "event_from_json",
+    "event_nbytes",
+    "event_to_dict",
+    "event_to_json",
+    "is_terminal",
+    "open_event_channel",
+]

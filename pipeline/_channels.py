@@ -1,0 +1,688 @@
+"""Bounded event channels with per-consumer overflow policies.
+
+A channel connects one sending task to one receiving task. Its budget counts **items** and
+**bytes of text** (UTF-8, see :func:`pipeline.event_nbytes`); it never grows without bound. When
+the budget is full, the channel's :class:`Policy` decides:
+
+``block`` (default)
+    ``send`` waits until the consumer makes room: backpressure to the producer.
+``coalesce``
+    a text delta sent while the newest queued item is an unread text delta is merged into it, so a
+    lagging consumer receives fewer, larger chunks and loses nothing. This happens whenever the
+    consumer is behind (the queue is not empty), not only when the budget is full; the merged
+    text still counts against the byte budget, and when it would exceed it ``send`` blocks.
+    Events that are not text are queued as usual (and block when the item budget is full).
+``spill``
+    past the memory budget, events are appended to a temporary file and read back in order, so
+    ``send`` never waits and memory stays flat while nothing is lost. Consecutive text deltas
+    read back from the file are merged (up to ``max_bytes`` of text per item), so a consumer
+    that fell far behind catches up in few, large reads. The file may grow up to
+    ``max_spill_bytes`` (then ``send`` blocks) and is truncated whenever the reader catches up.
+    File writes are plain buffered writes of 64 KiB from the event loop (to the page cache;
+    a worker thread per write would cost more than the write).
+``drop_oldest``
+    the oldest queued droppable events (text deltas, tool-call argument deltas, heartbeats) are
+    discarded to make room; the consumer then receives a :class:`pipeline.Dropped` event, before
+    the events that follow, saying how many events and how much text it missed. Terminal events
+    and tool-call boundaries are never dropped (if only those are queued, ``send`` blocks).
+``fail``
+    ``send`` raises :class:`pipeline.ChannelOverflowError`; the consumer receives what was queued,
+    then an :class:`pipeline.Error` event of kind ``"overflow"``, then end of channel.
+
+Choosing a budget: ``max_items`` bounds the scheduling work the consumer can fall behind by and
+``max_bytes`` the memory. For a display (SSE, terminal) 64 items / 64 KiB is plenty; for a speech
+engine that consumes far slower than the model produces, use ``coalesce`` (it only ever needs the
+text) or ``spill`` (when each event must be kept as it was).
+
+Cost: a send or receive that need not wait does not yield to the scheduler every time; it checks
+for cancellation on every call and yields at least once every :data:`YIELD_EVERY` calls, so other
+tasks keep running during a long burst. This batching is what makes a hop cheap.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import tempfile
+from collections import deque
+from typing import Final, Literal, TypeAlias
+
+import attrs
+import trio
+
+from ._errors import ChannelOverflowError, ConfigError
+from ._events import (
+    Dropped,
+    Error,
+    Event,
+    Heartbeat,
+    TextDelta,
+    ToolCallDelta,
+    event_from_json,
+    event_nbytes,
+    event_to_json,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ITEMS",
+    "YIELD_EVERY",
+    "ChannelStatistics",
+    "EventReceiver",
+    "EventSender",
+    "Policy",
+    "PolicyName",
+    "open_event_channel",
+]
+
+DEFAULT_MAX_ITEMS: Final = 64
+DEFAULT_MAX_BYTES: Final = 64 * 1024
+YIELD_EVERY: Final = 32
+_SPILL_CHUNK: Final = 64 * 1024
+
+
+class Policy(enum.Enum):
+    """What a full channel does; see the module docstring."""
+
+    BLOCK = "block"
+    COALESCE = "coalesce"
+    SPILL = "spill"
+    DROP_OLDEST = "drop_oldest"
+    FAIL = "fail"
+
+
+PolicyName: TypeAlias = Literal["block", "coalesce", "spill", "drop_oldest", "fail"]
+
+
+@attrs.frozen
+class ChannelStatistics:
+    """A snapshot of one channel. Cheap to take; safe to publish (e.g. on ``/metrics``)."""
+
+    policy: str
+    max_items: int
+    max_bytes: int
+    items_queued: int
+    bytes_queued: int
+    high_water_items: int
+    high_water_bytes: int
+    items_sent: int
+    items_received: int
+    bytes_sent: int
+    blocked_seconds: float
+    items_coalesced: int
+    items_spilled: int
+    bytes_spilled: int
+    spill_queued_items: int
+    spill_file_bytes: int
+    items_dropped: int
+    bytes_dropped: int
+    sender_closed: bool
+    receiver_closed: bool
+
+    @property
+    def fill_ratio(self) -> float:
+        """How full the in-memory budget is, 0.0 to 1.0 (the larger of items and bytes)."""
+        return max(
+            self.items_queued / self.max_items if self.max_items else 0.0,
+            self.bytes_queued / self.max_bytes if self.max_bytes else 0.0,
+            1.0 if self.spill_queued_items else 0.0,
+        )
+
+
+class _TextRun:
+    """A queued text delta that later deltas may still be merged into (policy coalesce).
+
+    Appending is one ``list.append``; every 64 parts are joined into one piece, so the run holds
+    O(n / 64) small objects (not one per delta) and merging stays linear.
+    """
+
+    __slots__ = ("nbytes", "parts", "pieces", "seq")
+
+    def __init__(self, event: TextDelta, nbytes: int) -> None:
+        self.pieces: list[str] = []
+        self.parts = [event.text]
+        self.seq = event.seq
+        self.nbytes = nbytes
+
+    def append(self, text: str, seq: int, nbytes: int) -> None:
+        parts = self.parts
+        parts.append(text)
+        if len(parts) >= 64:
+            self.pieces.append("".join(parts))
+            parts.clear()
+        self.seq = seq
+        self.nbytes += nbytes
+
+    def materialize(self) -> TextDelta:
+        if not self.pieces and len(self.parts) == 1:
+            return TextDelta(self.parts[0], seq=self.seq)
+        self.pieces.extend(self.parts)
+        return TextDelta("".join(self.pieces), seq=self.seq)
+
+
+_Item: TypeAlias = "Event | _TextRun"
+
+# Spill records: a header (kind, seq, payload length) then the payload: UTF-8 text for text
+# deltas (the common case, no JSON), the event's JSON for anything else.
+_HEADER = struct.Struct("<BQI")
+_REC_TEXT = 1
+_REC_JSON = 2
+
+
+class _Spill:
+    """An append-only temporary file of event records, read back in order."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self._file = tempfile.TemporaryFile(prefix="llmpipe-spill-")  # noqa: SIM115
+        self._fd = self._file.fileno()
+        self.max_bytes = max_bytes
+        self._wbuf = bytearray()
+        self._written = 0  # bytes on disk
+        self._read_pos = 0  # next file offset to read
+        self._rbuf = bytearray()
+        self._rstart = 0
+        self.items = 0
+        self.item_bytes = 0  # text bytes of the spilled events
+        self._peeked: Event | None = None
+        self.closed = False
+
+    @property
+    def file_bytes(self) -> int:
+        return self._written + len(self._wbuf)
+
+    def has_room(self) -> bool:
+        return self.max_bytes is None or self.file_bytes < self.max_bytes
+
+    def append(self, event: Event, nbytes: int) -> None:
+        if isinstance(event, TextDelta):
+            payload = event.text.encode("utf-8")
+            kind = _REC_TEXT
+        else:
+            payload = event_to_json(event).encode("utf-8")
+            kind = _REC_JSON
+        self._wbuf += _HEADER.pack(kind, event.seq, len(payload))
+        self._wbuf += payload
+        self.items += 1
+        self.item_bytes += nbytes
+        if len(self._wbuf) >= _SPILL_CHUNK:
+            os.pwrite(self._fd, self._wbuf, self._written)
+            self._written += len(self._wbuf)
+            self._wbuf.clear()
+
+    def pop_merged(self, max_bytes: int) -> Event:
+        """The oldest spilled event; consecutive spilled text deltas are merged into one, up to
+        ``max_bytes`` of text (the merged delta has the last one's ``seq``)."""
+        event = self._pop()
+        if not isinstance(event, TextDelta):
+            return event
+        merged: bytearray | None = None
+        total = event_nbytes(event)
+        seq = event.seq
+        while self.items:
+            nxt = self._peek()
+            if not isinstance(nxt, TextDelta):
+                break
+            n = event_nbytes(nxt)
+            if total + n > max_bytes:
+                break
+            self._pop()
+            if merged is None:
+                merged = bytearray(event.text.encode("utf-8"))
+            merged += nxt.text.encode("utf-8")
+            total += n
+            seq = nxt.seq
+        if merged is None:
+            return event
+        return TextDelta(merged.decode("utf-8"), seq=seq)
+
+    def _peek(self) -> Event:
+        if self._peeked is None:
+            self._peeked = self._read()
+        return self._peeked
+
+    def _pop(self) -> Event:
+        event = self._peek()
+        self._peeked = None
+        self.items -= 1
+        self.item_bytes -= event_nbytes(event)
+        return event
+
+    def _fill(self, need: int) -> None:
+        """Make ``need`` unread bytes available in the read buffer."""
+        while len(self._rbuf) - self._rstart < need:
+            if self._rstart > _SPILL_CHUNK:
+                del self._rbuf[: self._rstart]
+                self._rstart = 0
+            if self._read_pos < self._written:
+                data = os.pread(self._fd, max(_SPILL_CHUNK, need), self._read_pos)
+                self._read_pos += len(data)
+            else:
+                # Everything on disk was read: take the write buffer directly. The file offset
+                # moves on as if it had been written (the hole is never read).
+                data = bytes(self._wbuf)
+                self._read_pos += len(data)
+                self._written += len(data)
+                self._wbuf.clear()
+            self._rbuf += data
+
+    def _read(self) -> Event:
+        self._fill(_HEADER.size)
+        kind, seq, length = _HEADER.unpack_from(self._rbuf, self._rstart)
+        self._rstart += _HEADER.size
+        self._fill(length)
+        payload = bytes(self._rbuf[self._rstart : self._rstart + length])
+        self._rstart += length
+        if kind == _REC_TEXT:
+            return TextDelta(payload.decode("utf-8"), seq=seq)
+        return event_from_json(payload)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._file.close()
+
+
+def _coerce_policy(policy: Policy | str) -> Policy:
+    try:
+        return Policy(policy)
+    except ValueError:
+        names = ", ".join(p.value for p in Policy)
+        raise ConfigError(f"policy: unknown overflow policy {policy!r} (one of: {names})") from None
+
+
+def _check_budget(name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@attrs.define(eq=False)
+class _State:
+    policy: Policy
+    max_items: int
+    max_bytes: int
+    max_spill_bytes: int | None
+    queue: deque[_Item] = attrs.Factory(deque)
+    nbytes: int = 0
+    spill: _Spill | None = None
+    notice: Event | None = None  # a Dropped or overflow Error to deliver before/after the queue
+    notice_first: bool = True
+    sender_closed: bool = False
+    receiver_closed: bool = False
+    recv_lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+    send_lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+    # statistics
+    high_items: int = 0
+    high_bytes: int = 0
+    sent: int = 0
+    received: int = 0
+    bytes_sent: int = 0
+    blocked: float = 0.0
+    coalesced: int = 0
+    spilled: int = 0
+    bytes_spilled: int = 0
+    dropped: int = 0
+    bytes_dropped: int = 0
+
+    def fits(self, nbytes: int) -> bool:
+        if not self.queue:
+            return True  # an item larger than the whole budget still passes alone
+        return len(self.queue) < self.max_items and self.nbytes + nbytes <= self.max_bytes
+
+    def push(self, item: _Item, nbytes: int) -> None:
+        self.queue.append(item)
+        self.nbytes += nbytes
+        if len(self.queue) > self.high_items:
+            self.high_items = len(self.queue)
+        if self.nbytes > self.high_bytes:
+            self.high_bytes = self.nbytes
+
+    def try_coalesce(self, event: TextDelta, nbytes: int) -> bool:
+        if not self.queue:
+            return False
+        tail = self.queue[-1]
+        if not isinstance(tail, _TextRun) or self.nbytes + nbytes > self.max_bytes:
+            return False
+        tail.append(event.text, event.seq, nbytes)
+        self.nbytes += nbytes
+        self.coalesced += 1
+        if self.nbytes > self.high_bytes:
+            self.high_bytes = self.nbytes
+        return True
+
+    def drop_for(self, nbytes: int) -> bool:
+        """Drop oldest droppable items until ``nbytes`` fits; False if it cannot be made to."""
+        kept: deque[_Item] = deque()
+        items = bytes_ = chars = 0
+        first = last = 0
+        while self.queue and not (
+            len(self.queue) + len(kept) < self.max_items and self.nbytes + nbytes <= self.max_bytes
+        ):
+            item = self.queue.popleft()
+            ev = item.materialize() if isinstance(item, _TextRun) else item
+            if isinstance(ev, (TextDelta, ToolCallDelta, Heartbeat)):
+                n = event_nbytes(ev)
+                self.nbytes -= n
+                items += 1
+                bytes_ += n
+                if isinstance(ev, TextDelta):
+                    chars += len(ev.text)
+                first = first or ev.seq
+                last = ev.seq
+            else:
+                kept.append(item)
+        kept.extend(self.queue)
+        self.queue = kept
+        if items:
+            self.dropped += items
+            self.bytes_dropped += bytes_
+            prev = self.notice
+            if isinstance(prev, Dropped):
+                self.notice = Dropped(
+                    items=prev.items + items,
+                    text_bytes=prev.text_bytes + bytes_,
+                    text_chars=prev.text_chars + chars,
+                    first_seq=prev.first_seq or first,
+                    last_seq=last or prev.last_seq,
+                )
+            else:
+                self.notice = Dropped(
+                    items=items, text_bytes=bytes_, text_chars=chars, first_seq=first, last_seq=last
+                )
+            self.notice_first = True
+        return len(self.queue) < self.max_items and self.nbytes + nbytes <= self.max_bytes
+
+    def statistics(self) -> ChannelStatistics:
+        spill = self.spill
+        return ChannelStatistics(
+            policy=self.policy.value,
+            max_items=self.max_items,
+            max_bytes=self.max_bytes,
+            items_queued=len(self.queue),
+            bytes_queued=self.nbytes,
+            high_water_items=self.high_items,
+            high_water_bytes=self.high_bytes,
+            items_sent=self.sent,
+            items_received=self.received,
+            bytes_sent=self.bytes_sent,
+            blocked_seconds=self.blocked,
+            items_coalesced=self.coalesced,
+            items_spilled=self.spilled,
+            bytes_spilled=self.bytes_spilled,
+            spill_queued_items=spill.items if spill else 0,
+            spill_file_bytes=spill.file_bytes if spill else 0,
+            items_dropped=self.dropped,
+            bytes_dropped=self.bytes_dropped,
+            sender_closed=self.sender_closed,
+            receiver_closed=self.receiver_closed,
+        )
+
+
+@attrs.define(eq=False, repr=False)
+class EventSender(trio.abc.SendChannel[Event]):
+    """The sending end of an event channel.
+
+    One task at a time may call :meth:`send`; a second concurrent call raises
+    ``trio.BusyResourceError``. :meth:`send` is cancel-safe: if it is cancelled, the event was
+    not queued. After the receiver closed, :meth:`send` raises ``trio.BrokenResourceError``.
+    """
+
+    _state: _State
+    _busy: bool = False
+    _tick: int = 0
+
+    def statistics(self) -> ChannelStatistics:
+        """A snapshot of the channel's counters (shared with the receiving end)."""
+        return self._state.statistics()
+
+    @property
+    def policy(self) -> Policy:
+        return self._state.policy
+
+    def send_nowait(self, value: Event) -> None:
+        """Queue ``value`` if the policy allows it without waiting, else raise ``trio.WouldBlock``.
+
+        Raises ``ChannelOverflowError`` under policy ``fail`` when full.
+        """
+        st = self._state
+        if st.sender_closed:
+            raise trio.ClosedResourceError("the sending end of this channel is closed")
+        if st.receiver_closed:
+            raise trio.BrokenResourceError("the receiver of this channel went away")
+        nbytes = event_nbytes(value)
+        policy = st.policy
+        if st.spill is not None and st.spill.items:
+            # Keep order: once anything is in the spill file, everything goes there.
+            if not st.spill.has_room():
+                raise trio.WouldBlock
+            self._spill(value, nbytes)
+        elif (
+            policy is Policy.COALESCE
+            and isinstance(value, TextDelta)
+            and st.try_coalesce(value, nbytes)
+        ):
+            pass
+        elif st.fits(nbytes):
+            item: _Item = (
+                _TextRun(value, nbytes)
+                if (policy is Policy.COALESCE and isinstance(value, TextDelta))
+                else value
+            )
+            st.push(item, nbytes)
+        elif policy is Policy.SPILL:
+            if st.spill is None:
+                st.spill = _Spill(st.max_spill_bytes)
+            if not st.spill.has_room():
+                raise trio.WouldBlock
+            self._spill(value, nbytes)
+        elif policy is Policy.DROP_OLDEST and st.drop_for(nbytes):
+            st.push(value, nbytes)
+        elif policy is Policy.FAIL:
+            st.sender_closed = True
+            st.notice = Error(
+                kind="overflow",
+                message=(
+                    f"consumer fell behind: channel full ({len(st.queue)} items, "
+                    f"{st.nbytes} bytes; budget {st.max_items} items, {st.max_bytes} bytes)"
+                ),
+                retryable=False,
+            )
+            st.notice_first = False
+            st.recv_lot.unpark_all()
+            raise ChannelOverflowError(st.notice.message)
+        else:
+            raise trio.WouldBlock
+        st.sent += 1
+        st.bytes_sent += nbytes
+        if st.recv_lot:
+            st.recv_lot.unpark_all()
+
+    def _spill(self, value: Event, nbytes: int) -> None:
+        st = self._state
+        assert st.spill is not None
+        st.spill.append(value, nbytes)
+        st.spilled += 1
+        st.bytes_spilled += nbytes
+
+    async def send(self, value: Event) -> None:
+        """Queue ``value``, waiting while the policy says the channel is full.
+
+        The time spent waiting is added to ``statistics().blocked_seconds``.
+        """
+        if self._busy:
+            raise trio.BusyResourceError("another task is already sending on this channel")
+        self._busy = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self.send_nowait(value)
+            except trio.WouldBlock:
+                pass
+            else:
+                self._tick += 1
+                if self._tick >= YIELD_EVERY:
+                    self._tick = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            st = self._state
+            start = trio.current_time()
+            try:
+                while True:
+                    await st.send_lot.park()
+                    try:
+                        self.send_nowait(value)
+                    except trio.WouldBlock:
+                        continue
+                    return
+            finally:
+                st.blocked += trio.current_time() - start
+        finally:
+            self._busy = False
+
+    def close(self) -> None:
+        """Signal end of stream to the receiver. Idempotent; never blocks."""
+        st = self._state
+        if not st.sender_closed:
+            st.sender_closed = True
+        st.recv_lot.unpark_all()
+        st.send_lot.unpark_all()
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`, plus a checkpoint (trio's ``aclose`` contract)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def clone(self) -> EventSender:
+        raise NotImplementedError("event channels have exactly one sender")
+
+
+@attrs.define(eq=False, repr=False)
+class EventReceiver(trio.abc.ReceiveChannel[Event]):
+    """The receiving end of an event channel.
+
+    One task at a time may call :meth:`receive`. Raises ``trio.EndOfChannel`` after the sender
+    closed and everything queued (in memory and in the spill file) was received; closing the
+    receiver makes the sender's next ``send`` raise ``trio.BrokenResourceError`` and releases the
+    spill file.
+    """
+
+    _state: _State
+    _busy: bool = False
+    _tick: int = 0
+
+    def statistics(self) -> ChannelStatistics:
+        """A snapshot of the channel's counters (shared with the sending end)."""
+        return self._state.statistics()
+
+    def receive_nowait(self) -> Event:
+        """The next event, or ``trio.WouldBlock`` if none is ready."""
+        st = self._state
+        if st.receiver_closed:
+            raise trio.ClosedResourceError("the receiving end of this channel is closed")
+        if st.notice is not None and (st.notice_first or not (st.queue or _spilled(st))):
+            event = st.notice
+            st.notice = None
+            st.received += 1
+            return event
+        if st.queue:
+            item = st.queue.popleft()
+            if isinstance(item, _TextRun):
+                event = item.materialize()
+                st.nbytes -= item.nbytes
+            else:
+                event = item
+                st.nbytes -= event_nbytes(item)
+        elif st.spill is not None and st.spill.items:
+            event = st.spill.pop_merged(max(st.max_bytes, 1))
+            if not st.spill.items:
+                # Caught up: release the file; a new one is made if the consumer lags again.
+                st.spill.close()
+                st.spill = None
+        elif st.sender_closed:
+            raise trio.EndOfChannel
+        else:
+            raise trio.WouldBlock
+        st.received += 1
+        if st.send_lot:
+            st.send_lot.unpark_all()
+        return event
+
+    async def receive(self) -> Event:
+        """Wait for the next event. Cancel-safe: if cancelled, no event was taken."""
+        if self._busy:
+            raise trio.BusyResourceError("another task is already receiving on this channel")
+        self._busy = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                event = self.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
+                self._tick += 1
+                if self._tick >= YIELD_EVERY:
+                    self._tick = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return event
+            st = self._state
+            while True:
+                await st.recv_lot.park()
+                try:
+                    return self.receive_nowait()
+                except trio.WouldBlock:
+                    continue
+        finally:
+            self._busy = False
+
+    def close(self) -> None:
+        """Stop receiving: drop what is queued and release the spill file. Idempotent."""
+        st = self._state
+        if st.receiver_closed:
+            return
+        st.receiver_closed = True
+        st.queue.clear()
+        st.nbytes = 0
+        st.notice = None
+        if st.spill is not None:
+            st.spill.close()
+        st.send_lot.unpark_all()
+        st.recv_lot.unpark_all()
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`, plus a checkpoint (trio's ``aclose`` contract)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def clone(self) -> EventReceiver:
+        raise NotImplementedError("event channels have exactly one receiver")
+
+
+def _spilled(st: _State) -> bool:
+    return st.spill is not None and st.spill.items > 0
+
+
+def open_event_channel(
+    *,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    policy: Policy | PolicyName = Policy.BLOCK,
+    max_spill_bytes: int | None = None,
+) -> tuple[EventSender, EventReceiver]:
+    """Open a bounded event channel; returns ``(sender, receiver)``.
+
+    ``max_items`` (>= 1) and ``max_bytes`` (>= 0) bound what is held in memory; an event larger
+    than ``max_bytes`` on its own still passes when the channel is empty. ``max_spill_bytes``
+    bounds the spill file (policy ``spill`` only; ``None`` = limited by the disk).
+    Raises ``TypeError`` for non-integer budgets and :class:`ConfigError` (a ``ValueError``)
+    for out-of-range ones or an unknown policy.
+    """
+    pol = _coerce_policy(policy)
+    _check_budget("max_items", max_items, minimum=1)
+    _check_budget("max_bytes", max_bytes, minimum=0)
+    if max_spill_bytes is not None:
+        _check_budget("max_spill_bytes", max_spill_bytes, minimum=1)
+    state = _State(pol, max_items, max_bytes, max_spill_bytes)
+    return EventSender(state), EventReceiver(state)

@@ -1,0 +1,256 @@
+"""The typed, immutable event model every producer emits and every sink reads.
+
+Every event has ``seq``, its per-stream sequence number. The runner stamps it as events leave
+the stage chain (stages may merge or split text, so numbers are assigned after them): it starts
+at 1, never repeats and never goes backwards, which is what resume (``Last-Event-ID``) and
+exactly-once delivery rest on. An event that was never stamped has ``seq == 0``. When a channel
+merges consecutive text deltas (policy ``coalesce``) the merged delta carries the ``seq`` of the
+last delta it contains, so numbers seen by one consumer still only go up.
+
+A stream ends with exactly one terminal event, :class:`Done` or :class:`Error`; the runner adds
+a ``Done`` if a producer returns without one and delivers nothing after it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, Literal, TypeAlias
+
+import attrs
+
+__all__ = [
+    "Done",
+    "Dropped",
+    "Error",
+    "Event",
+    "Heartbeat",
+    "Metadata",
+    "TextDelta",
+    "ToolCallDelta",
+    "ToolCallEnd",
+    "ToolCallStart",
+    "Usage",
+    "event_from_dict",
+    "event_from_json",
+    "event_nbytes",
+    "event_to_dict",
+    "event_to_json",
+    "is_terminal",
+]
+
+
+@attrs.frozen
+class TextDelta:
+    """A piece of the answer's text."""
+
+    text: str
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["text"] = attrs.field(default="text", init=False, repr=False)
+
+
+@attrs.frozen
+class ToolCallStart:
+    """The model started a tool call. ``index`` identifies it among the response's calls."""
+
+    index: int
+    id: str
+    name: str
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["tool_call_start"] = attrs.field(
+        default="tool_call_start", init=False, repr=False
+    )
+
+
+@attrs.frozen
+class ToolCallDelta:
+    """A piece of a tool call's JSON arguments, as the model wrote it."""
+
+    index: int
+    arguments_delta: str
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["tool_call_delta"] = attrs.field(
+        default="tool_call_delta", init=False, repr=False
+    )
+
+
+@attrs.frozen
+class ToolCallEnd:
+    """A tool call is complete; ``arguments`` is the accumulated JSON text."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["tool_call_end"] = attrs.field(default="tool_call_end", init=False, repr=False)
+
+
+@attrs.frozen
+class Usage:
+    """Token counts reported by the provider."""
+
+    input_tokens: int
+    output_tokens: int
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["usage"] = attrs.field(default="usage", init=False, repr=False)
+
+
+@attrs.frozen
+class Metadata:
+    """Who answered: provider, model and response id (as far as the provider tells)."""
+
+    provider: str = ""
+    model: str = ""
+    response_id: str = ""
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["metadata"] = attrs.field(default="metadata", init=False, repr=False)
+
+
+@attrs.frozen
+class Done:
+    """The stream ended normally. ``stop_reason`` is the provider's word ("stop", "end_turn",
+    "tool_calls", "length", ...) or ``None`` when the producer did not say."""
+
+    stop_reason: str | None = None
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["done"] = attrs.field(default="done", init=False, repr=False)
+
+
+@attrs.frozen
+class Error:
+    """The stream failed after it started; this is its last event.
+
+    ``kind`` is a short word (``"connection"``, ``"timeout"``, ``"status"``, ``"validation"``,
+    ``"overflow"``, ...), ``retryable`` tells whether sending the same request again may work.
+    The output delivered before the error is kept (never retracted): ``partial_chars`` counts its
+    characters and ``partial_text`` holds it when the stream kept its text (for example with an
+    :class:`pipeline.Accumulate` stage), else ``None``.
+    """
+
+    kind: str
+    message: str
+    retryable: bool = False
+    partial_chars: int = 0
+    partial_text: str | None = None
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["error"] = attrs.field(default="error", init=False, repr=False)
+
+
+@attrs.frozen
+class Heartbeat:
+    """Nothing happened for a while; lets idle connections and watchdogs know we are alive."""
+
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["heartbeat"] = attrs.field(default="heartbeat", init=False, repr=False)
+
+
+@attrs.frozen
+class Dropped:
+    """A channel with a dropping policy discarded events; tells this consumer what it missed.
+
+    ``first_seq``/``last_seq`` bound the dropped events' numbers (0 when they were unstamped),
+    ``items`` and ``text_bytes`` count them, and ``text_chars`` counts dropped characters.
+    """
+
+    items: int
+    text_bytes: int
+    text_chars: int
+    first_seq: int
+    last_seq: int
+    seq: int = attrs.field(default=0, kw_only=True)
+    type: Literal["dropped"] = attrs.field(default="dropped", init=False, repr=False)
+
+
+Event: TypeAlias = (
+    TextDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | ToolCallEnd
+    | Usage
+    | Metadata
+    | Done
+    | Error
+    | Heartbeat
+    | Dropped
+)
+
+_TYPES: Final[dict[str, type[Any]]] = {
+    str(attrs.fields(cls).type.default): cls
+    for cls in (
+        TextDelta,
+        ToolCallStart,
+        ToolCallDelta,
+        ToolCallEnd,
+        Usage,
+        Metadata,
+        Done,
+        Error,
+        Heartbeat,
+        Dropped,
+    )
+}
+_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
+    cls: tuple(a.name for a in attrs.fields(cls) if a.name != "type") for cls in _TYPES.values()
+}
+
+
+def is_terminal(event: Event) -> bool:
+    """True for the events that end a stream (:class:`Done` and :class:`Error`)."""
+    return isinstance(event, (Done, Error))
+
+
+def event_nbytes(event: Event) -> int:
+    """Bytes of text an event holds, as counted against a channel's byte budget.
+
+    Text is counted in UTF-8 bytes; events without text count 0 bytes (they still count one
+    item).
+    """
+    if isinstance(event, TextDelta):
+        text = event.text
+    elif isinstance(event, ToolCallDelta):
+        text = event.arguments_delta
+    elif isinstance(event, ToolCallEnd):
+        text = event.arguments
+    elif isinstance(event, Error):
+        text = event.partial_text or ""
+    else:
+        return 0
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict: ``{"type": ..., "seq": ..., <fields>}``."""
+    d: dict[str, Any] = {"type": event.type}
+    for name in _FIELDS[type(event)]:
+        d[name] = getattr(event, name)
+    return d
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Inverse of :func:`event_to_dict`. Raises ``ValueError`` naming the problem."""
+    try:
+        cls = _TYPES[data["type"]]
+    except KeyError:
+        raise ValueError(f"unknown or missing event type: {data.get('type')!r}") from None
+    kwargs = {k: v for k, v in data.items() if k != "type"}
+    unknown = set(kwargs) - set(_FIELDS[cls])
+    if unknown:
+        raise ValueError(f"unknown field(s) for {data['type']!r} event: {sorted(unknown)}")
+    try:
+        event: Event = cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad {data['type']!r} event: {exc}") from None
+    return event
+
+
+def event_to_json(event: Event) -> str:
+    """One line of compact JSON (no newline inside)."""
+    return json.dumps(event_to_dict(event), ensure_ascii=False, separators=(",", ":"))
+
+
+def event_from_json(line: str | bytes) -> Event:
+    """Parse what :func:`event_to_json` wrote."""
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("an event must be a JSON object")
+    return event_from_dict(data)

@@ -1,0 +1,666 @@
+"""The runner: one producer, a chain of stages, fan-out to sinks through bounded channels.
+
+Tasks (all in one nursery owned by :meth:`Pipeline.open`)::
+
+    producer task ──channel(block)──► stage task ──┬─ channel(policy) ─► sink task
+                                      (stages,     ├─ channel(policy) ─► sink task
+                                       seq, fan-out)└─ ...
+
+The stage task runs every stage and the fan-out; it stamps ``seq`` on each event it sends out.
+A sink's channel policy decides what happens when that sink lags (see :class:`Policy`): with
+``block`` the whole pipeline waits for it; with the other policies the others go on.
+
+Ending:
+
+* The producer returns -> the stages are flushed, a ``Done`` is added if none came, every sink
+  reads to the end, the pipeline finishes.
+* The producer fails before its first event -> the pipeline is cancelled and the exception is
+  raised from :meth:`Pipeline.open` / :meth:`Pipeline.run`. After its first event -> an
+  ``Error`` event reaches every sink and the pipeline finishes normally.
+* A sink's reader goes away (the sink raises :class:`ConsumerGone`, ``trio.BrokenResourceError``
+  or ``trio.ClosedResourceError``, or closes its channel): with ``on_failure="cancel"`` (default)
+  the whole pipeline is cancelled (the producer and its upstream request are closed within one
+  scheduling round) and it ends with reason ``"consumer_gone"``; with ``on_failure="detach"``
+  that sink is dropped and the rest goes on. When no sink is left, the producer is cancelled:
+  nobody pays for tokens nobody reads.
+* A sink fails with another exception: ``"cancel"`` cancels the pipeline and re-raises it;
+  ``"detach"`` records it in the sink's statistics and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
+
+import attrs
+import trio
+
+from ._channels import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ITEMS,
+    ChannelStatistics,
+    EventReceiver,
+    EventSender,
+    Policy,
+    PolicyName,
+    _check_budget,
+    open_event_channel,
+)
+from ._errors import ChannelOverflowError, ConfigError, ConsumerGone, LLMPipeError
+from ._events import Done, Error, Event, Heartbeat, TextDelta, event_nbytes, is_terminal
+from ._producer import Emit, Producer
+from ._stage import Stage, StageContext, StageStatistics
+from ._stages import Accumulate
+
+__all__ = [
+    "EndReason",
+    "OnFailure",
+    "Pipeline",
+    "PipelineStatistics",
+    "Route",
+    "RunningPipeline",
+    "Sink",
+    "SinkStatistics",
+    "error_event",
+]
+
+OnFailure: TypeAlias = Literal["cancel", "detach"]
+EndReason: TypeAlias = Literal["running", "done", "error", "cancelled", "consumer_gone", "failed"]
+SinkState: TypeAlias = Literal["active", "finished", "detached", "gone", "failed", "cancelled"]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A consumer of events: anything with ``async consume(events)``.
+
+    ``consume`` reads ``events`` until ``trio.EndOfChannel`` (an ``async for`` does that) and
+    returns. It runs in its own task, at its own pace; its channel's policy decides what
+    happens when it lags. To say its reader went away it raises :class:`ConsumerGone` (or lets
+    a ``trio.BrokenResourceError`` from its transport through). On cancellation it must
+    release what it holds (files, sockets) and let ``trio.Cancelled`` propagate.
+    """
+
+    async def consume(self, events: EventReceiver, /) -> None: ...
+
+
+SinkLike: TypeAlias = "Sink | Callable[[EventReceiver], Awaitable[None]]"
+
+
+@attrs.frozen
+class Route:
+    """A sink and the channel that feeds it.
+
+    ``policy``, ``max_items``, ``max_bytes`` and ``max_spill_bytes`` configure the channel (see
+    :func:`open_event_channel`); ``on_failure`` says what the pipeline does when this sink's
+    reader goes away or the sink fails (see the module docstring). A channel with policy
+    ``fail`` that overflows ends only that sink's stream (with an ``overflow`` error event).
+    """
+
+    sink: SinkLike
+    policy: Policy | PolicyName = Policy.BLOCK
+    max_items: int = DEFAULT_MAX_ITEMS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_spill_bytes: int | None = None
+    on_failure: OnFailure = "cancel"
+    name: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        # Validate now, not when the pipeline starts: bad values fail where they are written.
+        send, recv = open_event_channel(
+            max_items=self.max_items,
+            max_bytes=self.max_bytes,
+            policy=self.policy,
+            max_spill_bytes=self.max_spill_bytes,
+        )
+        send.close()
+        recv.close()
+        if self.on_failure not in ("cancel", "detach"):
+            raise ConfigError(f"on_failure: expected 'cancel' or 'detach', got {self.on_failure!r}")
+        _as_sink(self.sink)
+
+
+@attrs.frozen
+class SinkStatistics:
+    """One sink's state and channel counters."""
+
+    name: str
+    state: SinkState
+    error: str | None
+    channel: ChannelStatistics
+
+
+@attrs.frozen
+class PipelineStatistics:
+    """A snapshot of one stream. Times are ``trio.current_time()`` values or ``None``.
+
+    ``time_to_first_event``/``time_to_first_text`` are measured from the start of the pipeline
+    to the first event/text the producer emitted. ``producer_blocked_seconds`` is the time the
+    producer spent waiting for room (backpressure).
+    """
+
+    reason: EndReason
+    started_at: float
+    ended_at: float | None
+    time_to_first_event: float | None
+    time_to_first_text: float | None
+    events_in: int
+    events_out: int
+    text_chars_out: int
+    text_bytes_out: int
+    last_seq: int
+    producer_blocked_seconds: float
+    source_channel: ChannelStatistics
+    stages: tuple[StageStatistics, ...]
+    sinks: tuple[SinkStatistics, ...]
+    error: str | None
+
+
+def error_event(exc: BaseException) -> Error:
+    """The :class:`Error` event that reports ``exc`` (secrets never come from here: messages
+    of llmpipe's own errors are written to leave them out)."""
+    if isinstance(exc, LLMPipeError):
+        return Error(kind=exc.kind, message=str(exc), retryable=exc.retryable)
+    return Error(kind="internal", message=f"{type(exc).__name__}: {exc}", retryable=False)
+
+
+class _FuncSink:
+    def __init__(self, fn: Callable[[EventReceiver], Awaitable[None]]) -> None:
+        self.fn = fn
+
+    async def consume(self, events: EventReceiver, /) -> None:
+        await self.fn(events)
+
+
+def _as_sink(obj: SinkLike) -> Sink:
+    if isinstance(obj, Sink):
+        return obj
+    if callable(obj):
+        return _FuncSink(obj)
+    raise ConfigError(f"sinks: {obj!r} is neither a Sink nor an async callable")
+
+
+@attrs.define(eq=False)
+class _RouteState:
+    name: str
+    route: Route
+    sink: Sink
+    sender: EventSender
+    receiver: EventReceiver
+    state: SinkState = "active"
+    error: str | None = None
+    external: bool = False  # the caller reads it (Pipeline.events); the caller closes it
+
+    def statistics(self) -> SinkStatistics:
+        return SinkStatistics(self.name, self.state, self.error, self.sender.statistics())
+
+
+@attrs.define(eq=False)
+class _StageCounter:
+    stage: Stage
+    items_in: int = 0
+    items_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def statistics(self) -> StageStatistics:
+        return StageStatistics(
+            getattr(self.stage, "name", type(self.stage).__name__),
+            self.items_in,
+            self.items_out,
+            self.bytes_in,
+            self.bytes_out,
+        )
+
+
+_GONE = (ConsumerGone, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+@attrs.define(eq=False)
+class RunningPipeline:
+    """A pipeline that is running, as handed out by :meth:`Pipeline.open`.
+
+    Any task may call :meth:`cancel`, :meth:`statistics` and :meth:`aclose` at any time.
+    """
+
+    _pipeline: Pipeline
+    _routes: list[_RouteState]
+    _source_send: EventSender
+    _source_recv: EventReceiver
+    _started_at: float
+    _scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    _producer_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    _finished: trio.Event = attrs.Factory(trio.Event)
+    _reason: EndReason = "running"
+    _exception: BaseException | None = None
+    _ended_at: float | None = None
+    _first_event_at: float | None = None
+    _first_text_at: float | None = None
+    _events_in: int = 0
+    _events_out: int = 0
+    _chars_out: int = 0
+    _bytes_out: int = 0
+    _seq: int = 0
+    _counters: list[_StageCounter] = attrs.Factory(list)
+    _accumulate: Accumulate | None = None
+    _error_text: str | None = None
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once every task of the pipeline has ended."""
+        return self._finished.is_set()
+
+    @property
+    def reason(self) -> EndReason:
+        """Why it ended (``"running"`` until then)."""
+        return self._reason
+
+    def cancel(self) -> None:
+        """Cancel every task of the pipeline (producer, stages, sinks). Idempotent; returns at
+        once. The producer's ``async with`` blocks close its upstream request as it unwinds."""
+        if self._reason == "running":
+            self._reason = "cancelled"
+        self._scope.cancel()
+
+    async def wait(self) -> PipelineStatistics:
+        """Wait until the pipeline has ended; returns its final statistics."""
+        await self._finished.wait()
+        return self.statistics()
+
+    async def aclose(self) -> None:
+        """Cancel the pipeline and wait until its tasks have unwound.
+
+        Idempotent, and completes even if the calling task is cancelled (the wait is shielded;
+        it is short because every task is cancelled).
+        """
+        self.cancel()
+        with trio.CancelScope(shield=True):
+            await self._finished.wait()
+
+    def statistics(self) -> PipelineStatistics:
+        """A snapshot of the stream's counters; cheap, any time."""
+        src = self._source_send.statistics()
+        return PipelineStatistics(
+            reason=self._reason,
+            started_at=self._started_at,
+            ended_at=self._ended_at,
+            time_to_first_event=None
+            if self._first_event_at is None
+            else self._first_event_at - self._started_at,
+            time_to_first_text=None
+            if self._first_text_at is None
+            else self._first_text_at - self._started_at,
+            events_in=self._events_in,
+            events_out=self._events_out,
+            text_chars_out=self._chars_out,
+            text_bytes_out=self._bytes_out,
+            last_seq=self._seq,
+            producer_blocked_seconds=src.blocked_seconds,
+            source_channel=src,
+            stages=tuple(c.statistics() for c in self._counters),
+            sinks=tuple(r.statistics() for r in self._routes),
+            error=self._error_text,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _pressure(self) -> float:
+        worst = 0.0
+        for r in self._routes:
+            if r.state == "active":
+                worst = max(worst, r.sender.statistics().fill_ratio)
+        return worst
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._exception is None:
+            self._exception = exc
+            self._reason = "failed"
+            self._error_text = f"{type(exc).__name__}: {exc}"
+        self._scope.cancel()
+
+    def _consumer_gone(self, route: _RouteState, state: SinkState) -> None:
+        route.state = state
+        route.receiver.close()
+        if route.route.on_failure == "cancel" or not any(r.state == "active" for r in self._routes):
+            if self._reason == "running":
+                self._reason = "consumer_gone"
+            self._scope.cancel()
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    for route in self._routes:
+                        nursery.start_soon(self._run_sink, route, name=f"llmpipe sink {route.name}")
+                    nursery.start_soon(self._run_producer, name="llmpipe producer")
+                    nursery.start_soon(self._run_stages, name="llmpipe stages")
+                    task_status.started()
+        finally:
+            self._source_send.close()
+            self._source_recv.close()
+            for route in self._routes:
+                route.sender.close()
+                if not route.external:
+                    route.receiver.close()
+                if route.state == "active":
+                    route.state = "cancelled" if self._scope.cancel_called else "finished"
+            if self._reason == "running":
+                self._reason = "cancelled" if self._scope.cancel_called else "done"
+            self._ended_at = trio.current_time()
+            self._finished.set()
+
+    async def _run_sink(self, route: _RouteState) -> None:
+        try:
+            await route.sink.consume(route.receiver)
+        except _GONE as exc:
+            route.error = f"{type(exc).__name__}: {exc}"
+            self._consumer_gone(route, "gone")
+        except Exception as exc:
+            route.error = f"{type(exc).__name__}: {exc}"
+            route.state = "failed"
+            route.receiver.close()
+            if route.route.on_failure == "cancel":
+                self._fail(exc)
+            elif not any(r.state == "active" for r in self._routes):
+                self._scope.cancel()
+        else:
+            if route.state == "active":
+                if route.sender.statistics().sender_closed:
+                    route.state = "finished"
+                    route.receiver.close()
+                else:
+                    # Returned before the end of the stream: its reader is gone.
+                    self._consumer_gone(route, "gone")
+
+    async def _run_producer(self) -> None:
+        send = self._source_send
+        started = False
+
+        async def emit(event: Event) -> None:
+            nonlocal started
+            started = True
+            if self._first_event_at is None:
+                self._first_event_at = trio.current_time()
+            if self._first_text_at is None and isinstance(event, TextDelta):
+                self._first_text_at = trio.current_time()
+            self._events_in += 1
+            await send.send(event)
+
+        emit_: Emit = emit
+        try:
+            with self._producer_scope:
+                try:
+                    await self._pipeline.producer.stream(emit_)
+                except trio.BrokenResourceError:
+                    if not self._source_recv.statistics().receiver_closed:
+                        raise
+                except Exception as exc:
+                    if not started:
+                        self._fail(exc)
+                        return
+                    # The error must reach the sinks; the stage task is reading (it may also
+                    # have ended already, after a terminal event).
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await send.send(error_event(exc))
+        finally:
+            send.close()
+
+    async def _run_stages(self) -> None:
+        p = self._pipeline
+        recv = self._source_recv
+        stages = self._counters
+        heartbeat = p.heartbeat_interval
+        last_out = trio.current_time()
+        try:
+            while True:
+                deadline = math.inf
+                for c in stages:
+                    d = c.stage.deadline()
+                    if d < deadline:
+                        deadline = d
+                hb_at = last_out + heartbeat if heartbeat is not None else math.inf
+                wake = min(deadline, hb_at)
+                if wake == math.inf:
+                    try:
+                        event = await recv.receive()
+                    except trio.EndOfChannel:
+                        await self._finish_stream()
+                        return
+                else:
+                    got: Event | None = None
+                    with trio.move_on_at(wake):
+                        try:
+                            got = await recv.receive()
+                        except trio.EndOfChannel:
+                            await self._finish_stream()
+                            return
+                    if got is None:
+                        now = trio.current_time()
+                        if deadline <= now:
+                            if await self._dispatch(self._expire(now)):
+                                return
+                        else:
+                            await self._dispatch([Heartbeat()])
+                        last_out = trio.current_time()
+                        continue
+                    event = got
+                if isinstance(event, Error):
+                    event = self._with_partial(event)
+                out = self._push([event], 0, trio.current_time())
+                if out and await self._dispatch(out):
+                    return
+                if out:
+                    last_out = trio.current_time()
+        finally:
+            recv.close()
+            self._producer_scope.cancel()
+            for route in self._routes:
+                route.sender.close()
+
+    def _with_partial(self, event: Error) -> Error:
+        if event.partial_chars or event.partial_text is not None:
+            return event
+        text = self._accumulate.text if self._accumulate is not None else None
+        return attrs.evolve(event, partial_chars=self._chars_out, partial_text=text)
+
+    async def _finish_stream(self) -> None:
+        """The producer returned without a terminal event: flush and add ``Done``."""
+        await self._dispatch(self._push([Done()], 0, trio.current_time()))
+
+    def _push(self, events: list[Event], start: int, now: float) -> list[Event]:
+        for c in self._counters[start:]:
+            out: list[Event] = []
+            for ev in events:
+                c.items_in += 1
+                c.bytes_in += event_nbytes(ev)
+                out.extend(c.stage.feed(ev, now))
+            c.items_out += len(out)
+            for ev in out:
+                c.bytes_out += event_nbytes(ev)
+            events = out
+            if not events:
+                break
+        return events
+
+    def _expire(self, now: float) -> list[Event]:
+        # Later stages hold older text: release theirs first, then what earlier stages release
+        # goes through the later ones.
+        out: list[Event] = []
+        for i in range(len(self._counters) - 1, -1, -1):
+            c = self._counters[i]
+            if c.stage.deadline() <= now:
+                released = list(c.stage.expire(now))
+                c.items_out += len(released)
+                for ev in released:
+                    c.bytes_out += event_nbytes(ev)
+                out.extend(self._push(released, i + 1, now))
+        return out
+
+    async def _dispatch(self, events: Sequence[Event]) -> bool:
+        """Stamp and fan out ``events``; True once a terminal event was sent (the end)."""
+        for ev in events:
+            self._seq += 1
+            seq = self._seq
+            if isinstance(ev, TextDelta):
+                ev = TextDelta(ev.text, seq=seq)
+                self._chars_out += len(ev.text)
+                self._bytes_out += event_nbytes(ev)
+            else:
+                ev = attrs.evolve(ev, seq=seq)
+            self._events_out += 1
+            for route in self._routes:
+                if route.state != "active":
+                    continue
+                try:
+                    await route.sender.send(ev)
+                except ChannelOverflowError as exc:
+                    route.state = "detached"
+                    route.error = str(exc)
+                    if not any(r.state == "active" for r in self._routes):
+                        self._scope.cancel()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    if route.state == "active":
+                        self._consumer_gone(route, "gone")
+            if is_terminal(ev):
+                if isinstance(ev, Error) and self._reason == "running":
+                    self._reason = "error"
+                    self._error_text = f"{ev.kind}: {ev.message}"
+                return True
+        return False
+
+
+@attrs.define(eq=False)
+class Pipeline:
+    """A producer, a chain of stages and the sinks they feed.
+
+    A ``Pipeline`` runs once (its stages hold per-stream state): build one per stream.
+    Use :meth:`run` to run it to the end, :meth:`open` to run it in the background of a block,
+    or :meth:`events` to read its events yourself.
+
+    ``source_buffer`` is the item budget between the producer and the stages (policy
+    ``block``); ``heartbeat_interval`` (seconds) sends a :class:`Heartbeat` event when nothing
+    was sent for that long (``None``: never).
+    """
+
+    producer: Producer
+    stages: Sequence[Stage] = ()
+    sinks: Sequence[Route | SinkLike] = ()
+    source_buffer: int = DEFAULT_MAX_ITEMS
+    heartbeat_interval: float | None = None
+    _used: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.producer, Producer):
+            raise ConfigError(f"producer: {self.producer!r} has no async stream(emit) method")
+        if self.heartbeat_interval is not None and self.heartbeat_interval <= 0:
+            raise ConfigError(f"heartbeat_interval must be > 0, got {self.heartbeat_interval}")
+        for stage in self.stages:
+            if not isinstance(stage, Stage):
+                raise ConfigError(f"stages: {stage!r} is not a pipeline.Stage")
+        _check_budget("source_buffer", self.source_buffer, minimum=1)
+        self.sinks = [s if isinstance(s, Route) else Route(s) for s in self.sinks]
+
+    def _routes(self, extra: Sequence[Route]) -> list[_RouteState]:
+        states = []
+        for i, item in enumerate([*self.sinks, *extra]):
+            route = item if isinstance(item, Route) else Route(item)  # already Routes
+            sink = _as_sink(route.sink)
+            send, recv = open_event_channel(
+                max_items=route.max_items,
+                max_bytes=route.max_bytes,
+                policy=route.policy,
+                max_spill_bytes=route.max_spill_bytes,
+            )
+            name = route.name or f"{i}:{getattr(sink, 'name', type(sink).__name__)}"
+            states.append(_RouteState(name, route, sink, send, recv))
+        return states
+
+    @asynccontextmanager
+    async def open(self, *, _extra: Sequence[Route] = ()) -> AsyncIterator[RunningPipeline]:
+        """Start the pipeline; exiting the block waits for it to end.
+
+        If the block raises, the pipeline is cancelled first. After the block, an exception
+        that stopped the pipeline (the producer failing before its first event, a sink failing
+        with ``on_failure="cancel"``) is raised. Raises ``RuntimeError`` if this pipeline was
+        already run.
+        """
+        if self._used:
+            raise RuntimeError("a Pipeline runs once; build a new one for the next stream")
+        self._used = True
+        routes = self._routes(_extra)
+        src_send, src_recv = open_event_channel(max_items=self.source_buffer)
+        running = RunningPipeline(self, routes, src_send, src_recv, trio.current_time())
+        context = StageContext(downstream_pressure=running._pressure)
+        for stage in self.stages:
+            stage.bind(context)
+            running._counters.append(_StageCounter(stage))
+            if running._accumulate is None and isinstance(stage, Accumulate):
+                running._accumulate = stage
+        for route in routes[len(routes) - len(_extra) :]:
+            route.external = True
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(running._supervise)
+                try:
+                    yield running
+                except BaseException:
+                    running.cancel()
+                    raise
+        except BaseExceptionGroup as group:
+            # Tasks report their failures through ``running``; only the block's own exception
+            # (or a bug of ours) gets here: unwrap a lone one for the caller.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from group.exceptions[0].__cause__
+            raise
+        if running._exception is not None:
+            raise running._exception
+
+    async def run(self) -> PipelineStatistics:
+        """Run to the end; returns the final statistics (see :meth:`open` for exceptions)."""
+        async with self.open() as running:
+            pass
+        return running.statistics()
+
+    @asynccontextmanager
+    async def events(
+        self,
+        *,
+        policy: Policy | PolicyName = Policy.BLOCK,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_spill_bytes: int | None = None,
+    ) -> AsyncIterator[EventReceiver]:
+        """Run the pipeline and hand its events to the caller, as one more sink.
+
+        The caller reads the receiver (``async for event in events``). Leaving the block early
+        closes it, which counts as the consumer going away: the pipeline is cancelled and the
+        producer closed. Other sinks (``sinks=``) run as usual.
+        """
+        released = trio.Event()
+
+        async def caller_sink(events: EventReceiver) -> None:
+            # The caller reads ``events``; this task only keeps the route open until then.
+            await released.wait()
+
+        route = Route(
+            caller_sink,
+            policy=policy,
+            max_items=max_items,
+            max_bytes=max_bytes,
+            max_spill_bytes=max_spill_bytes,
+            name="caller",
+        )
+        async with self.open(_extra=[route]) as running:
+            receiver = running._routes[-1].receiver
+            try:
+                yield receiver
+            finally:
+                receiver.close()
+                released.set()
+
+    def __repr__(self) -> str:
+        return f"<Pipeline producer={self.producer!r} stages={len(self.stages)}>"

@@ -1,0 +1,720 @@
+"""A loopback HTTP/1.1 server, written on trio sockets, that streams scripted provider answers.
+
+Why raw sockets: the faults need byte-level control (an RST mid-chunk, a UTF-8 character cut
+across two writes, a stall between two events), which a framework would hide.
+
+The HTTP subset: ``Content-Length`` request bodies; keep-alive (HTTP/1.1 default, honouring
+``Connection: close``); streamed answers use ``Transfer-Encoding: chunked`` with one HTTP chunk
+per SSE event (per write, under :class:`SplitUtf8`); JSON answers use ``Content-Length``.
+Requests on one connection are served one at a time (no pipelining), connections concurrently.
+
+While a response streams, a second task reads the socket: EOF or an error there means the
+client went away, which is recorded (``disconnected_at``, ``disconnected`` event) and stops
+the writer at once, even in the middle of a pacing sleep or a stall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, Final, Literal
+
+import attrs
+import trio
+
+from ._formats import (
+    PROVIDER_BY_PATH,
+    Frame,
+    Provider,
+    WireFormat,
+    models_body,
+    status_body,
+    wire_format,
+)
+from ._script import (
+    ErrorEventAfter,
+    Fault,
+    MalformedAfter,
+    Reply,
+    ReplySource,
+    ResetAfter,
+    Script,
+    SplitUtf8,
+    StallAfter,
+    StatusFault,
+    parse_fault,
+)
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "DEFAULT_REPLY",
+    "ConnectionRecord",
+    "Emulator",
+    "RequestRecord",
+    "main_emulate",
+    "open_emulator",
+    "serve_emulator",
+]
+
+DEFAULT_REPLY: Final = Reply("Hello from the llmpipe emulator.")
+DEFAULT_MODELS: Final = ("emulated-gpt", "emulated-claude")
+DEFAULT_MODEL: Final = "emulated-model"
+REDACTED: Final = "<redacted>"
+SECRET_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+)
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+RECEIVE_SIZE: Final = 64 * 1024
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Site Overloaded",
+}
+
+Outcome = Literal["pending", "completed", "disconnected", "reset", "closed"]
+
+
+@attrs.define(eq=False)
+class RequestRecord:
+    """What one request saw. Fields are filled in while the response is being served.
+
+    ``bytes_sent`` and ``writes`` count what went to the socket (head and chunk framing
+    included); ``events_sent`` counts SSE events, ``deltas_sent`` those carrying a token or
+    argument piece. Times are ``trio.current_time()`` (so MockClock time in tests).
+    ``completed_at`` is when the last byte of the response was written (to the socket buffer,
+    not necessarily read);
+    ``disconnected_at`` is when the client was seen going away before that (EOF or a failed
+    read/write). ``ended`` is set when the server is done with the request for any reason.
+    Header names are lower-case; secret values (``authorization``, ``x-api-key``, …) are
+    replaced by ``"<redacted>"``.
+    """
+
+    index: int
+    connection: int
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: Any
+    received_at: float
+    provider: Provider | None = None
+    status: int | None = None
+    fault: Fault = None
+    outcome: Outcome = "pending"
+    bytes_sent: int = 0
+    writes: int = 0
+    events_sent: int = 0
+    deltas_sent: int = 0
+    first_byte_at: float | None = None
+    completed_at: float | None = None
+    disconnected_at: float | None = None
+    ended_at: float | None = None
+    disconnected: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    ended: trio.Event = attrs.field(factory=trio.Event, repr=False)
+
+    def header(self, name: str) -> str | None:
+        """The (first) value of header ``name``, case-insensitive; ``None`` if absent."""
+        name = name.lower()
+        return next((value for key, value in self.headers if key == name), None)
+
+
+@attrs.define(eq=False)
+class ConnectionRecord:
+    """One accepted TCP connection and the indexes of the requests it carried (keep-alive)."""
+
+    index: int
+    peer: str
+    opened_at: float
+    requests: list[int] = attrs.field(factory=list)
+    closed_at: float | None = None
+
+
+class _BadRequest(Exception):
+    pass
+
+
+@attrs.frozen
+class _Head:
+    method: str
+    target: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def get(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key == name), None)
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = {t.strip().lower() for t in (self.get("connection") or "").split(",")}
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
+
+
+async def _read_head(stream: trio.abc.ReceiveStream, buf: bytearray) -> _Head | None:
+    """Read one request from ``stream`` (``buf`` holds bytes already received). ``None`` on EOF
+    before any byte of a new request."""
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        if len(buf) > MAX_HEAD_BYTES:
+            raise _BadRequest("request head too large")
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            if buf.strip():
+                raise _BadRequest("connection closed inside a request head")
+            return None
+        buf += data
+    head = bytes(buf[:end]).decode("latin-1")
+    del buf[: end + 4]
+    request_line, *header_lines = head.split("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(f"bad request line {request_line!r}")
+    headers: list[tuple[str, str]] = []
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _BadRequest(f"bad header line {line!r}")
+        headers.append((name.lower(), value.strip()))
+    request = _Head(parts[0], parts[1], parts[2], tuple(headers), b"")
+    if request.get("transfer-encoding"):
+        raise _BadRequest("chunked request bodies are not supported; send Content-Length")
+    try:
+        length = int(request.get("content-length") or "0")
+    except ValueError:
+        raise _BadRequest("bad Content-Length") from None
+    if not 0 <= length <= MAX_BODY_BYTES:
+        raise _BadRequest("bad Content-Length")
+    while len(buf) < length:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise _BadRequest("connection closed inside a request body")
+        buf += data
+    body = bytes(buf[:length])
+    del buf[:length]
+    return attrs.evolve(request, body=body)
+
+
+def _split_utf8(data: bytes) -> list[bytes]:
+    """Cut ``data`` right after the lead byte of every multi-byte UTF-8 character."""
+    pieces: list[bytes] = []
+    start = i = 0
+    while i < len(data):
+        byte = data[i]
+        if byte >= 0xC0:
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            pieces.append(data[start : i + 1])
+            start = i + 1
+            i += length
+        else:
+            i += 1
+    pieces.append(data[start:])
+    return [piece for piece in pieces if piece]
+
+
+def _fire_index(frames: Sequence[Frame], after: int) -> int:
+    """Index of the frame before which an ``*_after(after)`` fault fires."""
+    seen = 0
+    last_delta: int | None = None
+    for i, frame in enumerate(frames):
+        if frame.delta:
+            if seen == after:
+                return i
+            seen += 1
+            last_delta = i
+    return last_delta + 1 if last_delta is not None else min(1, len(frames))
+
+
+@attrs.define(eq=False)
+class _Writer:
+    stream: trio.SocketStream
+    record: RequestRecord
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+        if self.record.first_byte_at is None:
+            self.record.first_byte_at = trio.current_time()
+        self.record.bytes_sent += len(data)
+        self.record.writes += 1
+
+    async def head(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.record.status = status
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        await self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    async def chunk(self, payload: bytes) -> None:
+        await self.send(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+    async def event(
+        self, data: bytes, *, delta: bool = False, split: SplitUtf8 | None = None
+    ) -> None:
+        if split is None or data.isascii():
+            await self.chunk(data)
+        else:
+            for i, piece in enumerate(_split_utf8(data)):
+                if i:
+                    await trio.sleep(split.pause)
+                await self.chunk(piece)
+        self.record.events_sent += 1
+        if delta:
+            self.record.deltas_sent += 1
+
+    async def end(self) -> None:
+        await self.send(b"0\r\n\r\n")
+        self.record.completed_at = trio.current_time()
+        self.record.outcome = "completed"
+
+
+def _mark_disconnected(record: RequestRecord) -> None:
+    if record.disconnected_at is None and record.completed_at is None:
+        record.disconnected_at = trio.current_time()
+        record.outcome = "disconnected"
+        record.disconnected.set()
+
+
+def _redact(name: str, value: str) -> str:
+    return REDACTED if name in SECRET_HEADERS else value
+
+
+def _unwrap_single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    return group.exceptions[0] if len(group.exceptions) == 1 else None
+
+
+@attrs.define(eq=False)
+class Emulator:
+    """A running emulator: where it listens and what it has seen.
+
+    Created by :func:`open_emulator` / :func:`serve_emulator`, never directly. ``requests`` and
+    ``connections`` grow as traffic arrives; read them from any task of the same trio run.
+    Any number of tasks may await the ``wait_*`` methods at once; cancelling one of those waits
+    affects nothing else. Connections are served concurrently, requests on one connection in
+    order.
+    """
+
+    host: str
+    port: int
+    source: ReplySource = attrs.field(repr=False)
+    models: tuple[str, ...] = DEFAULT_MODELS
+    requests: list[RequestRecord] = attrs.field(factory=list, init=False, repr=False)
+    connections: list[ConnectionRecord] = attrs.field(factory=list, init=False, repr=False)
+    _arrived: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _streams_served: int = attrs.field(default=0, init=False, repr=False)
+    _status_served: dict[Reply, int] = attrs.field(factory=dict, init=False, repr=False)
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT``, without a path."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        """The ``base_url`` for ``openai.AsyncOpenAI`` (ends with ``/v1``)."""
+        return self.base_url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """The ``base_url`` for ``anthropic.AsyncAnthropic`` (no ``/v1``: the SDK adds it)."""
+        return self.base_url
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def wait_request(self, index: int) -> RequestRecord:
+        """Wait until request ``index`` (0-based, arrival order) has arrived; return its record."""
+        while len(self.requests) <= index:
+            await self._arrived.wait()
+        return self.requests[index]
+
+    async def wait_disconnect(self, index: int) -> float:
+        """Wait until the client of request ``index`` went away mid-response; return when
+        (``trio.current_time()``). Waits forever if the response completes normally: wrap it in
+        ``trio.fail_after``."""
+        record = await self.wait_request(index)
+        await record.disconnected.wait()
+        assert record.disconnected_at is not None
+        return record.disconnected_at
+
+    async def wait_ended(self, index: int) -> RequestRecord:
+        """Wait until the server is done with request ``index``, however it ended."""
+        record = await self.wait_request(index)
+        await record.ended.wait()
+        return record
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted connection until it closes (the ``trio.serve_listeners`` handler).
+
+        Requests on it are served one after the other. Closes ``stream`` on the way out, also
+        when cancelled.
+        """
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            peer = ("?", 0)
+        conn = ConnectionRecord(len(self.connections), f"{peer[0]}:{peer[1]}", trio.current_time())
+        self.connections.append(conn)
+        buf = bytearray()
+        try:
+            while True:
+                try:
+                    head = await _read_head(stream, buf)
+                except _BadRequest as exc:
+                    await self._send_plain(stream, 400, str(exc))
+                    break
+                if head is None or not await self._serve_request(stream, conn, head, buf):
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            conn.closed_at = trio.current_time()
+            await stream.aclose()
+
+    async def _send_plain(self, stream: trio.SocketStream, status: int, text: str) -> None:
+        body = text.encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        await stream.send_all(head.encode() + body)
+
+    async def _serve_request(
+        self, stream: trio.SocketStream, conn: ConnectionRecord, head: _Head, buf: bytearray
+    ) -> bool:
+        """Answer one request; return whether the connection may carry another."""
+        try:
+            body: Any = json.loads(head.body) if head.body else None
+        except ValueError:
+            body = None
+        path = head.target.partition("?")[0]
+        record = RequestRecord(
+            index=len(self.requests),
+            connection=conn.index,
+            method=head.method,
+            path=path,
+            headers=tuple((name, _redact(name, value)) for name, value in head.headers),
+            body=body,
+            received_at=trio.current_time(),
+            provider=PROVIDER_BY_PATH.get(path),
+        )
+        self.requests.append(record)
+        conn.requests.append(record.index)
+        self._arrived.set()
+        self._arrived = trio.Event()
+        try:
+            return await self._respond(stream, record, head, buf)
+        finally:
+            if record.outcome == "pending":
+                record.outcome = "closed"
+            record.ended_at = trio.current_time()
+            record.ended.set()
+
+    async def _respond(
+        self, stream: trio.SocketStream, record: RequestRecord, head: _Head, buf: bytearray
+    ) -> bool:
+        writer = _Writer(stream, record)
+        keep_alive = head.keep_alive
+        request_id = f"req_emu{record.index}"
+        is_anthropic = head.get("anthropic-version") is not None or record.provider == "anthropic"
+        if record.path == "/v1/models" and head.method == "GET":
+            kind: Literal["openai", "anthropic"] = "anthropic" if is_anthropic else "openai"
+            await self._send_json(
+                writer, 200, models_body(kind, self.models), keep_alive, request_id=request_id
+            )
+            return keep_alive
+        provider = record.provider
+        if provider is None:
+            error_provider: Provider = "anthropic" if is_anthropic else "openai-chat"
+            body = status_body(
+                error_provider, 404, f"no route for {record.path}", request_id=request_id
+            )
+            await self._send_json(writer, 404, body, keep_alive, request_id=request_id)
+            return keep_alive
+        if head.method != "POST":
+            body = status_body(provider, 405, "use POST", request_id=request_id)
+            await self._send_json(writer, 405, body, keep_alive, request_id=request_id)
+            return keep_alive
+        request = record.body
+        if not isinstance(request, dict) or request.get("stream") is not True:
+            message = "the llmpipe emulator only serves streaming requests (stream: true)"
+            body = status_body(provider, 400, message, request_id=request_id)
+            await self._send_json(writer, 400, body, keep_alive, request_id=request_id)
+            return keep_alive
+
+        reply = await self._reply_for(record)
+        fault = reply.fault
+        if isinstance(fault, StatusFault):
+            served = self._status_served.get(reply, 0)
+            if fault.times is None or served < fault.times:
+                self._status_served[reply] = served + 1
+                record.fault = fault
+                extra: list[tuple[str, str]] = []
+                if fault.retry_after is not None:
+                    extra.append(("retry-after", f"{fault.retry_after:g}"))
+                body = status_body(provider, fault.code, fault.message, request_id=request_id)
+                await self._send_json(
+                    writer, fault.code, body, keep_alive, request_id=request_id, extra=extra
+                )
+                return keep_alive
+            fault = None
+        record.fault = fault
+        stream_options = request.get("stream_options")
+        include_usage = (
+            isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        )
+        model = request.get("model")
+        fmt = wire_format(
+            provider,
+            reply,
+            model=model if isinstance(model, str) else DEFAULT_MODEL,
+            index=record.index,
+            include_usage=include_usage,
+        )
+        return await self._stream(writer, record, fmt, fault, keep_alive, request_id, buf)
+
+    async def _reply_for(self, record: RequestRecord) -> Reply:
+        index = self._streams_served
+        self._streams_served += 1
+        source = self.source
+        if isinstance(source, Reply):
+            return source
+        if isinstance(source, Script):
+            return source.reply_for(index)
+        if isinstance(source, Sequence):
+            return Script(source).reply_for(index)
+        result = source(record)
+        if inspect.isawaitable(result):
+            result = await result
+        if not isinstance(result, Reply):
+            raise TypeError(f"the reply callable returned {result!r}, not a Reply")
+        return result
+
+    async def _send_json(
+        self,
+        writer: _Writer,
+        status: int,
+        body: bytes,
+        keep_alive: bool,
+        *,
+        request_id: str,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "keep-alive" if keep_alive else "close"),
+            ("Server", "llmpipe-emulator"),
+            ("x-request-id", request_id),
+            ("request-id", request_id),
+            *extra,
+        ]
+        await writer.head(status, headers)
+        await writer.send(body)
+        writer.record.completed_at = trio.current_time()
+        writer.record.outcome = "completed"
+
+    async def _stream(
+        self,
+        writer: _Writer,
+        record: RequestRecord,
+        fmt: WireFormat,
+        fault: Fault,
+        keep_alive: bool,
+        request_id: str,
+        buf: bytearray,
+    ) -> bool:
+        result: Literal["keep", "close", "reset"] = "close"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_peer, writer.stream, record, nursery.cancel_scope, buf)
+            try:
+                result = await self._write_stream(writer, fmt, fault, keep_alive, request_id)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                _mark_disconnected(record)
+            nursery.cancel_scope.cancel()
+        if result == "reset":
+            sock = writer.stream.socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            record.outcome = "reset"
+            return False
+        return result == "keep"
+
+    @staticmethod
+    async def _watch_peer(
+        stream: trio.SocketStream, record: RequestRecord, scope: trio.CancelScope, buf: bytearray
+    ) -> None:
+        """Read while the response streams: EOF or an error means the client went away."""
+        while True:
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                _mark_disconnected(record)
+                scope.cancel()
+                return
+            buf += data  # the client's next request, sent early; the request loop reads it
+
+    async def _write_stream(
+        self, writer: _Writer, fmt: WireFormat, fault: Fault, keep_alive: bool, request_id: str
+    ) -> Literal["keep", "close", "reset"]:
+        headers = [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "keep-alive" if keep_alive else "close"),
+            ("Server", "llmpipe-emulator"),
+            ("x-request-id", request_id),
+            ("request-id", request_id),
+        ]
+        await writer.head(200, headers)
+        frames = fmt.frames()
+        fire_at = -1
+        if isinstance(fault, ErrorEventAfter | ResetAfter | StallAfter | MalformedAfter):
+            fire_at = _fire_index(frames, fault.after)
+        split = fault if isinstance(fault, SplitUtf8) else None
+        rate = fmt.reply.tokens_per_second
+        interval = 1.0 / rate if rate > 0 else 0.0
+        for i, frame in enumerate(frames):
+            if i == fire_at:
+                if isinstance(fault, StallAfter):
+                    await trio.sleep(fault.seconds)
+                elif isinstance(fault, ResetAfter):
+                    return "reset"
+                elif isinstance(fault, ErrorEventAfter):
+                    await writer.event(fmt.error_event(fault, i))
+                    await writer.end()
+                    return "keep" if keep_alive else "close"
+                elif isinstance(fault, MalformedAfter):
+                    await writer.event(fault.payload or fmt.malformed())
+                    await writer.end()
+                    return "keep" if keep_alive else "close"
+            if frame.delta and interval:
+                await trio.sleep(interval)
+            await writer.event(frame.data, delta=frame.delta, split=split)
+        await writer.end()
+        return "keep" if keep_alive else "close"
+
+
+async def serve_emulator(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    reply: ReplySource = DEFAULT_REPLY,
+    *,
+    models: tuple[str, ...] = DEFAULT_MODELS,
+    task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` (``0``: any free port) and serve until cancelled.
+
+    Use with ``nursery.start``: the :class:`Emulator` (with the real port) is passed to
+    ``task_status.started`` once the socket listens. Cancelling the task closes the listener
+    and every connection, mid-stream ones included. Malformed HTTP gets a 400 and a closed
+    connection; an exception raised by a reply callable is not caught: it stops the emulator
+    (and so fails the test that scripted it).
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound_port = listeners[0].socket.getsockname()[1]
+    emulator = Emulator(host, bound_port, reply, models)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, emulator.handle_connection, listeners)
+        task_status.started(emulator)
+
+
+@asynccontextmanager
+async def open_emulator(
+    reply: ReplySource = DEFAULT_REPLY,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    models: tuple[str, ...] = DEFAULT_MODELS,
+) -> AsyncIterator[Emulator]:
+    """Run an emulator for the duration of the ``async with`` block.
+
+    ``reply`` is one :class:`Reply` for every request, a :class:`Script` or sequence (one per
+    request, in arrival order), or a callable given each :class:`RequestRecord` (sync or
+    async; an async one may block to hold a request back). On exit the server and all its
+    connections are closed (cancelled), even mid-stream. An exception from the block comes out
+    as itself, not wrapped in an exception group.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            emulator: Emulator = await nursery.start(
+                partial(serve_emulator, host, port, reply, models=models)
+            )
+            try:
+                yield emulator
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        single = _unwrap_single(group)
+        if single is None:
+            raise
+        single.__suppress_context__ = True
+        raise single  # noqa: B904 -- re-raising the one real exception, unwrapped
+
+
+def main_emulate(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``llmpipe emulate``: serve one reply until interrupted (Ctrl-C)."""
+    parser = argparse.ArgumentParser(
+        prog="llmpipe emulate",
+        description="Serve OpenAI/Anthropic-compatible streaming endpoints with a scripted reply.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--text", default=DEFAULT_REPLY.text, help="the reply text")
+    parser.add_argument("--tokens-per-second", type=float, default=20.0, help="0: no pacing")
+    parser.add_argument("--input-tokens", type=int, default=10)
+    parser.add_argument("--fault", default="none", help="e.g. reset_after:3, status:429:1:2")
+    args = parser.parse_args(argv)
+    try:
+        fault = parse_fault(args.fault)
+    except ValueError as exc:
+        parser.error(str(exc))
+    reply = Reply(
+        args.text,
+        input_tokens=args.input_tokens,
+        tokens_per_second=args.tokens_per_second,
+        fault=fault,
+    )
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            emulator: Emulator = await nursery.start(
+                partial(serve_emulator, args.host, args.port, reply)
+            )
+            print(
+                f"llmpipe emulator listening on {emulator.base_url}\n"
+                f"  OpenAI:    base_url={emulator.openai_base_url}\n"
+                f"  Anthropic: base_url={emulator.anthropic_base_url}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    interrupted = False
+    try:
+        trio.run(run)
+    except* KeyboardInterrupt:
+        interrupted = True
+    return 130 if interrupted else 0

@@ -1,0 +1,7 @@
+"""Consumers of llmpipe events: terminal, files (and, as they land, SSE, WebSocket, speech)."""
+
+from .files import EventLogSink as EventLogSink
+from .files import TextFileSink as TextFileSink
+from .terminal import TerminalSink as TerminalSink
+
+__all__ = ["EventLogSink", "TerminalSink", "TextFileSink"]

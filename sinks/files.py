@@ -1,0 +1,108 @@
+"""File sinks: the answer's text written atomically, and a JSON-lines log of every event."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from pipeline import Done, Error, EventReceiver, TextDelta, event_to_json
+
+from ._drain import receive_batch
+
+__all__ = ["EventLogSink", "TextFileSink"]
+
+
+def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(path):x}.tmp")
+    return tmp, open(tmp, "wb")
+
+
+def _finish(f: BinaryIO, tmp: Path, final: Path) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.replace(tmp, final)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _write(f: BinaryIO, data: bytes) -> None:
+    f.write(data)
+    f.flush()
+
+
+class TextFileSink:
+    """Write the stream's text to ``path`` atomically.
+
+    Text goes to a temporary file beside ``path``; when the stream ends with ``Done`` the file
+    is synced and renamed over ``path``, so ``path`` either does not change or holds the whole
+    answer. If the stream ends with an ``Error``, or the pipeline is cancelled, the text received
+    so far is kept as ``PATH.partial`` (or removed when ``keep_partial=False``) and ``path`` is
+    left alone. Writes run in a worker thread, one per batch of events.
+    """
+
+    name = "file"
+
+    def __init__(self, path: str | os.PathLike[str], *, keep_partial: bool = True) -> None:
+        self.path = Path(path)
+        self.keep_partial = keep_partial
+        self.completed = False
+        self.written_chars = 0
+
+    async def consume(self, events: EventReceiver, /) -> None:
+        tmp, f = await trio.to_thread.run_sync(_open_temp, self.path)
+        done = False
+        try:
+            while batch := await receive_batch(events):
+                text = "".join(ev.text for ev in batch if isinstance(ev, TextDelta))
+                if text:
+                    await trio.to_thread.run_sync(_write, f, text.encode("utf-8"))
+                    self.written_chars += len(text)
+                if any(isinstance(ev, Done) for ev in batch):
+                    done = True
+                elif any(isinstance(ev, Error) for ev in batch):
+                    done = False
+            if done:
+                await trio.to_thread.run_sync(_finish, f, tmp, self.path)
+                self.completed = True
+        finally:
+            if not self.completed:
+                # Synchronous on purpose: this must also run when cancelled.
+                f.close()
+                partial = self.path.with_name(self.path.name + ".partial")
+                if self.keep_partial:
+                    os.replace(tmp, partial)
+                else:
+                    tmp.unlink(missing_ok=True)
+
+
+class EventLogSink:
+    """Append every event to ``path`` as one line of JSON (see :func:`pipeline.event_to_json`).
+
+    The file is created (truncated) when the sink starts and flushed after each batch, so it can
+    be followed while the stream runs.
+    """
+
+    name = "event-log"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    async def consume(self, events: EventReceiver, /) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = await trio.to_thread.run_sync(open, self.path, "wb")
+        try:
+            while batch := await receive_batch(events):
+                data = "".join(event_to_json(ev) + "\n" for ev in batch).encode("utf-8")
+                await trio.to_thread.run_sync(_write, f, data)
+        finally:
+            f.close()

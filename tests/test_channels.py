@@ -1,0 +1,280 @@
+"""Event channels: budgets, every overflow policy, statistics, the resource contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from pipeline import (
+    ChannelOverflowError,
+    ConfigError,
+    Done,
+    Dropped,
+    Error,
+    Event,
+    TextDelta,
+    ToolCallStart,
+    Usage,
+    open_event_channel,
+)
+
+
+def drain(recv: trio.abc.ReceiveChannel[Event]) -> list[Event]:
+    out: list[Event] = []
+    while True:
+        try:
+            out.append(recv.receive_nowait())  # type: ignore[attr-defined]
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return out
+
+
+def texts(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"max_items": 0}, ConfigError),
+        ({"max_items": -1}, ConfigError),
+        ({"max_bytes": -1}, ConfigError),
+        ({"max_items": 1.5}, TypeError),
+        ({"max_items": math.inf}, TypeError),
+        ({"max_items": True}, TypeError),
+        ({"max_bytes": "10"}, TypeError),
+        ({"policy": "lossy"}, ConfigError),
+        ({"max_spill_bytes": 0}, ConfigError),
+    ],
+)
+def test_invalid_configuration_is_rejected(kwargs: dict[str, object], exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        open_event_channel(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_error_is_a_value_error_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="max_items"):
+        open_event_channel(max_items=0)
+
+
+async def test_block_waits_for_room_and_counts_blocked_time(autojump_clock: trio.abc.Clock) -> None:
+    send, recv = open_event_channel(max_items=2)
+    send.send_nowait(TextDelta("a"))
+    send.send_nowait(TextDelta("b"))
+    with pytest.raises(trio.WouldBlock):
+        send.send_nowait(TextDelta("c"))
+
+    async def consumer() -> None:
+        await trio.sleep(5)
+        await recv.receive()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer)
+        await send.send(TextDelta("c"))
+    stats = send.statistics()
+    assert stats.blocked_seconds == pytest.approx(5)
+    assert stats.items_queued == 2
+    assert stats.high_water_items == 2
+    assert texts(drain(recv)) == "bc"
+
+
+async def test_byte_budget_blocks_but_a_big_item_passes_alone() -> None:
+    send, recv = open_event_channel(max_items=100, max_bytes=10)
+    send.send_nowait(TextDelta("x" * 50))  # larger than the budget, but the channel is empty
+    with pytest.raises(trio.WouldBlock):
+        send.send_nowait(TextDelta("y"))
+    assert recv.receive_nowait() == TextDelta("x" * 50)
+    send.send_nowait(TextDelta("é" * 5))  # 10 bytes of UTF-8
+    assert send.statistics().bytes_queued == 10
+    with pytest.raises(trio.WouldBlock):
+        send.send_nowait(TextDelta("z"))
+
+
+async def test_coalesce_merges_text_while_consumer_lags() -> None:
+    send, recv = open_event_channel(max_items=4, max_bytes=1000, policy="coalesce")
+    for i in range(100):
+        send.send_nowait(TextDelta(str(i % 10), seq=i + 1))
+    send.send_nowait(Usage(3, 4, seq=101))
+    send.send_nowait(TextDelta("é", seq=102))
+    send.close()
+    got = drain(recv)
+    assert got[0] == TextDelta("0123456789" * 10, seq=100)
+    assert got[1] == Usage(3, 4, seq=101)
+    assert got[2] == TextDelta("é", seq=102)
+    stats = recv.statistics()
+    assert stats.items_coalesced == 99
+    assert stats.items_received == 3
+
+
+async def test_coalesce_blocks_when_merged_text_exceeds_byte_budget() -> None:
+    send, recv = open_event_channel(max_items=4, max_bytes=10, policy="coalesce")
+    send.send_nowait(TextDelta("12345"))
+    send.send_nowait(TextDelta("67890"))
+    with pytest.raises(trio.WouldBlock):
+        send.send_nowait(TextDelta("x"))
+    assert recv.receive_nowait().text == "1234567890"  # type: ignore[union-attr]
+    send.send_nowait(TextDelta("x"))
+
+
+async def test_coalesce_never_merges_across_other_events() -> None:
+    send, recv = open_event_channel(policy="coalesce")
+    for ev in [TextDelta("a"), TextDelta("b"), ToolCallStart(0, "id", "f"), TextDelta("c")]:
+        send.send_nowait(ev)
+    send.close()
+    assert drain(recv) == [TextDelta("ab"), ToolCallStart(0, "id", "f"), TextDelta("c")]
+
+
+async def test_spill_never_blocks_keeps_order_and_merges_on_read_back() -> None:
+    send, recv = open_event_channel(max_items=2, max_bytes=8, policy="spill")
+    sent: list[Event] = []
+    for i in range(10_000):
+        ev: Event = TextDelta(f"{i},", seq=i + 1)
+        if i % 1000 == 999:
+            ev = Usage(i, i, seq=i + 1)
+        send.send_nowait(ev)
+        sent.append(ev)
+    send.send_nowait(Done("stop", seq=10_001))
+    sent.append(Done("stop", seq=10_001))
+    stats = send.statistics()
+    assert stats.items_queued == 2
+    assert stats.items_spilled == 9_999
+    assert stats.spill_file_bytes > 0
+    send.close()
+    got = drain(recv)
+    assert texts(got) == texts(sent)
+    assert [e for e in got if not isinstance(e, TextDelta)] == [
+        e for e in sent if not isinstance(e, TextDelta)
+    ]
+    seqs = [e.seq for e in got]
+    assert seqs == sorted(set(seqs))
+    # Read-back items respect the byte budget (a merged delta holds at most max_bytes of text).
+    assert all(len(e.text) <= 8 for e in got if isinstance(e, TextDelta))
+    assert recv.statistics().spill_file_bytes == 0  # released once the reader caught up
+
+
+async def test_spill_file_limit_blocks() -> None:
+    send, recv = open_event_channel(max_items=1, policy="spill", max_spill_bytes=100)
+    send.send_nowait(TextDelta("a"))
+    n = 0
+    with pytest.raises(trio.WouldBlock):
+        while True:
+            send.send_nowait(TextDelta("b" * 10))
+            n += 1
+    assert 0 < n < 10
+    recv.close()
+
+
+async def test_drop_oldest_drops_and_says_what() -> None:
+    send, recv = open_event_channel(max_items=3, policy="drop_oldest")
+    send.send_nowait(TextDelta("aa", seq=1))
+    send.send_nowait(ToolCallStart(0, "c1", "f", seq=2))
+    send.send_nowait(TextDelta("bbb", seq=3))
+    send.send_nowait(TextDelta("cccc", seq=4))  # drops "aa"
+    send.send_nowait(TextDelta("d", seq=5))  # drops "bbb" (the tool-call start is kept)
+    send.send_nowait(Done("stop", seq=6))  # drops "cccc"
+    send.close()
+    got = drain(recv)
+    assert got[0] == Dropped(items=3, text_bytes=9, text_chars=9, first_seq=1, last_seq=4)
+    assert got[1:] == [
+        ToolCallStart(0, "c1", "f", seq=2),
+        TextDelta("d", seq=5),
+        Done("stop", seq=6),
+    ]
+    assert recv.statistics().items_dropped == 3
+
+
+async def test_drop_oldest_blocks_when_nothing_is_droppable() -> None:
+    send, recv = open_event_channel(max_items=1, policy="drop_oldest")
+    send.send_nowait(ToolCallStart(0, "c", "f"))
+    with pytest.raises(trio.WouldBlock):
+        send.send_nowait(TextDelta("x"))
+    recv.close()
+
+
+async def test_fail_policy_raises_and_tells_the_consumer() -> None:
+    send, recv = open_event_channel(max_items=2, policy="fail")
+    send.send_nowait(TextDelta("a"))
+    send.send_nowait(TextDelta("b"))
+    with pytest.raises(ChannelOverflowError, match="budget 2 items"):
+        send.send_nowait(TextDelta("c"))
+    with pytest.raises(trio.ClosedResourceError):
+        send.send_nowait(TextDelta("d"))
+    got = drain(recv)
+    assert [type(e) for e in got] == [TextDelta, TextDelta, Error]
+    assert isinstance(got[2], Error)
+    assert got[2].kind == "overflow"
+    with pytest.raises(trio.EndOfChannel):
+        recv.receive_nowait()
+
+
+async def test_receiver_close_breaks_sender_and_releases_spill() -> None:
+    send, recv = open_event_channel(max_items=1, policy="spill")
+    for _ in range(10):
+        send.send_nowait(TextDelta("x"))
+    await recv.aclose()
+    await recv.aclose()  # idempotent
+    with pytest.raises(trio.BrokenResourceError):
+        await send.send(TextDelta("y"))
+    with pytest.raises(trio.ClosedResourceError):
+        recv.receive_nowait()
+
+
+async def test_blocked_sender_is_woken_by_receiver_close() -> None:
+    send, recv = open_event_channel(max_items=1)
+    send.send_nowait(TextDelta("x"))
+    async with trio.open_nursery() as nursery:
+
+        async def sender() -> None:
+            with pytest.raises(trio.BrokenResourceError):
+                await send.send(TextDelta("y"))
+
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()
+        recv.close()
+
+
+async def test_send_and_receive_are_cancel_safe(autojump_clock: trio.abc.Clock) -> None:
+    send, recv = open_event_channel(max_items=1)
+    send.send_nowait(TextDelta("x"))
+    with trio.move_on_after(1):
+        await send.send(TextDelta("lost"))
+    assert drain(recv) == [TextDelta("x")]
+    with trio.move_on_after(1):
+        await recv.receive()
+    send.send_nowait(TextDelta("y"))
+    assert await recv.receive() == TextDelta("y")
+
+
+async def test_concurrent_use_is_refused() -> None:
+    send, recv = open_event_channel(max_items=1)
+    with pytest.RaisesGroup(trio.BusyResourceError):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(recv.receive)
+            nursery.start_soon(recv.receive)
+    with pytest.raises(NotImplementedError):
+        send.clone()
+
+
+async def test_sender_close_ends_the_stream_after_the_queue() -> None:
+    send, recv = open_event_channel()
+    await send.send(TextDelta("a"))
+    await send.aclose()
+    await send.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await send.send(TextDelta("b"))
+    assert [e async for e in recv] == [TextDelta("a")]
+    for _ in range(3):  # nothing after termination, and no hang
+        with pytest.raises(trio.EndOfChannel):
+            await recv.receive()
+
+
+async def test_fill_ratio_tracks_the_larger_budget() -> None:
+    send, recv = open_event_channel(max_items=4, max_bytes=100)
+    send.send_nowait(TextDelta("x" * 75))
+    assert send.statistics().fill_ratio == pytest.approx(0.75)
+    send.send_nowait(Done())
+    send.send_nowait(Done())
+    assert send.statistics().fill_ratio == pytest.approx(0.75)
+    recv.close()
