@@ -142,14 +142,12 @@ class SSEDecoder:
             self._data.append(value)
         elif field == "event":
             self._event = value
-        elif field == "id":
-            if "\x00" not in value:
-                self._id_buffer = value
-                self._id_set = True
-        elif field == "retry":
-            if value and value.isascii() and value.isdigit():
-                self.retry = int(value)
-                self._retry_seen = self.retry
+        elif field == "id" and "\x00" not in value:
+            self._id_buffer = value
+            self._id_set = True
+        elif field == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
+            self._retry_seen = self.retry
 
     def _dispatch(self, out: list[SSEEvent]) -> None:
         if self._id_set:
