@@ -80,6 +80,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from ._graphemes import last_safe_cut
+
 __all__ = ["SentenceBuffer"]
 
 
@@ -175,10 +177,10 @@ class SentenceBuffer:
     Memory is bounded: at most about ``max_chars + 400`` characters are held (the pending piece,
     a bounded look-ahead and a 256-character tail of released text used for look-behind). A
     piece that reaches ``max_chars`` characters without a boundary is released at its last
-    whitespace (the last newline inside a code fence; a hard cut at ``max_chars`` if there is no
-    whitespace). This also applies inside code fences, so a fence longer than ``max_chars`` is
-    released in several pieces cut at line ends. Like every other decision it depends only on
-    the text, so it is chunk-invariant too.
+    whitespace (the last newline inside a code fence; a hard cut just before ``max_chars``, at
+    a grapheme cluster boundary, if there is no whitespace). This also applies inside code
+    fences, so a fence longer than ``max_chars`` is released in several pieces cut at line
+    ends. Like every other decision it depends only on the text, so it is chunk-invariant too.
 
     ``first_fragment_min_chars`` enables a fast path for time to first audio: the *first* piece
     of each segment may end early at a clause boundary (``,``, ``;``, ``:`` or a dash, followed
@@ -356,7 +358,9 @@ class SentenceBuffer:
             if m is not None and window[: m.end()].strip():
                 cut = m.end()
         if cut < 0:
-            cut = self._max
+            # No whitespace at all: cut at the last grapheme boundary inside the window (the
+            # character after the cut is in the window, so the choice depends on text only).
+            cut = last_safe_cut(window, self._max - 1) or self._max
         self._emit(out, self._start + cut)
         # The rest of the new piece was already scanned; recompute what the scanner knows.
         m2 = _NON_WS.search(self._buf, self._start - self._off, self._pos - self._off)

@@ -433,8 +433,18 @@ def test_max_chars_releases_at_last_whitespace() -> None:
 
 
 def test_max_chars_hard_cut_without_whitespace() -> None:
+    # The hard cut is at the last grapheme boundary inside the max_chars window (the character
+    # after the cut must be in the window so the choice depends on the text alone): max - 1.
     pieces = segment_all_ways("x" * 100, max_chars=40)
-    assert pieces == ["x" * 40, "x" * 40, "x" * 20]
+    assert pieces == ["x" * 39, "x" * 39, "x" * 22]
+
+
+def test_max_chars_hard_cut_never_splits_a_grapheme_cluster() -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one cluster, 5 code points
+    text = family * 30
+    pieces = segment_all_ways(text, max_chars=17)
+    assert "".join(pieces) == text
+    assert all(len(p) % 5 == 0 for p in pieces), [len(p) for p in pieces]
 
 
 def test_first_fragment_fast_path() -> None:
@@ -531,4 +541,4 @@ def test_long_input_per_character_is_linear() -> None:
         assert len(buf.pending) <= 500 + 400
     out += buf.flush()
     assert "".join(out) == text
-    assert len(out) == 400 + 10
+    assert len(out) == 400 + 11  # 5000 x's in hard cuts of max_chars - 1
