@@ -438,6 +438,15 @@ class EventSender(trio.abc.SendChannel[Event]):
         """A snapshot of the channel's counters (shared with the receiving end)."""
         return self._state.statistics()
 
+    def fill_ratio(self) -> float:
+        """Same as ``statistics().fill_ratio``, without building the snapshot (hot path)."""
+        st = self._state
+        if st.spill is not None and st.spill.items:
+            return 1.0
+        items = len(st.queue) / st.max_items
+        nbytes = st.nbytes / st.max_bytes if st.max_bytes else 0.0
+        return items if items > nbytes else nbytes
+
     @property
     def policy(self) -> Policy:
         return self._state.policy

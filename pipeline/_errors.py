@@ -103,7 +103,8 @@ class ProducerStatusError(ProducerError):
 
     def __init__(self, message: str, *, status_code: int, retryable: bool | None = None) -> None:
         if retryable is None:
-            retryable = status_code == 429 or status_code >= 500
+            # As the SDKs do: timeouts, conflicts, rate limits and server errors.
+            retryable = status_code in (408, 409, 429) or status_code >= 500
         super().__init__(message, retryable=retryable)
         self.status_code = status_code
 

@@ -312,7 +312,7 @@ class RunningPipeline:
         worst = 0.0
         for r in self._routes:
             if r.state == "active":
-                worst = max(worst, r.sender.statistics().fill_ratio)
+                worst = max(worst, r.sender.fill_ratio())
         return worst
 
     def _fail(self, exc: BaseException) -> None:

@@ -274,7 +274,10 @@ async def test_fill_ratio_tracks_the_larger_budget() -> None:
     send, recv = open_event_channel(max_items=4, max_bytes=100)
     send.send_nowait(TextDelta("x" * 75))
     assert send.statistics().fill_ratio == pytest.approx(0.75)
+    assert send.fill_ratio() == pytest.approx(0.75)
     send.send_nowait(Done())
     send.send_nowait(Done())
     assert send.statistics().fill_ratio == pytest.approx(0.75)
+    send.send_nowait(Done())
+    assert send.fill_ratio() == send.statistics().fill_ratio == 1.0
     recv.close()

@@ -49,3 +49,9 @@ def test_cli_rejects_bad_options() -> None:
     result = run("-m", "pipeline.cli", "stream", "--rate", "-1")
     assert result.returncode != 0
     assert "--rate" in result.stderr
+
+
+def test_benchmark_quick_smoke() -> None:
+    # Correctness only (each variant must deliver exactly the produced text); no timing.
+    result = run("benchmarks/bench_pipeline.py", "--quick", timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,372 @@
+"""What every HTTP/SSE producer shares: retries, timeouts, error translation, a cost guard.
+
+A provider adapter supplies two things:
+
+* ``_open(attempt)``: an async context manager that sends the request through the provider's
+  SDK and yields an async iterator of the raw response body bytes (the SDK's
+  ``with_streaming_response`` path: the SDK owns the request, auth and status errors; we decode
+  the bytes with our own SSE decoder and one JSON parse per event, which is far cheaper than the
+  SDK's per-chunk objects);
+* ``_parser()``: a fresh :class:`StreamParser` per attempt, mapping the provider's SSE events to
+  llmpipe events in linear time.
+
+The loop here then guarantees, for every provider:
+
+* **Retries before the first token**: connection errors, timeouts, 429 and 5xx (and error events
+  that arrive before any content) are retried with exponential backoff and full jitter, waiting
+  at least what ``retry-after``/``retry-after-ms`` asks. Events that are not content
+  (:class:`~pipeline.Metadata`) are held back until the first content event, so a retry never
+  repeats anything. After the first content event a failure is raised as a
+  :class:`~pipeline.ProducerError` (the runner turns it into an ``Error`` event that keeps the
+  partial output): no silent restart that would duplicate text.
+* **Timeouts**: ``first_token_timeout`` from sending the request to the first content event,
+  ``stall_timeout`` between two reads of the body afterwards. Time spent waiting in ``emit``
+  (our own consumers' backpressure) never counts as a stall.
+* **Cancellation**: the SDK response is held with ``async with``; cancelling the pipeline
+  (also while parked in ``emit`` on a full channel) closes the upstream HTTP request at once.
+* **Secrets**: error messages are passed through :func:`redact` with the client's API key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+import attrs
+import trio
+
+from .._errors import (
+    ConfigError,
+    ProducerConnectionError,
+    ProducerError,
+    ProducerProtocolError,
+    ProducerStatusError,
+    ProducerTimeout,
+)
+from .._events import Done, Error, Event, Metadata, Usage, is_terminal
+from .._producer import Emit
+from .._sse import SSEDecoder, SSEEvent
+
+__all__ = [
+    "DEFAULT_FIRST_TOKEN_TIMEOUT",
+    "DEFAULT_STALL_TIMEOUT",
+    "CostGuard",
+    "CostLimitError",
+    "RetryPolicy",
+    "SSEProducer",
+    "StreamParser",
+    "estimate_tokens",
+    "redact",
+    "translate_error",
+]
+
+DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 60.0
+DEFAULT_STALL_TIMEOUT: Final = 30.0
+
+
+class CostLimitError(ConfigError):
+    """The request would exceed a configured token limit; nothing was sent."""
+
+    kind = "cost_limit"
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Exponential backoff with full jitter for failures before the first token.
+
+    Attempt ``n`` (1-based) waits ``uniform(0, min(max_delay, initial_delay * multiplier**(n-1)))``
+    (without jitter: the upper bound), and never less than the server's ``retry-after``.
+    ``max_attempts=1`` disables retries.
+    """
+
+    max_attempts: int = 4
+    initial_delay: float = 0.5
+    multiplier: float = 2.0
+    max_delay: float = 20.0
+    jitter: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
+            raise ConfigError("retry delays must be >= 0 and multiplier >= 1")
+
+    def delay(
+        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        cap = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        wait = (rng or random).uniform(0, cap) if self.jitter else cap
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return wait
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate: about 4 characters per token for English, never below the
+    number of words. Good enough for a guard; not for billing."""
+    return max(math.ceil(len(text) / 4), len(text.split()))
+
+
+@attrs.frozen
+class CostGuard:
+    """Limits checked before a request is sent.
+
+    ``max_input_tokens`` bounds the *estimated* prompt size (:func:`estimate_tokens` over every
+    message's text, plus 4 per message); ``max_output_tokens`` bounds what the request may ask
+    the model to generate. A request over a limit raises :class:`CostLimitError` naming it.
+    """
+
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+
+    def check(self, prompt_texts: Sequence[str], requested_output_tokens: int | None) -> int:
+        estimate = sum(estimate_tokens(t) + 4 for t in prompt_texts)
+        if self.max_input_tokens is not None and estimate > self.max_input_tokens:
+            raise CostLimitError(
+                f"max_input_tokens: the prompt is about {estimate} tokens, over the limit of "
+                f"{self.max_input_tokens}; nothing was sent"
+            )
+        if self.max_output_tokens is not None:
+            if requested_output_tokens is None:
+                raise CostLimitError(
+                    "max_output_tokens: set max_tokens on the request so the limit of "
+                    f"{self.max_output_tokens} output tokens can be enforced"
+                )
+            if requested_output_tokens > self.max_output_tokens:
+                raise CostLimitError(
+                    f"max_output_tokens: the request asks for up to {requested_output_tokens} "
+                    f"tokens, over the limit of {self.max_output_tokens}; nothing was sent"
+                )
+        return estimate
+
+
+def redact(message: str, secrets: Sequence[str | None]) -> str:
+    """``message`` with every secret (and anything that looks like an API key) masked."""
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            message = message.replace(secret, "<redacted>")
+    return re.sub(r"\b(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]{10,}", r"\1…<redacted>", message)
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+    except Exception:
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    import datetime
+
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+def translate_error(exc: BaseException, secrets: Sequence[str | None] = ()) -> ProducerError:
+    """Map an SDK/transport exception to our :class:`ProducerError` tree (duck-typed, so it
+    covers ``openai``, ``anthropic``, ``httpx`` and ``httpx2`` alike). ``retry_after`` (seconds,
+    or ``None``) is attached as an attribute."""
+    if isinstance(exc, ProducerError):
+        return exc
+    name = type(exc).__name__
+    text = redact(str(exc) or name, secrets)
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    err: ProducerError
+    if isinstance(status, int):
+        err = ProducerStatusError(f"HTTP {status}: {text}", status_code=status)
+        err.retry_after = _retry_after(getattr(response, "headers", None))  # type: ignore[attr-defined]
+        return err
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return ProducerProtocolError(f"malformed stream: {text}")
+    if "Timeout" in name:
+        return ProducerTimeout(f"{name}: {text}")
+    if any(
+        k in name
+        for k in (
+            "Connection",
+            "Connect",
+            "ReadError",
+            "WriteError",
+            "CloseError",
+            "RemoteProtocol",
+            "Network",
+        )
+    ) or isinstance(exc, OSError | trio.BrokenResourceError):
+        return ProducerConnectionError(f"{name}: {text}")
+    if "Decod" in name or "Protocol" in name:
+        return ProducerProtocolError(f"{name}: {text}")
+    return ProducerError(f"{name}: {text}", retryable=False)
+
+
+class StreamParser:
+    """Maps one attempt's SSE events to llmpipe events. Subclass per provider wire format.
+
+    :meth:`feed` returns the events for one SSE event (raise :class:`ProducerError` for an error
+    the provider reported in the stream); :meth:`finish` runs when the body ended and returns
+    what is still due (for example ``Done``), raising :class:`ProducerProtocolError` if the
+    stream ended before it should have. Keep work per event constant: no re-parsing of the
+    accumulated text or tool JSON.
+    """
+
+    def feed(self, sse: SSEEvent) -> Sequence[Event]:
+        raise NotImplementedError
+
+    def finish(self) -> Sequence[Event]:
+        return ()
+
+
+def _is_content(event: Event) -> bool:
+    return not isinstance(event, Metadata | Usage)
+
+
+class SSEProducer:
+    """Base of the SDK producers; see the module docstring. Subclasses set ``provider`` and
+    implement :meth:`_open`, :meth:`_parser`, :meth:`_prompt_texts` and :meth:`_max_tokens`."""
+
+    provider: str = "sse"
+
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        cost_guard: CostGuard | None = None,
+        secrets: Sequence[str | None] = (),
+    ) -> None:
+        for name, value in (
+            ("first_token_timeout", first_token_timeout),
+            ("stall_timeout", stall_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0 or None, got {value}")
+        self.retry = retry or RetryPolicy()
+        self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
+        self.cost_guard = cost_guard
+        self._secrets = list(secrets)
+        self.attempts = 0
+        self.rng = random.Random()
+        self._started = False
+
+    # -- for subclasses -------------------------------------------------------------------
+
+    def _open(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        raise NotImplementedError
+
+    def _parser(self) -> StreamParser:
+        raise NotImplementedError
+
+    def _prompt_texts(self) -> Sequence[str]:
+        return ()
+
+    def _max_tokens(self) -> int | None:
+        return None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def stream(self, emit: Emit, /) -> None:
+        if self.cost_guard is not None:
+            self.cost_guard.check(self._prompt_texts(), self._max_tokens())
+        attempt = 0
+        while True:
+            attempt += 1
+            self.attempts = attempt
+            try:
+                await self._attempt(emit)
+                return
+            except Exception as exc:
+                err = translate_error(exc, self._secrets)
+                if self._started or not err.retryable or attempt >= self.retry.max_attempts:
+                    if err is exc:
+                        raise
+                    raise err from exc
+                retry_after = getattr(err, "retry_after", None)
+                await trio.sleep(self.retry.delay(attempt, retry_after, self.rng))
+
+    async def _attempt(self, emit: Emit) -> None:
+        self._started = False
+        held: list[Event] = []
+        parser = self._parser()
+        decoder = SSEDecoder()
+        deadline = (
+            trio.current_time() + self.first_token_timeout
+            if self.first_token_timeout is not None
+            else math.inf
+        )
+
+        async def deliver(events: Sequence[Event]) -> None:
+            for ev in events:
+                if not self._started:
+                    if not _is_content(ev):
+                        held.append(ev)
+                        continue
+                    if isinstance(ev, Error):
+                        # An error the provider reported before any content: retryable path.
+                        raise ProducerError(ev.message, retryable=ev.retryable)
+                    self._started = True
+                    for h in held:
+                        await emit(h)
+                    held.clear()
+                await emit(ev)
+
+        async with contextlib.AsyncExitStack() as stack:
+            # The first-token deadline also covers waiting for the response head.
+            with trio.move_on_at(deadline) as head_scope:
+                body = await stack.enter_async_context(self._open())
+            if head_scope.cancelled_caught:
+                raise ProducerTimeout(
+                    f"{self.provider}: no response within {self.first_token_timeout} s"
+                )
+            iterator = body.__aiter__()
+            while True:
+                if self._started:
+                    limit = (
+                        trio.current_time() + self.stall_timeout
+                        if self.stall_timeout is not None
+                        else math.inf
+                    )
+                else:
+                    limit = deadline
+                with trio.move_on_at(limit) as scope:
+                    try:
+                        chunk = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        break
+                if scope.cancelled_caught:
+                    if self._started:
+                        raise ProducerTimeout(
+                            f"{self.provider}: the stream stalled: no data for "
+                            f"{self.stall_timeout} s"
+                        )
+                    raise ProducerTimeout(
+                        f"{self.provider}: no first token within {self.first_token_timeout} s"
+                    )
+                for sse in decoder.feed(chunk):
+                    events = parser.feed(sse)
+                    if events:
+                        await deliver(events)
+            decoder.close()
+            final = list(parser.finish())
+            if not any(is_terminal(e) for e in final):
+                final.append(Done(None))
+            await deliver(final)  # Done counts as content: it releases what was held

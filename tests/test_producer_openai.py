@@ -1,0 +1,626 @@
+"""The OpenAI producers against the provider emulator, checked against the SDK's own helpers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import openai
+import pytest
+import trio
+import trio.testing
+
+from pipeline import (
+    ConfigError,
+    Done,
+    Error,
+    Event,
+    EventReceiver,
+    Metadata,
+    Pipeline,
+    ProducerError,
+    ProducerProtocolError,
+    ProducerStatusError,
+    ProducerTimeout,
+    Route,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from pipeline.emulator import (
+    Emulator,
+    Reply,
+    RequestRecord,
+    ToolCall,
+    error_event_after,
+    malformed_after,
+    open_emulator,
+    reset_after,
+    split_utf8,
+    stall_after,
+    status,
+)
+from pipeline.producers._base import CostGuard, CostLimitError, RetryPolicy
+from pipeline.producers._openai import (
+    OpenAIChatProducer,
+    OpenAIResponsesProducer,
+    openai_client,
+)
+from pipeline.testing import RecordingSink
+
+EmulatorFactory = Callable[..., Awaitable[Emulator]]  # the `emulator` fixture (conftest.py)
+KEY = "sk-llmpipe-test-DISTINCTIVE-0123456789abcdef"
+MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "What is the weather?"}]
+WEATHER = ToolCall("get_weather", {"city": "Paris", "unit": "celsius"}, id="call_w1")
+CLOCK = ToolCall("get_time", {"tz": "Europe/Paris"}, id="call_t2")
+TOOLS_REPLY = Reply(
+    ["Let", " me", " check", " wörld", " 🌍."],
+    tool_calls=[WEATHER, CLOCK],
+    input_tokens=21,
+    output_tokens=34,
+)
+FAST = RetryPolicy(max_attempts=3, initial_delay=0.1, jitter=False)
+
+
+@asynccontextmanager
+async def client_for(
+    emu: Emulator, clock: trio.testing.MockClock | None = None
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """A client for ``emu``. With ``clock`` (pytest-trio's ``mock_clock``), warm the client up
+    first, then make the clock autojump: the SDK's first request on a client probes the
+    platform in a worker thread, and an autojumping clock would leap over that real wait
+    straight to the next timeout (a flaky 60 s "no response"). The warm-up goes to a second
+    emulator so ``emu.requests`` holds only the test's own requests."""
+    async with openai_client(base_url=emu.openai_base_url, api_key=KEY) as client:
+        if clock is not None:
+            clock.autojump_threshold = math.inf
+            async with open_emulator() as warm:
+                await client.get(warm.openai_base_url + "/models", cast_to=object)
+            clock.autojump_threshold = 0
+        yield client
+
+
+def chat(client: openai.AsyncOpenAI, **kwargs: Any) -> OpenAIChatProducer:
+    kwargs.setdefault("retry", FAST)
+    producer = OpenAIChatProducer(client, model="gpt-emu", messages=MESSAGES, **kwargs)
+    producer.rng = random.Random(0)
+    return producer
+
+
+def responses(client: openai.AsyncOpenAI, **kwargs: Any) -> OpenAIResponsesProducer:
+    kwargs.setdefault("retry", FAST)
+    return OpenAIResponsesProducer(client, model="gpt-emu", input="What is the weather?", **kwargs)
+
+
+async def run(producer: Any, **kwargs: Any) -> RecordingSink:
+    sink = RecordingSink()
+    await Pipeline(producer, sinks=[sink], **kwargs).run()
+    return sink
+
+
+def of(events: list[Event], cls: type[Any]) -> list[Any]:
+    return [e for e in events if isinstance(e, cls)]
+
+
+def check_tool_events(events: list[Event]) -> list[ToolCallEnd]:
+    """Starts, deltas and ends agree; returns the ends."""
+    starts = {e.index: e for e in of(events, ToolCallStart)}
+    ends = of(events, ToolCallEnd)
+    assert sorted(starts) == sorted(e.index for e in ends)
+    for end in ends:
+        pieces = [d.arguments_delta for d in of(events, ToolCallDelta) if d.index == end.index]
+        assert "".join(pieces) == end.arguments
+        assert (starts[end.index].id, starts[end.index].name) == (end.id, end.name)
+    return ends
+
+
+def assert_no_key(events: list[Event], *errors: BaseException) -> None:
+    for event in events:
+        assert KEY not in repr(event)
+    for exc in errors:
+        assert KEY not in str(exc)
+        assert KEY not in repr(exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat Completions: our events equal the SDK's accumulated completion
+
+
+async def test_chat_text_tools_usage_match_the_sdk(emulator: EmulatorFactory) -> None:
+    emu = await emulator(TOOLS_REPLY)
+    async with client_for(emu) as client:
+        sink = await run(chat(client))
+        async with client.chat.completions.stream(
+            model="gpt-emu", messages=cast_messages(), stream_options={"include_usage": True}
+        ) as stream:
+            final = await stream.get_final_completion()
+    events = sink.events
+    message = final.choices[0].message
+    assert sink.text == message.content == "Let me check wörld 🌍."
+    ends = check_tool_events(events)
+    assert message.tool_calls is not None
+    assert [(e.id, e.name, e.arguments) for e in ends] == [
+        (c.id, c.function.name, c.function.arguments) for c in message.tool_calls
+    ]
+    assert [json.loads(e.arguments) for e in ends] == [
+        {"city": "Paris", "unit": "celsius"},
+        {"tz": "Europe/Paris"},
+    ]
+    [usage] = of(events, Usage)
+    assert final.usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (
+        final.usage.prompt_tokens,
+        final.usage.completion_tokens,
+    )
+    assert events[0] == Metadata("openai", final.model, "chatcmpl-emu0", seq=1)
+    assert events[-1] == Done(final.choices[0].finish_reason, seq=len(events))
+    assert isinstance(events[-2], Usage)
+    # Text streams first; every tool call ends when finish_reason arrives, before Usage.
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("ToolCallEnd") > kinds.index("ToolCallDelta")
+    body = emu.requests[0].body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def cast_messages() -> Any:
+    return MESSAGES
+
+
+async def test_chat_request_parameters_and_keep_alive(emulator: EmulatorFactory) -> None:
+    emu = await emulator(Reply("Hi there"))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    async with client_for(emu) as client:
+        first = await run(
+            chat(client, max_tokens=50, temperature=0.0, tools=tools, extra={"top_k": 5})
+        )
+        second = await run(chat(client))
+    assert first.text == second.text == "Hi there"
+    body = emu.requests[0].body
+    assert (body["max_tokens"], body["temperature"], body["top_k"]) == (50, 0.0, 5)
+    assert body["tools"] == tools
+    # The body is read to its end before Done: the connection goes back to the pool.
+    assert len(emu.connections) == 1
+    assert emu.requests[0].header("authorization") == "<redacted>"
+
+
+class FakeResponse:
+    """Stands in for the SDK's streaming response: the given body, then (optionally) a body
+    that stays open forever, as a misbehaving server's would."""
+
+    def __init__(self, body: bytes, *, hang: bool) -> None:
+        self.body = body
+        self.hang = hang
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        yield self.body
+        if self.hang:
+            await trio.sleep_forever()
+
+
+def fake_body(producer: Any, body: bytes, *, hang: bool = False) -> Any:
+    @asynccontextmanager
+    async def request() -> AsyncIterator[FakeResponse]:
+        yield FakeResponse(body, hang=hang)
+
+    producer._request = request
+    return producer
+
+
+def sse_body(*frames: object) -> bytes:
+    return b"".join(
+        b"data: " + (f if isinstance(f, bytes) else json.dumps(f).encode()) + b"\n\n"
+        for f in frames
+    )
+
+
+async def test_chat_tolerates_a_sparse_compatible_server() -> None:
+    # llama.cpp-like: no id/model fields, arguments in the call's first chunk, usage with the
+    # finish chunk, no [DONE].
+    call = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{"}}
+    body = sse_body(
+        {"choices": [{"delta": {"role": "assistant"}}]},
+        {"choices": [{"delta": {"content": "ok"}}]},
+        {"choices": [{"delta": {"tool_calls": [call]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}}]},
+        {
+            "choices": [{"delta": {}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+        },
+    )
+    async with openai_client(base_url="http://127.0.0.1:9/v1", api_key=KEY) as client:
+        sink = await run(fake_body(chat(client), body))
+    assert [attrs.evolve(e, seq=0) for e in sink.events] == [
+        Metadata("openai", "", ""),
+        TextDelta("ok"),
+        ToolCallStart(0, "c1", "f"),
+        ToolCallDelta(0, "{"),
+        ToolCallDelta(0, "}"),
+        ToolCallEnd(0, "c1", "f", "{}"),
+        Usage(3, 4),
+        Done("tool_calls"),
+    ]
+
+
+async def test_body_left_open_after_done_is_not_a_stall(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    body = sse_body(
+        {"id": "x", "model": "m", "choices": [{"delta": {"content": "hi"}}]},
+        {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+        b"[DONE]",
+    )
+    async with openai_client(base_url="http://127.0.0.1:9/v1", api_key=KEY) as client:
+        start = trio.current_time()
+        sink = await run(fake_body(chat(client, stall_timeout=30), body, hang=True))
+    assert sink.text == "hi"
+    assert sink.events[-1] == Done("stop", seq=len(sink.events))
+    assert trio.current_time() - start == pytest.approx(0.1)  # the bounded drain, not 30 s
+
+
+async def test_stream_ending_early_is_a_protocol_error() -> None:
+    body = sse_body({"id": "x", "model": "m", "choices": [{"delta": {"content": "hi"}}]})
+    async with openai_client(base_url="http://127.0.0.1:9/v1", api_key=KEY) as client:
+        sink = await run(fake_body(chat(client), body))
+    error = sink.events[-1]
+    assert isinstance(error, Error)
+    assert (error.kind, error.retryable, sink.text) == ("protocol", True, "hi")
+    assert "ended before" in error.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults
+
+
+async def test_error_event_mid_stream(emulator: EmulatorFactory) -> None:
+    emu = await emulator(Reply(["Hel", "lo", " world"], fault=error_event_after(2)))
+    async with client_for(emu) as client:
+        sink = await run(chat(client))
+    assert sink.text == "Hello"
+    error = sink.events[-1]
+    assert isinstance(error, Error)
+    assert (error.kind, error.retryable, error.partial_chars) == ("producer", True, 5)
+    assert "server_error" in error.message
+    assert "Overloaded" in error.message
+    assert len(emu.requests) == 1  # after the first token: never restarted
+
+
+async def test_error_event_before_content_is_retried(emulator: EmulatorFactory) -> None:
+    script = [Reply("x", fault=error_event_after(0)), Reply("fine")]
+    emu = await emulator(script)
+    async with client_for(emu) as client:
+        sink = await run(chat(client))
+    assert sink.text == "fine"
+    assert len(emu.requests) == 2
+    assert len(of(sink.events, Metadata)) == 1  # the first attempt's Metadata was held back
+
+
+async def test_non_retryable_error_event_before_content_is_raised(
+    emulator: EmulatorFactory,
+) -> None:
+    emu = await emulator(
+        Reply("x", fault=error_event_after(0, "bad input", error_type="invalid_request_error"))
+    )
+    async with client_for(emu) as client:
+        with pytest.raises(ProducerError, match="invalid_request_error: bad input") as info:
+            await run(chat(client))
+    assert not info.value.retryable
+    assert len(emu.requests) == 1
+
+
+async def test_connection_reset_mid_stream(emulator: EmulatorFactory) -> None:
+    emu = await emulator(Reply(["Hel", "lo", " world"], fault=reset_after(2)))
+    async with client_for(emu) as client:
+        sink = await run(chat(client))
+    error = sink.events[-1]
+    assert isinstance(error, Error)
+    assert (error.kind, error.retryable, error.partial_chars) == ("connection", True, 5)
+    assert sink.text == "Hello"
+
+
+async def test_stall_after_first_token(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    emu = await emulator(Reply(["Hel", "lo", " world"], fault=stall_after(2)))
+    async with client_for(emu, mock_clock) as client:
+        start = trio.current_time()
+        sink = await run(chat(client, stall_timeout=3.0))
+        gone = await emu.wait_disconnect(0)
+    error = sink.events[-1]
+    assert isinstance(error, Error)
+    assert (error.kind, error.partial_chars) == ("timeout", 5)
+    assert "stalled" in error.message
+    assert gone - start == pytest.approx(3.0, abs=0.05)
+
+
+async def test_stall_before_first_token_is_retried_then_raised(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    emu = await emulator(Reply("never", fault=stall_after(0)))
+    async with client_for(emu, mock_clock) as client:
+        start = trio.current_time()
+        with pytest.raises(ProducerTimeout, match="no first token within 2"):
+            await run(chat(client, first_token_timeout=2.0))
+    assert len(emu.requests) == 3
+    # 3 waits of 2 s, backoff 0.1 and 0.2 s between them.
+    assert trio.current_time() - start == pytest.approx(6.3, abs=0.05)
+
+
+async def test_no_response_head_is_a_first_token_timeout(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    async def hold(record: RequestRecord) -> Reply:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    emu = await emulator(hold)
+    async with client_for(emu, mock_clock) as client:
+        with pytest.raises(ProducerTimeout, match="no response within 2"):
+            await run(chat(client, first_token_timeout=2.0, retry=RetryPolicy(max_attempts=1)))
+    assert len(emu.requests) == 1
+
+
+async def test_429_retry_after_is_honoured(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    emu = await emulator(Reply("Hello big world", fault=status(429, retry_after=2, times=2)))
+    async with client_for(emu, mock_clock) as client:
+        sink = await run(chat(client, retry=RetryPolicy()))
+    assert sink.text == "Hello big world"  # no duplicated text
+    assert len(of(sink.events, TextDelta)) == 3
+    times = [r.received_at for r in emu.requests]
+    assert len(times) == 3
+    assert [b - a for a, b in itertools.pairwise(times)] == [
+        pytest.approx(2.0, abs=0.01),
+        pytest.approx(2.0, abs=0.01),
+    ]
+    assert [r.status for r in emu.requests] == [429, 429, 200]
+
+
+async def test_500_before_first_byte_is_retried(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    emu = await emulator(Reply("recovered", fault=status(500, times=1)))
+    async with client_for(emu, mock_clock) as client:
+        sink = await run(chat(client))
+    assert sink.text == "recovered"
+    assert [r.status for r in emu.requests] == [500, 200]
+
+
+async def test_500_forever_raises_status_error(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    emu = await emulator(Reply("never", fault=status(500)))
+    async with client_for(emu, mock_clock) as client:
+        with pytest.raises(ProducerStatusError) as info:
+            await run(chat(client))
+    assert info.value.status_code == 500
+    assert info.value.retryable
+    assert len(emu.requests) == FAST.max_attempts
+
+
+async def test_malformed_after_start_and_before(emulator: EmulatorFactory) -> None:
+    emu = await emulator([Reply(["a", "b", "c"], fault=malformed_after(2)), Reply("x")])
+    async with client_for(emu) as client:
+        sink = await run(chat(client))
+        error = sink.events[-1]
+        assert isinstance(error, Error)
+        assert (error.kind, error.retryable, error.partial_chars) == ("protocol", False, 2)
+        assert "malformed" in error.message
+
+    emu = await emulator(Reply(["a", "b"], fault=malformed_after(0)))
+    async with client_for(emu) as client:
+        with pytest.raises(ProducerProtocolError, match="malformed"):
+            await run(chat(client))
+    assert len(emu.requests) == 1  # a protocol error is not retried
+
+
+async def test_split_utf8_gives_the_exact_text(emulator: EmulatorFactory) -> None:
+    text = "Grüße, 日本語 and emoji 🎉🌍 done"
+    emu = await emulator(Reply(text, fault=split_utf8(0)))
+    async with client_for(emu) as client:
+        sink = await run(chat(client))
+    assert sink.text == text
+    assert "\ufffd" not in sink.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancellation closes the upstream request
+
+
+async def test_cancel_mid_stream_closes_upstream(emulator: EmulatorFactory) -> None:
+    emu = await emulator(Reply(["tok "] * 2000, tokens_per_second=200))
+    got_some = trio.Event()
+
+    async def reader(events: EventReceiver) -> None:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                got_some.set()
+
+    async with client_for(emu) as client:
+        async with Pipeline(chat(client), sinks=[reader]).open() as running:
+            with trio.fail_after(5):
+                await got_some.wait()
+            cancelled_at = trio.current_time()
+            running.cancel()
+        with trio.fail_after(1):
+            gone = await emu.wait_disconnect(0)
+    assert gone - cancelled_at < 0.05
+    assert running.reason == "cancelled"
+
+
+async def test_cancel_while_parked_in_emit_closes_upstream(emulator: EmulatorFactory) -> None:
+    emu = await emulator(Reply(["tok "] * 20000))
+    started = trio.Event()
+
+    async def never_reads(events: EventReceiver) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    async with client_for(emu) as client:
+        async with Pipeline(
+            chat(client), sinks=[Route(never_reads, max_items=1)], source_buffer=1
+        ).open() as running:
+            await started.wait()
+            for _ in range(500):  # the producer fills both channels, then parks in emit
+                if running.statistics().source_channel.items_queued:
+                    break
+                await trio.sleep(0.01)
+            before = running.statistics().events_in
+            await trio.sleep(0.1)
+            stats = running.statistics()
+            # Parked: no progress, a few events in, the source channel full.
+            assert stats.events_in == before <= 5
+            assert stats.source_channel.items_queued == stats.source_channel.max_items == 1
+            cancelled_at = trio.current_time()
+            running.cancel()
+        with trio.fail_after(1):
+            gone = await emu.wait_disconnect(0)
+    assert gone - cancelled_at < 0.05
+    assert emu.requests[0].deltas_sent < 20000
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost guard, secrets, configuration
+
+
+async def test_cost_guard_refuses_before_any_request(emulator: EmulatorFactory) -> None:
+    emu = await emulator(Reply("never"))
+    async with client_for(emu) as client:
+        big = [{"role": "user", "content": "word " * 400}]
+        producer = OpenAIChatProducer(
+            client, model="gpt-emu", messages=big, cost_guard=CostGuard(max_input_tokens=100)
+        )
+        with pytest.raises(CostLimitError, match="max_input_tokens"):
+            await run(producer)
+        producer = chat(client, max_tokens=5000, cost_guard=CostGuard(max_output_tokens=1000))
+        with pytest.raises(CostLimitError, match="max_output_tokens"):
+            await run(producer)
+        responses_producer = responses(
+            client, max_output_tokens=5000, cost_guard=CostGuard(max_output_tokens=10)
+        )
+        with pytest.raises(CostLimitError, match="max_output_tokens"):
+            await run(responses_producer)
+    assert emu.requests == []
+
+
+async def test_api_key_never_leaks(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    leaky = f"Incorrect API key provided: {KEY}."
+    emu = await emulator(
+        [Reply(["Hel", "lo"], fault=error_event_after(1, leaky)), Reply("x", fault=status(401))]
+    )
+    async with client_for(emu, mock_clock) as client:
+        sink = await run(chat(client))
+        assert isinstance(sink.events[-1], Error)
+        assert "<redacted>" in sink.events[-1].message
+        emu401 = await emulator(Reply("x", fault=status(401, message=leaky)))
+        async with client_for(emu401, mock_clock) as client401:
+            with pytest.raises(ProducerStatusError) as info:
+                await run(chat(client401))
+    assert info.value.status_code == 401
+    assert not info.value.retryable
+    assert "<redacted>" in str(info.value)
+    assert_no_key(sink.events, info.value)
+
+
+def test_openai_client_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        openai_client()
+    local = openai_client(base_url="http://127.0.0.1:8080/v1")
+    assert local.api_key == "sk-no-key-required"
+    assert local.max_retries == 0
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://example.invalid/v1")
+    from_env = openai_client()
+    assert from_env.api_key == KEY
+    assert str(from_env.base_url) == "http://example.invalid/v1/"
+    with pytest.raises(ConfigError, match="messages"):
+        OpenAIChatProducer(from_env, model="m", messages=[])
+    with pytest.raises(ConfigError, match="first_token_timeout"):
+        OpenAIChatProducer(from_env, model="m", messages=MESSAGES, first_token_timeout=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses API
+
+
+async def test_responses_text_tools_usage_match_the_sdk(emulator: EmulatorFactory) -> None:
+    emu = await emulator(TOOLS_REPLY)
+    async with client_for(emu) as client:
+        sink = await run(responses(client, instructions="Be brief.", max_output_tokens=100))
+        async with client.responses.stream(model="gpt-emu", input="hi") as stream:
+            final = await stream.get_final_response()
+    events = sink.events
+    assert sink.text == final.output_text == "Let me check wörld 🌍."
+    ends = check_tool_events(events)
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [(e.id, e.name, e.arguments) for e in ends] == [
+        (c.call_id, c.name, c.arguments) for c in calls
+    ]
+    assert [e.index for e in ends] == [1, 2]  # output_index: the message is item 0
+    [usage] = of(events, Usage)
+    assert final.usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (
+        final.usage.input_tokens,
+        final.usage.output_tokens,
+    )
+    assert events[0] == Metadata("openai", final.model, "resp_emu0", seq=1)
+    assert final.id == "resp_emu1"  # the same reply, served to the next request
+    assert events[-1] == Done("tool_calls", seq=len(events))
+    body = emu.requests[0].body
+    assert (body["instructions"], body["max_output_tokens"]) == ("Be brief.", 100)
+
+
+async def test_responses_stop_reasons(emulator: EmulatorFactory) -> None:
+    emu = await emulator([Reply("All done."), Reply("cut", finish="length")])
+    async with client_for(emu) as client:
+        plain = await run(responses(client))
+        cut = await run(responses(client))
+    assert (plain.text, plain.events[-1]) == ("All done.", Done("stop", seq=len(plain.events)))
+    assert (cut.text, cut.events[-1]) == ("cut", Done("length", seq=len(cut.events)))
+
+
+async def test_responses_failed_mid_stream(emulator: EmulatorFactory) -> None:
+    emu = await emulator(Reply(["Hel", "lo", " world"], fault=error_event_after(2)))
+    async with client_for(emu) as client:
+        sink = await run(responses(client))
+    error = sink.events[-1]
+    assert isinstance(error, Error)
+    assert (error.kind, error.retryable, error.partial_chars) == ("producer", True, 5)
+    assert "response.failed: server_error: Overloaded" in error.message
+
+
+async def test_responses_reset_and_malformed(emulator: EmulatorFactory) -> None:
+    emu = await emulator(
+        [Reply(["a", "b", "c"], fault=reset_after(1)), Reply(["a", "b"], fault=malformed_after(1))]
+    )
+    async with client_for(emu) as client:
+        reset = await run(responses(client))
+        malformed = await run(responses(client))
+    assert isinstance(reset.events[-1], Error)
+    assert (reset.events[-1].kind, reset.text) == ("connection", "a")
+    assert isinstance(malformed.events[-1], Error)
+    assert (malformed.events[-1].kind, malformed.text) == ("protocol", "a")
+
+
+async def test_responses_429_then_success(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    emu = await emulator(Reply("Hello", fault=status(429, retry_after=1.5, times=1)))
+    async with client_for(emu, mock_clock) as client:
+        sink = await run(responses(client))
+    assert sink.text == "Hello"
+    times = [r.received_at for r in emu.requests]
+    assert times[1] - times[0] == pytest.approx(1.5, abs=0.01)
