@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
 
 import trio
 
-from . import AdaptiveChunker, Pipeline, Route, Stage
-from ._errors import LLMPipeError
+from . import AdaptiveChunker, Pipeline, PipelineStatistics, Producer, Route, Stage
+from ._errors import ConfigError, LLMPipeError
 from .producers import ScriptedProducer
 
-__all__ = ["main"]
+__all__ = ["main", "open_producer"]
 
 DEMO_TEXT = (
     "llmpipe streams a model's answer to the consumers that read it. Every buffer between the "
@@ -25,6 +27,42 @@ DEMO_TEXT = (
 )
 
 
+PROVIDERS: Final = ("local", "openai", "openai-responses", "anthropic", "scripted")
+DEFAULT_MODELS: Final = {
+    "openai": "gpt-4o-mini",
+    "openai-responses": "gpt-4o-mini",
+    "anthropic": "claude-3-5-haiku-latest",
+}
+
+
+def _add_provider_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and configure the model (shared by ``stream`` and ``serve``)."""
+    parser.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        help="local (default: the embedded SmolLM2-135M), openai (Chat Completions; also any "
+        "OpenAI-compatible server with --base-url), openai-responses, anthropic, scripted",
+    )
+    parser.add_argument("--model", help="model name (default depends on the provider)")
+    parser.add_argument("--base-url", help="the provider's base URL (OpenAI-compatible servers)")
+    parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--max-tokens", type=int, default=256, help="output limit (default 256)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature")
+    parser.add_argument(
+        "--scripted",
+        metavar="TEXT",
+        nargs="?",
+        const=DEMO_TEXT,
+        help="play TEXT (default: a demo text) as a scripted model, word by word",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=40.0,
+        help="scripted tokens per second (0 = as fast as possible; default 40)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmpipe", description="Stream LLM output to the consumers that read it."
@@ -32,19 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     stream = sub.add_parser("stream", help="stream an answer to the terminal (and files)")
     stream.add_argument("prompt", nargs="?", default="", help="the prompt")
-    stream.add_argument(
-        "--scripted",
-        metavar="TEXT",
-        nargs="?",
-        const=DEMO_TEXT,
-        help="play TEXT (default: a demo text) as a scripted model, word by word",
-    )
-    stream.add_argument(
-        "--rate",
-        type=float,
-        default=40.0,
-        help="scripted tokens per second (0 = as fast as possible; default 40)",
-    )
+    _add_provider_options(stream)
     stream.add_argument("--out", metavar="FILE", help="also write the text to FILE (atomically)")
     stream.add_argument("--events", metavar="FILE", help="also write every event to FILE (JSONL)")
     stream.add_argument(
@@ -56,15 +82,118 @@ def _build_parser() -> argparse.ArgumentParser:
     stream.add_argument(
         "--stats", action="store_true", help="print statistics to stderr at the end"
     )
+    sub.add_parser(
+        "emulate",
+        help="serve OpenAI/Anthropic-compatible streaming endpoints with a scripted reply",
+        add_help=False,
+    )
     return parser
 
 
-def _producer(args: argparse.Namespace) -> ScriptedProducer:
-    rate: float = args.rate
-    if rate < 0:
-        raise SystemExit("llmpipe: --rate must be >= 0")
-    text = args.scripted if args.scripted is not None else DEMO_TEXT
-    return ScriptedProducer.from_text(text, delay=1.0 / rate if rate else 0.0)
+def _provider_name(args: argparse.Namespace) -> str:
+    if args.scripted is not None:
+        return "scripted"
+    if args.provider:
+        return str(args.provider)
+    if args.base_url:
+        return "openai"
+    return "local"
+
+
+LOCAL_SYSTEM_PROMPT: Final = "You are a helpful assistant."
+
+
+def _messages(
+    args: argparse.Namespace, *, default_system: str | None = None
+) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    system = args.system or default_system
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": args.prompt or "Say hello."})
+    return messages
+
+
+@asynccontextmanager
+async def open_producer(args: argparse.Namespace) -> AsyncIterator[Producer]:
+    """The producer the options ask for, with whatever it needs running (the local server, the
+    SDK client) for as long as the block lasts."""
+    name = _provider_name(args)
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ConfigError("--max-tokens must be >= 1")
+    if name == "scripted":
+        rate: float = args.rate
+        if rate < 0:
+            raise ConfigError("--rate must be >= 0")
+        text = args.scripted if args.scripted is not None else DEMO_TEXT
+        yield ScriptedProducer.from_text(text, delay=1.0 / rate if rate else 0.0)
+        return
+    from .producers import (
+        AnthropicProducer,
+        OpenAIChatProducer,
+        OpenAIResponsesProducer,
+        anthropic_client,
+        openai_client,
+    )
+
+    if name == "local":
+        from .producers._local import open_local_server
+
+        async with open_local_server() as server:
+            client = openai_client(base_url=server.base_url, api_key="local")
+            async with client:
+                yield OpenAIChatProducer(
+                    client,
+                    model=server.model,
+                    # SmolLM2's chat template otherwise adds its own system prompt, with which
+                    # the 135M model tends to ramble; a plain one keeps answers on topic.
+                    messages=_messages(args, default_system=LOCAL_SYSTEM_PROMPT),
+                    max_tokens=args.max_tokens,
+                    temperature=args.temperature,
+                )
+        return
+    model = args.model or DEFAULT_MODELS[name]
+    if name == "anthropic":
+        aclient = anthropic_client(base_url=args.base_url)
+        async with aclient:
+            yield AnthropicProducer(
+                aclient,
+                model=model,
+                messages=[m for m in _messages(args) if m["role"] != "system"],
+                system=args.system,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+            )
+        return
+    oclient = openai_client(base_url=args.base_url)
+    async with oclient:
+        if name == "openai-responses":
+            yield OpenAIResponsesProducer(
+                oclient,
+                model=model,
+                input=args.prompt or "Say hello.",
+                instructions=args.system,
+                max_output_tokens=args.max_tokens,
+                temperature=args.temperature,
+            )
+        else:
+            yield OpenAIChatProducer(
+                oclient,
+                model=model,
+                messages=_messages(args),
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+            )
+
+
+def _summary(stats: PipelineStatistics) -> str:
+    duration = (stats.ended_at or stats.started_at) - stats.started_at
+    ttft = "-" if stats.time_to_first_text is None else f"{stats.time_to_first_text:.3f} s"
+    return (
+        f"[{stats.reason}: {stats.events_out} events, {stats.text_chars_out} chars in "
+        f"{duration:.2f} s; first text after {ttft}; producer blocked "
+        f"{stats.producer_blocked_seconds:.3f} s]"
+    )
 
 
 async def _stream(args: argparse.Namespace) -> int:
@@ -78,15 +207,20 @@ async def _stream(args: argparse.Namespace) -> int:
         routes.append(Route(TextFileSink(args.out), policy="coalesce"))
     if args.events:
         routes.append(Route(EventLogSink(args.events), policy="spill"))
-    pipeline = Pipeline(_producer(args), stages=stages, sinks=routes)
-    stats = await pipeline.run()
+    async with open_producer(args) as producer:
+        stats = await Pipeline(producer, stages=stages, sinks=routes).run()
     if args.stats:
-        print(stats, file=sys.stderr)
+        print(_summary(stats), file=sys.stderr)
     return 0 if stats.reason in ("done", "consumer_gone") else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmpipe`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulate"]:
+        from .emulator import main_emulate
+
+        return main_emulate(argv[1:])
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "stream":

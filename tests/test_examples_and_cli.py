@@ -46,12 +46,71 @@ def test_cli_stream_scripted_to_terminal_file_and_event_log(tmp_path: Path) -> N
 
 
 def test_cli_rejects_bad_options() -> None:
-    result = run("-m", "pipeline.cli", "stream", "--rate", "-1")
+    result = run("-m", "pipeline.cli", "stream", "--scripted", "x", "--rate", "-1")
     assert result.returncode != 0
     assert "--rate" in result.stderr
+    result = run("-m", "pipeline.cli", "stream", "hi", "--max-tokens", "0")
+    assert result.returncode != 0
+    assert "--max-tokens" in result.stderr
 
 
 def test_benchmark_quick_smoke() -> None:
     # Correctness only (each variant must deliver exactly the produced text); no timing.
     result = run("benchmarks/bench_pipeline.py", "--quick", timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_cli_streams_a_real_answer_from_the_embedded_local_model(tmp_path: Path) -> None:
+    out, events = tmp_path / "a.txt", tmp_path / "e.jsonl"
+    result = run(
+        "-m", "pipeline.cli", "stream", "What is the capital of France?", "--temperature", "0",
+        "--max-tokens", "24", "--out", str(out), "--events", str(events), "--stats",
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = out.read_text()
+    assert "Paris" in answer
+    assert result.stdout.strip() == answer.strip()
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    texts = [e for e in lines if e["type"] == "text"]
+    assert len(texts) >= 3  # token by token, not one blob
+    assert lines[0]["type"] == "metadata"
+    assert lines[-1]["type"] == "done"
+    assert "[done:" in result.stderr
+
+
+def _emulator_process(*extra: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "emulate", "--port", "0", *extra],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert "listening on" in first, first
+    base = first.split("listening on", 1)[1].strip()
+    return proc, base
+
+
+@pytest.mark.parametrize(
+    ("provider", "suffix"), [("openai", "/v1"), ("openai-responses", "/v1"), ("anthropic", "")]
+)
+def test_cli_streams_from_a_remote_provider(provider: str, suffix: str) -> None:
+    proc, base = _emulator_process("--text", "Hello from the emulator.", "--tokens-per-second", "0")
+    try:
+        env_key = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "stream", "hi", "--provider", provider,
+             "--base-url", base + suffix, "--model", "test-model"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            env={**__import__("os").environ, env_key: "sk-test-key-not-real"},
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Hello from the emulator."
