@@ -83,6 +83,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--stats", action="store_true", help="print statistics to stderr at the end"
     )
     sub.add_parser(
+        "client",
+        help="follow a stream of an llmpipe server (resumes with Last-Event-ID)",
+        add_help=False,
+    )
+    sub.add_parser(
         "emulate",
         help="serve OpenAI/Anthropic-compatible streaming endpoints with a scripted reply",
         add_help=False,
@@ -221,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .emulator import main_emulate
 
         return main_emulate(argv[1:])
+    if argv[:1] == ["client"]:
+        from .client import main_client
+
+        return main_client(argv[1:])
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "stream":

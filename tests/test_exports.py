@@ -32,12 +32,21 @@ def test_private_modules_only_behind_init() -> None:
     for info in pkgutil.iter_modules(pipeline.__path__):
         assert info.name.startswith("_") or info.name in {
             "cli",
+            "client",
+            "stores",
             "testing",
             "producers",
             "emulator",
         }, info.name
     for info in pkgutil.iter_modules(sinks.__path__):
-        assert info.name.startswith("_") or info.name in {"files", "terminal"}, info.name
+        assert info.name.startswith("_") or info.name in {
+            "files",
+            "terminal",
+            "sse",
+            "ndjson",
+            "http",
+            "websocket",
+        }, info.name
 
 
 def test_pipeline_never_imports_sinks() -> None:
