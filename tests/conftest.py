@@ -30,3 +30,73 @@ def emulator(nursery: trio.Nursery) -> EmulatorFactory:
 
 
 # --- end of emulator fixture --------------------------------------------------------------------
+
+
+# --- redis fixture (pipeline.stores.RedisStore) ---------------------------------------------------
+# A private redis-server for the test session, on a free loopback port (never the machine's
+# shared Redis on 6379). Missing redis-server is a failure, not a skip: CI installs it.
+from collections.abc import Iterator  # noqa: E402
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _redis_ping(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://127.0.0.1:<port>/0`` of a private ``redis-server`` started for the session
+    (no persistence), stopped at the end."""
+    import shutil
+    import subprocess
+    import time
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail(
+            "redis-server is not installed: the RedisStore tests need it "
+            "(apt-get install -y redis-server)"
+        )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10.0
+        while not _redis_ping(port):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                pytest.fail(f"redis-server exited with {proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not answer PING on port {port} within 10 s")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+# --- end of redis fixture -----------------------------------------------------------------------

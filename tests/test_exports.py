@@ -11,7 +11,7 @@ import pytest
 import pipeline
 import sinks
 
-PACKAGES = ["pipeline", "pipeline.producers", "sinks"]
+PACKAGES = ["pipeline", "pipeline.producers", "pipeline.stores", "sinks"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -1,0 +1,55 @@
+"""Stores for resumable streams and fan-out across server processes.
+
+:class:`MemoryStore` keeps streams in this process; :class:`RedisStore` keeps them in Redis
+Streams so several processes share them. :class:`StoreSink` writes a pipeline's events into a
+store. :func:`open_store` picks the store from a URL. See :mod:`pipeline.stores._base` for the
+contract every store keeps.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit as _urlsplit
+
+from .._errors import ConfigError as _ConfigError
+from ._base import StoreError as StoreError
+from ._base import StoreFull as StoreFull
+from ._base import StreamInfo as StreamInfo
+from ._base import StreamNotFound as StreamNotFound
+from ._base import StreamStore as StreamStore
+from ._memory import MemoryStore as MemoryStore
+from ._redis import RedisStore as RedisStore
+from ._sink import StoreSink as StoreSink
+
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "StoreError",
+    "StoreFull",
+    "StoreSink",
+    "StreamInfo",
+    "StreamNotFound",
+    "StreamStore",
+    "open_store",
+]
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def open_store(url: str | None) -> MemoryStore | RedisStore:
+    """The store a URL names: ``None`` or ``memory://`` -> :class:`MemoryStore` (default
+    budgets); ``redis://``, ``rediss://`` or ``unix://`` -> :class:`RedisStore` on that server.
+
+    Use the result as ``async with open_store(url) as store:`` (a :class:`RedisStore` must be
+    entered before use). Raises :class:`pipeline.ConfigError` for any other scheme.
+    """
+    if url is None:
+        return MemoryStore()
+    scheme = _urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme in _REDIS_SCHEMES:
+        return RedisStore(url)
+    raise _ConfigError(
+        f"store url: unknown scheme {scheme!r} in {url!r} "
+        "(expected memory://, redis://, rediss:// or unix://)"
+    )

@@ -1,0 +1,141 @@
+"""The sink that writes a pipeline's events into a :class:`StreamStore`."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from .._channels import EventReceiver
+from .._errors import ConfigError, ConsumerGone
+from .._events import Error, Event, is_terminal
+from ._base import StoreError, StoreFull, StreamNotFound, StreamStore
+
+__all__ = ["StoreSink"]
+
+
+@attrs.define(eq=False)
+class StoreSink:
+    """A pipeline :class:`~pipeline.Sink` that appends every event it reads to ``stream_id``.
+
+    Route it with policy ``spill`` (``Route(StoreSink(store, sid), policy="spill")``): a slow
+    store then never slows the model, and nothing is lost (``block`` is also lossless; the
+    dropping policies leave gaps that resuming readers would never see).
+
+    Batching: after each ``receive`` it also takes what is already queued (``receive_nowait``),
+    up to ``batch_max`` events, and stores them with one ``append`` (one Redis round trip). A
+    store that lags therefore catches up in large batches. ``batch_max`` bounds one request
+    (and what a failed append loses); 256 is a good default.
+
+    Events are stored as stamped by the runner. An unstamped event (``seq == 0``: a channel's
+    ``Dropped`` notice) is skipped, except a terminal one (a channel's ``overflow`` error), which
+    is stored with the next number.
+
+    Ending: the stream ends with the pipeline's terminal event. If ``consume`` stops before that
+    (cancelled, the store full, the channel closed early), it still tries, shielded, for at most
+    ``end_timeout`` seconds, to append an :class:`~pipeline.Error` (kind ``"cancelled"``,
+    ``"overflow"`` or ``"incomplete"``) so that readers waiting on the stream learn its end;
+    then the original exception propagates. If the stream was deleted (:class:`StreamNotFound`)
+    the sink raises :class:`~pipeline.ConsumerGone`: nobody wants the stream anymore.
+    :class:`StoreFull` and other store errors propagate (the route's ``on_failure`` decides
+    whether that stops the generation).
+
+    ``create=True`` creates the stream first (otherwise the caller creates it, usually before the
+    pipeline starts, so that readers can attach at once).
+    """
+
+    store: StreamStore
+    stream_id: str
+    batch_max: int = attrs.field(default=256, kw_only=True)
+    create: bool = attrs.field(default=False, kw_only=True)
+    end_timeout: float = attrs.field(default=5.0, kw_only=True)
+    name: str = attrs.field(default="store", kw_only=True)
+    events_stored: int = attrs.field(default=0, init=False)
+    batches: int = attrs.field(default=0, init=False)
+    last_seq: int = attrs.field(default=0, init=False)
+    ended: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.batch_max, bool) or not isinstance(self.batch_max, int):
+            raise TypeError(f"batch_max: expected an int, got {self.batch_max!r}")
+        if self.batch_max < 1:
+            raise ConfigError(f"batch_max must be >= 1, got {self.batch_max}")
+
+    async def consume(self, events: EventReceiver, /) -> None:
+        gone = False
+        kind = "incomplete"
+        try:
+            if self.create:
+                await self.store.create(self.stream_id)
+            while not self.ended:
+                try:
+                    first = await events.receive()
+                except trio.EndOfChannel:
+                    break
+                batch = self._prepare([first, *self._take_queued(events)])
+                if batch:
+                    await self.store.append(self.stream_id, batch)
+                    self._stored(batch)
+            # The runner sends nothing after the terminal event; read to the end regardless.
+            if self.ended:
+                async for _ in events:
+                    pass
+        except StreamNotFound as exc:
+            gone = True
+            raise ConsumerGone(f"stream {self.stream_id!r} is gone from the store") from exc
+        except StoreFull:
+            kind = "overflow"
+            raise
+        except trio.Cancelled:
+            kind = "cancelled"
+            raise
+        finally:
+            if not self.ended and not gone:
+                await self._end(kind)
+
+    def _take_queued(self, events: EventReceiver) -> list[Event]:
+        out: list[Event] = []
+        while len(out) < self.batch_max - 1:
+            try:
+                out.append(events.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return out
+
+    def _prepare(self, batch: list[Event]) -> list[Event]:
+        out: list[Event] = []
+        last = self.last_seq
+        for ev in batch:
+            if ev.seq == 0:
+                if not is_terminal(ev):
+                    continue
+                ev = attrs.evolve(ev, seq=last + 1)
+            out.append(ev)
+            last = ev.seq
+            if is_terminal(ev):
+                break
+        return out
+
+    def _stored(self, batch: list[Event]) -> None:
+        self.events_stored += len(batch)
+        self.batches += 1
+        self.last_seq = batch[-1].seq
+        if is_terminal(batch[-1]):
+            self.ended = True
+
+    async def _end(self, kind: str) -> None:
+        messages = {
+            "cancelled": "the generation was cancelled",
+            "overflow": "the stream store's budget for this stream is exhausted",
+            "incomplete": "the generation stopped before its end",
+        }
+        end = Error(kind=kind, message=messages[kind], seq=self.last_seq + 1)
+        with trio.move_on_after(self.end_timeout) as scope:
+            scope.shield = True
+            try:
+                await self.store.append(self.stream_id, [end])
+            except (StoreError, ValueError):
+                return  # best effort: the original exception matters more
+            self._stored([end])
+
+    def __repr__(self) -> str:
+        return f"<StoreSink {self.stream_id!r} stored={self.events_stored}>"
