@@ -470,12 +470,19 @@ async def test_cancel_while_parked_in_emit_closes_upstream(emulator: EmulatorFac
             chat(client), sinks=[Route(never_reads, max_items=1)], source_buffer=1
         ).open() as running:
             await started.wait()
-            for _ in range(500):  # the producer fills both channels, then parks in emit
-                if running.statistics().source_channel.items_queued:
+            # The producer fills both channels, then parks in emit: wait until both are full
+            # and nothing moved for 100 ms (under load the first check alone can be early).
+            before = -1
+            for _ in range(100):
+                stats = running.statistics()
+                full = (
+                    stats.source_channel.items_queued == 1
+                    and stats.sinks[0].channel.items_queued == 1
+                )
+                if full and stats.events_in == before:
                     break
-                await trio.sleep(0.01)
-            before = running.statistics().events_in
-            await trio.sleep(0.1)
+                before = stats.events_in
+                await trio.sleep(0.1)
             stats = running.statistics()
             # Parked: no progress, a few events in, the source channel full.
             assert stats.events_in == before <= 5
