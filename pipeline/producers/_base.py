@@ -338,33 +338,36 @@ class SSEProducer:
                     f"{self.provider}: no response within {self.first_token_timeout} s"
                 )
             iterator = body.__aiter__()
-            while True:
-                if self._started:
-                    limit = (
-                        trio.current_time() + self.stall_timeout
-                        if self.stall_timeout is not None
-                        else math.inf
-                    )
-                else:
-                    limit = deadline
-                with trio.move_on_at(limit) as scope:
+            # One cancel scope for the whole body, its deadline moved before each read and
+            # lifted while we deliver (our own consumers' backpressure is never a stall): far
+            # cheaper than a new scope per read.
+            with trio.CancelScope() as scope:
+                while True:
+                    if self._started:
+                        scope.deadline = (
+                            trio.current_time() + self.stall_timeout
+                            if self.stall_timeout is not None
+                            else math.inf
+                        )
+                    else:
+                        scope.deadline = deadline
                     try:
                         chunk = await iterator.__anext__()
                     except StopAsyncIteration:
                         break
-                if scope.cancelled_caught:
-                    if self._started:
-                        raise ProducerTimeout(
-                            f"{self.provider}: the stream stalled: no data for "
-                            f"{self.stall_timeout} s"
-                        )
+                    scope.deadline = math.inf
+                    for sse in decoder.feed(chunk):
+                        events = parser.feed(sse)
+                        if events:
+                            await deliver(events)
+            if scope.cancelled_caught:
+                if self._started:
                     raise ProducerTimeout(
-                        f"{self.provider}: no first token within {self.first_token_timeout} s"
+                        f"{self.provider}: the stream stalled: no data for {self.stall_timeout} s"
                     )
-                for sse in decoder.feed(chunk):
-                    events = parser.feed(sse)
-                    if events:
-                        await deliver(events)
+                raise ProducerTimeout(
+                    f"{self.provider}: no first token within {self.first_token_timeout} s"
+                )
             decoder.close()
             final = list(parser.finish())
             if not any(is_terminal(e) for e in final):
