@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import attrs
 import trio
 
 from . import AdaptiveChunker, Pipeline, PipelineStatistics, Producer, Route, Stage
 from ._errors import ConfigError, LLMPipeError
 from .producers import ScriptedProducer
 
-__all__ = ["main", "open_producer"]
+__all__ = ["Backend", "main", "open_backend"]
 
 DEMO_TEXT = (
     "llmpipe streams a model's answer to the consumers that read it. Every buffer between the "
@@ -119,10 +120,38 @@ def _messages(
     return messages
 
 
+@attrs.define(eq=False)
+class Backend:
+    """A configured model source: builds one producer per request, sharing one SDK client (and,
+    for ``local``, one running llama.cpp server). Safe to use from many tasks."""
+
+    name: str
+    make_producer: Callable[[list[dict[str, Any]], str | None, int | None, float | None], Producer]
+    default_system: str | None = None
+
+    def producer(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Producer:
+        msgs = [dict(m) for m in messages]
+        if self.default_system and not any(m.get("role") == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.default_system})
+        return self.make_producer(msgs, model, max_tokens, temperature)
+
+
+def _split_system(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+    system = "\n\n".join(m["content"] for m in messages if m.get("role") == "system") or None
+    return system, [m for m in messages if m.get("role") != "system"]
+
+
 @asynccontextmanager
-async def open_producer(args: argparse.Namespace) -> AsyncIterator[Producer]:
-    """The producer the options ask for, with whatever it needs running (the local server, the
-    SDK client) for as long as the block lasts."""
+async def open_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
+    """The model source the options ask for, with whatever it needs running (the local server,
+    the SDK client) for as long as the block lasts."""
     name = _provider_name(args)
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("--max-tokens must be >= 1")
@@ -131,7 +160,8 @@ async def open_producer(args: argparse.Namespace) -> AsyncIterator[Producer]:
         if rate < 0:
             raise ConfigError("--rate must be >= 0")
         text = args.scripted if args.scripted is not None else DEMO_TEXT
-        yield ScriptedProducer.from_text(text, delay=1.0 / rate if rate else 0.0)
+        delay = 1.0 / rate if rate else 0.0
+        yield Backend(name, lambda *_: ScriptedProducer.from_text(text, delay=delay))
         return
     from .producers import (
         AnthropicProducer,
@@ -141,54 +171,75 @@ async def open_producer(args: argparse.Namespace) -> AsyncIterator[Producer]:
         openai_client,
     )
 
+    default_max = args.max_tokens
+    default_temp = args.temperature
     if name == "local":
         from .producers._local import open_local_server
 
         async with open_local_server() as server:
-            client = openai_client(base_url=server.base_url, api_key="local")
-            async with client:
-                yield OpenAIChatProducer(
-                    client,
-                    model=server.model,
-                    # SmolLM2's chat template otherwise adds its own system prompt, with which
-                    # the 135M model tends to ramble; a plain one keeps answers on topic.
-                    messages=_messages(args, default_system=LOCAL_SYSTEM_PROMPT),
-                    max_tokens=args.max_tokens,
-                    temperature=args.temperature,
-                )
+            local = openai_client(base_url=server.base_url, api_key="local")
+            async with local:
+
+                def make_local(
+                    msgs: list[dict[str, Any]], model: str | None, mt: int | None, t: float | None
+                ) -> Producer:
+                    return OpenAIChatProducer(
+                        local,
+                        model=server.model,
+                        messages=msgs,
+                        max_tokens=mt or default_max,
+                        temperature=default_temp if t is None else t,
+                    )
+
+                # SmolLM2's chat template otherwise adds its own system prompt, with which the
+                # 135M model tends to ramble; a plain one keeps answers on topic.
+                yield Backend(name, make_local, default_system=LOCAL_SYSTEM_PROMPT)
         return
-    model = args.model or DEFAULT_MODELS[name]
+    default_model = args.model or DEFAULT_MODELS[name]
     if name == "anthropic":
         aclient = anthropic_client(base_url=args.base_url)
         async with aclient:
-            yield AnthropicProducer(
-                aclient,
-                model=model,
-                messages=[m for m in _messages(args) if m["role"] != "system"],
-                system=args.system,
-                max_tokens=args.max_tokens,
-                temperature=args.temperature,
-            )
+
+            def make_anthropic(
+                msgs: list[dict[str, Any]], model: str | None, mt: int | None, t: float | None
+            ) -> Producer:
+                system, rest = _split_system(msgs)
+                return AnthropicProducer(
+                    aclient,
+                    model=model or default_model,
+                    messages=rest,
+                    system=system,
+                    max_tokens=mt or default_max or 1024,
+                    temperature=default_temp if t is None else t,
+                )
+
+            yield Backend(name, make_anthropic)
         return
     oclient = openai_client(base_url=args.base_url)
     async with oclient:
-        if name == "openai-responses":
-            yield OpenAIResponsesProducer(
+
+        def make_openai(
+            msgs: list[dict[str, Any]], model: str | None, mt: int | None, t: float | None
+        ) -> Producer:
+            if name == "openai-responses":
+                system, rest = _split_system(msgs)
+                return OpenAIResponsesProducer(
+                    oclient,
+                    model=model or default_model,
+                    input=rest,
+                    instructions=system,
+                    max_output_tokens=mt or default_max,
+                    temperature=default_temp if t is None else t,
+                )
+            return OpenAIChatProducer(
                 oclient,
-                model=model,
-                input=args.prompt or "Say hello.",
-                instructions=args.system,
-                max_output_tokens=args.max_tokens,
-                temperature=args.temperature,
+                model=model or default_model,
+                messages=msgs,
+                max_tokens=mt or default_max,
+                temperature=default_temp if t is None else t,
             )
-        else:
-            yield OpenAIChatProducer(
-                oclient,
-                model=model,
-                messages=_messages(args),
-                max_tokens=args.max_tokens,
-                temperature=args.temperature,
-            )
+
+        yield Backend(name, make_openai)
 
 
 def _summary(stats: PipelineStatistics) -> str:
@@ -212,7 +263,8 @@ async def _stream(args: argparse.Namespace) -> int:
         routes.append(Route(TextFileSink(args.out), policy="coalesce"))
     if args.events:
         routes.append(Route(EventLogSink(args.events), policy="spill"))
-    async with open_producer(args) as producer:
+    async with open_backend(args) as backend:
+        producer = backend.producer(_messages(args))
         stats = await Pipeline(producer, stages=stages, sinks=routes).run()
     if args.stats:
         print(_summary(stats), file=sys.stderr)
