@@ -6,6 +6,7 @@ This is the one module that wires ``pipeline`` to ``sinks``.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -83,6 +84,25 @@ def _build_parser() -> argparse.ArgumentParser:
     stream.add_argument(
         "--stats", action="store_true", help="print statistics to stderr at the end"
     )
+    serve = sub.add_parser("serve", help="serve SSE, NDJSON and WebSocket streams over HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    _add_provider_options(serve)
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where resumable streams live: memory (default) or redis://HOST:PORT/DB",
+    )
+    serve.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN'")
+    serve.add_argument(
+        "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
+    )
+    serve.add_argument("--max-streams-per-client", type=int, default=8)
+    serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between comments")
+    serve.add_argument(
+        "--idle-cancel", type=float, default=60.0, help="cancel unread resumable streams after"
+    )
+    serve.add_argument("--shutdown-grace", type=float, default=5.0)
     sub.add_parser(
         "client",
         help="follow a stream of an llmpipe server (resumes with Last-Event-ID)",
@@ -271,6 +291,52 @@ async def _stream(args: argparse.Namespace) -> int:
     return 0 if stats.reason in ("done", "consumer_gone") else 1
 
 
+async def _serve(args: argparse.Namespace) -> int:
+    from sinks.http import ServerConfig, StreamRequest, create_app, serve
+
+    async with open_backend(args) as backend:
+
+        @asynccontextmanager
+        async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
+            yield backend.producer(
+                request.messages,
+                model=request.model,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+            )
+
+        config = ServerConfig(
+            providers=(backend.name,),
+            max_streams_per_client=args.max_streams_per_client,
+            heartbeat_interval=args.heartbeat,
+            idle_cancel_after=args.idle_cancel,
+            auth_token=args.auth_token,
+            cors_origins=tuple(args.cors_origin),
+            shutdown_grace=args.shutdown_grace,
+            store_url=args.store,
+        )
+        app = create_app(factory, config)
+
+        async def until_signal() -> None:
+            import signal
+
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                functools.partial(serve, app, args.host, args.port, shutdown_trigger=until_signal)
+            )
+            print(
+                f"llmpipe serving {backend.name} on http://{args.host}:{port}/ "
+                "(page at /, API under /v1)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmpipe`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -286,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "stream":
             return trio.run(_stream, args)
+        if args.command == "serve":
+            return trio.run(_serve, args)
     except LLMPipeError as exc:
         print(f"llmpipe: {exc}", file=sys.stderr)
         return 2

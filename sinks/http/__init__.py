@@ -1,0 +1,30 @@
+"""The HTTP serving layer: an ASGI app (Starlette on trio) that streams llmpipe events.
+
+``create_app(producer_factory, config)`` builds the app; ``serve(app, host, port)`` runs it
+in-process on hypercorn's trio worker (start it with ``nursery.start`` to learn the port).
+Routes: ``POST /v1/stream`` (SSE or NDJSON), resumable ``POST /v1/streams`` +
+``GET /v1/streams/{id}/events`` + ``DELETE /v1/streams/{id}``, ``/v1/ws`` (WebSocket),
+``GET /health`` and ``GET /metrics``.
+"""
+
+from ._app import create_app as create_app
+from ._context import MAX_MESSAGES as MAX_MESSAGES
+from ._context import ProducerFactory as ProducerFactory
+from ._context import RequestError as RequestError
+from ._context import ServerConfig as ServerConfig
+from ._context import StreamRequest as StreamRequest
+from ._runtime import AppRuntime as AppRuntime
+from ._runtime import get_runtime as get_runtime
+from ._serve import serve as serve
+
+__all__ = [
+    "MAX_MESSAGES",
+    "AppRuntime",
+    "ProducerFactory",
+    "RequestError",
+    "ServerConfig",
+    "StreamRequest",
+    "create_app",
+    "get_runtime",
+    "serve",
+]

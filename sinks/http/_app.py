@@ -1,0 +1,499 @@
+"""The ASGI app: streaming routes, resumable streams, health, metrics.
+
+Routes (see :func:`create_app`)::
+
+    POST   /v1/stream                 one generation, streamed as SSE (or NDJSON)
+    POST   /v1/streams                start a resumable generation -> 201 {id, events_url}
+    GET    /v1/streams/{id}/events    SSE of a stored stream from Last-Event-ID, then live
+    DELETE /v1/streams/{id}           cancel a resumable generation -> 202 (204 if it had ended)
+    WS     /v1/ws                     the WebSocket endpoint (``_ws.py``, imported lazily)
+    GET    /health                    {"status": "ok"}
+    GET    /metrics                   Prometheus text
+
+The app runs on trio (hypercorn's trio worker; see :func:`serve`). Streaming routes are plain
+ASGI callables that write with the raw ``send`` (see :mod:`._stream`): a client disconnect
+cancels the pipeline, and with it the upstream request, within milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from pipeline import (
+    DEFAULT_MAX_BYTES,
+    ConfigError,
+    Error,
+    EventReceiver,
+    LLMPipeError,
+    Pipeline,
+    TextDelta,
+    error_event,
+    is_terminal,
+)
+from pipeline.stores import (
+    StoreError,
+    StoreFull,
+    StreamInfo,
+    StreamNotFound,
+    StreamStore,
+    open_store,
+)
+
+from ._context import ProducerFactory, RequestError, ServerConfig, StreamRequest
+from ._metrics import PROMETHEUS_CONTENT_TYPE
+from ._resumable import follow_stream, parse_last_event_id, run_generation
+from ._runtime import STATE_KEY, AppRuntime, HTTPError, json_error
+from ._stream import ClientGone, StreamWriter, choose_format, run_stream
+from ._ws import websocket_endpoint
+
+STATIC_DIR: Final = Path(__file__).parent / "static"
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+log = logging.getLogger("llmpipe.http")
+
+LIVE_MAX_SPILL_BYTES: Final = 16 * 1024 * 1024
+"""With ``buffering.policy == "spill"``, a live stream's client may lag this far (in a temporary
+file) before the pipeline waits for it."""
+BATCH_MAX_EVENTS: Final = 64
+"""At most this many queued events are written with one ``send`` (fewer, larger writes when the
+client lags)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Request parsing
+
+
+async def read_json_body(runtime: AppRuntime, request: Request) -> object:
+    """The request's JSON body. Raises :class:`HTTPError`: 415 (not JSON), 413 (larger than
+    ``max_body_bytes``, by ``Content-Length`` or by the bytes read), 400 (malformed)."""
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        runtime.metrics.requests_rejected.labels("415").inc()
+        raise json_error(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, got {ctype or 'none'!r}",
+            field="Content-Type",
+        )
+    limit = runtime.config.max_body_bytes
+    too_large = json_error(
+        413,
+        "payload_too_large",
+        f"the request body is larger than {limit} bytes",
+        field="body",
+        limit=limit,
+    )
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise HTTPError(
+                400, RequestError("Content-Length", "not an integer").to_json()
+            ) from None
+        if declared > limit:
+            runtime.metrics.requests_rejected.labels("413").inc()
+            raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            runtime.metrics.requests_rejected.labels("413").inc()
+            raise too_large
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        runtime.metrics.requests_rejected.labels("400").inc()
+        raise HTTPError(400, RequestError("body", f"malformed JSON ({exc})").to_json()) from None
+
+
+async def read_stream_request(runtime: AppRuntime, request: Request) -> StreamRequest:
+    """Authenticate, read and validate a generation request (see :func:`read_json_body`)."""
+    runtime.check_auth(request.headers)
+    data = await read_json_body(runtime, request)
+    try:
+        return StreamRequest.from_json(data, providers=runtime.config.providers)
+    except RequestError as exc:
+        runtime.metrics.requests_rejected.labels(str(exc.status)).inc()
+        raise HTTPError(exc.status, exc.to_json()) from None
+
+
+def client_key(scope: Scope) -> str:
+    """The client's address, the key of the per-client stream limit."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def failure_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body for a generation that failed before its first event.
+
+    Request problems found by the factory keep their 4xx; provider failures are 503 when a
+    retry may work (connection refused, timeouts, overload) and 502 otherwise; anything else is
+    a 500 whose body does not echo internals."""
+    if isinstance(exc, RequestError):
+        return exc.status, exc.to_json()
+    if isinstance(exc, ConfigError):
+        return 400, {"error": {"type": "invalid_request", "message": str(exc)}}
+    if isinstance(exc, LLMPipeError):
+        ev = error_event(exc)
+        status = 503 if ev.retryable else 502
+        return status, {
+            "error": {
+                "type": "upstream",
+                "kind": ev.kind,
+                "message": ev.message,
+                "retryable": ev.retryable,
+            }
+        }
+    return 500, {"error": {"type": "internal", "kind": "internal", "message": "internal error"}}
+
+
+def _public_error(exc: BaseException) -> Error:
+    if isinstance(exc, LLMPipeError):
+        return error_event(exc)
+    return Error(kind="internal", message="internal error", retryable=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Live streams
+
+
+async def pump(runtime: AppRuntime, events: EventReceiver, writer: StreamWriter, t0: float) -> None:
+    """Copy ``events`` to ``writer`` until the terminal event or the end of the channel.
+
+    The status line waits for the first event, at most ``heartbeat_interval`` (so a provider that
+    fails before answering gets a real 502/503); the first bytes of the body are always a
+    heartbeat comment. Queued events are batched into one write (at most
+    :data:`BATCH_MAX_EVENTS`). While idle for ``heartbeat_interval`` a heartbeat is written.
+    """
+    hb = runtime.config.heartbeat_interval
+    metrics = runtime.metrics
+    first_text = True
+    while True:
+        got = None
+        with trio.move_on_after(hb):
+            try:
+                got = await events.receive()
+            except trio.EndOfChannel:
+                return
+        if got is None:
+            await writer.write(writer.heartbeat())
+            continue
+        batch = [got]
+        while len(batch) < BATCH_MAX_EVENTS:
+            try:
+                batch.append(events.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        chunks = [] if writer.headers_sent else [writer.heartbeat()]
+        end = False
+        for ev in batch:
+            chunks.append(writer.frame(ev))
+            if isinstance(ev, TextDelta):
+                metrics.text_deltas.inc()
+                metrics.text_chars.inc(len(ev.text))
+                if first_text:
+                    first_text = False
+                    metrics.time_to_first_token.observe(trio.current_time() - t0)
+            elif isinstance(ev, Error):
+                metrics.errors.labels(ev.kind).inc()
+            if is_terminal(ev):
+                end = True
+                break
+        await writer.write(b"".join(chunks))
+        if end:
+            return
+
+
+async def _serve_live(
+    runtime: AppRuntime, request: StreamRequest, writer: StreamWriter, receive: Receive
+) -> None:
+    t0 = trio.current_time()
+
+    async def body() -> None:
+        try:
+            async with runtime.factory(request) as producer:
+                pipeline = Pipeline(producer)
+                max_bytes = request.max_buffer_bytes or DEFAULT_MAX_BYTES
+                async with pipeline.events(
+                    policy=request.policy,
+                    max_bytes=max_bytes,
+                    max_spill_bytes=LIVE_MAX_SPILL_BYTES,
+                ) as events:
+                    runtime.metrics.live.add(events)
+                    try:
+                        await pump(runtime, events, writer, t0)
+                    finally:
+                        runtime.metrics.live.remove(events)
+        except Exception as group:
+            exc = _unwrap(group)
+            if isinstance(exc, ClientGone):
+                raise exc from None
+            if not isinstance(exc, LLMPipeError):
+                log.exception("stream failed", exc_info=exc)
+            if writer.headers_sent:
+                ev = _public_error(exc)
+                runtime.metrics.errors.labels(ev.kind).inc()
+                await writer.write(writer.error_frame(ev))
+            else:
+                status, payload = failure_response(exc)
+                runtime.metrics.errors.labels(
+                    payload["error"].get("kind", payload["error"].get("type", "unknown"))
+                ).inc()
+                await writer.send_json(status, payload)
+
+    outcome = await run_stream(runtime, receive, writer, body)
+    runtime.metrics.streams_total.labels("live").inc()
+    log.debug("live stream ended: %s", outcome)
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+
+
+@attrs.frozen
+class _ASGIEndpoint:
+    """A raw ASGI endpoint (Starlette routes a non-function endpoint to it untouched)."""
+
+    fn: Callable[[AppRuntime, Scope, Receive, Send], Awaitable[None]]
+    runtime: AppRuntime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.fn(self.runtime, scope, receive, send)
+
+
+async def _stream_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /v1/stream``: validate, then stream one generation on this response."""
+    request = Request(scope, receive)
+    try:
+        parsed = await read_stream_request(runtime, request)
+        with runtime.admit(client_key(scope)):
+            writer = StreamWriter(
+                send,
+                choose_format(request.headers.get("accept", "")),
+                detach=runtime.nursery,
+            )
+            await _serve_live(runtime, parsed, writer, receive)
+    except HTTPError as exc:
+        await exc.response()(scope, receive, send)
+    except ClientDisconnect:
+        pass  # gone while sending the body
+
+
+async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /v1/streams/{id}/events``: replay from ``Last-Event-ID``, then follow live."""
+    request = Request(scope, receive)
+    stream_id = str(request.path_params["stream_id"])
+    try:
+        runtime.check_auth(request.headers)
+        store = _store(runtime)
+        raw_after = request.headers.get("last-event-id")
+        if raw_after is None:
+            raw_after = request.query_params.get("last_event_id")
+        try:
+            after = parse_last_event_id(raw_after)
+        except ValueError:
+            raise HTTPError(
+                400,
+                RequestError("Last-Event-ID", "expected a non-negative integer").to_json(),
+            ) from None
+        await _info_or_404(store, stream_id)
+        with runtime.admit(client_key(scope)):
+            writer = StreamWriter(send, "sse", detach=runtime.nursery)
+
+            async def body() -> None:
+                try:
+                    await follow_stream(runtime, store, stream_id, after, writer)
+                except Exception as group:
+                    exc = _unwrap(group)
+                    if isinstance(exc, ClientGone):
+                        raise exc from None
+                    if isinstance(exc, StreamNotFound):
+                        event = Error(kind="not_found", message="the stream was deleted")
+                    elif isinstance(exc, StoreError):
+                        log.warning("stream %s: store failed: %r", stream_id, exc)
+                        event = Error(
+                            kind="store", message="the stream store failed", retryable=True
+                        )
+                    else:
+                        log.exception("stream %s: reader failed", stream_id, exc_info=exc)
+                        event = Error(kind="internal", message="internal error")
+                    await writer.write(writer.error_frame(event))
+
+            await run_stream(runtime, receive, writer, body)
+            runtime.metrics.streams_total.labels("resume").inc()
+    except HTTPError as exc:
+        await exc.response()(scope, receive, send)
+
+
+def _store(runtime: AppRuntime) -> StreamStore:
+    if runtime.store is None:
+        raise json_error(503, "not_ready", "the server is not started (no lifespan)")
+    return runtime.store
+
+
+async def _info_or_404(store: StreamStore, stream_id: str) -> StreamInfo:
+    try:
+        return await store.info(stream_id)
+    except StreamNotFound:
+        raise json_error(404, "not_found", "no stream with that id", id=stream_id) from None
+    except StoreError as exc:
+        log.warning("stream %s: store info failed: %r", stream_id, exc)
+        raise json_error(503, "store", "the stream store is unavailable") from None
+
+
+def _routes(runtime: AppRuntime) -> list[BaseRoute]:
+    async def create_stream(request: Request) -> Response:
+        """``POST /v1/streams``: start a resumable generation in the lifespan nursery."""
+        try:
+            parsed = await read_stream_request(runtime, request)
+            store = _store(runtime)
+            nursery = runtime.nursery
+            if nursery is None or runtime.shutting_down.is_set():
+                raise json_error(503, "shutting_down", "the server is not accepting generations")
+            if len(runtime.generations) >= runtime.config.max_streams_total:
+                raise json_error(
+                    503, "overloaded", "too many generations", headers={"Retry-After": "1"}
+                )
+            stream_id = secrets.token_urlsafe(16)
+            try:
+                await store.create(stream_id)
+            except StoreFull as exc:
+                raise json_error(503, "store_full", str(exc), retryable=True) from None
+            except StoreError as exc:
+                log.warning("store create failed: %r", exc)
+                raise json_error(503, "store", "the stream store is unavailable") from None
+            await nursery.start(run_generation, runtime, store, stream_id, parsed)
+        except HTTPError as exc:
+            return exc.response()
+        events_url = f"/v1/streams/{stream_id}/events"
+        return JSONResponse(
+            {"id": stream_id, "events_url": events_url},
+            status_code=201,
+            headers={"Location": events_url},
+        )
+
+    async def cancel_stream(request: Request) -> Response:
+        """``DELETE /v1/streams/{id}``: ask the generation to stop (202), 204 if it had ended."""
+        stream_id = str(request.path_params["stream_id"])
+        try:
+            runtime.check_auth(request.headers)
+            store = _store(runtime)
+            info = await _info_or_404(store, stream_id)
+        except HTTPError as exc:
+            return exc.response()
+        if info.ended:
+            return Response(status_code=204)
+        try:
+            await store.request_cancel(stream_id)
+        except StoreError as exc:
+            log.warning("stream %s: cancel request failed: %r", stream_id, exc)
+        gen = runtime.generations.get(stream_id)
+        if gen is not None:
+            gen.cancel("cancelled")
+        return JSONResponse({"id": stream_id, "status": "cancelling"}, status_code=202)
+
+    async def health(request: Request) -> Response:
+        if runtime.shutting_down.is_set():
+            return JSONResponse({"status": "shutting_down"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(runtime.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return [
+        Route("/v1/stream", _ASGIEndpoint(_stream_endpoint, runtime), methods=["POST"]),
+        Route("/v1/streams", create_stream, methods=["POST"]),
+        Route(
+            "/v1/streams/{stream_id}/events",
+            _ASGIEndpoint(_events_endpoint, runtime),
+            methods=["GET"],
+        ),
+        Route("/v1/streams/{stream_id}", cancel_stream, methods=["DELETE"]),
+        WebSocketRoute("/v1/ws", websocket_endpoint),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        # Last, so it can never hide an API route: the web page and its ES module.
+        Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"),
+    ]
+
+
+def create_app(
+    producer_factory: ProducerFactory,
+    config: ServerConfig = ServerConfig(),  # noqa: B008 (frozen, immutable)
+    *,
+    store: StreamStore | None = None,
+) -> Starlette:
+    """Build the ASGI app (Starlette) that serves generations made by ``producer_factory``.
+
+    The app must run on trio (hypercorn's trio worker; :func:`serve` runs it in-process). Its
+    lifespan opens the store (``open_store(config.store_url)`` unless ``store`` is given; a given
+    store is not closed by the app) and a nursery that runs resumable generations; at the end of
+    the lifespan those are cancelled (their stored events stay). Its state is reachable with
+    ``sinks.http.get_runtime(app)``.
+
+    Concurrency: any number of requests run at once, each in its own task; a stream's pipeline
+    runs in the request's task tree (live) or in the lifespan nursery (resumable).
+    """
+    runtime = AppRuntime(producer_factory, config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if store is None:
+                runtime.store = await stack.enter_async_context(open_store(config.store_url))
+            else:
+                runtime.store = store
+            try:
+                async with trio.open_nursery() as nursery:
+                    runtime.nursery = nursery
+                    try:
+                        yield
+                    finally:
+                        runtime.begin_shutdown()
+                        runtime.nursery = None
+                        for gen in list(runtime.generations.values()):
+                            gen.cancel("shutdown")
+            finally:
+                runtime.store = None
+
+    middleware: list[Middleware] = []
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "Last-Event-ID"],
+                expose_headers=["Location"],
+                max_age=600,
+            )
+        )
+    app = Starlette(routes=_routes(runtime), middleware=middleware, lifespan=lifespan)
+    setattr(app.state, STATE_KEY, runtime)
+    return app

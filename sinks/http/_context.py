@@ -1,0 +1,152 @@
+"""What the HTTP app's routes share: the parsed request, the producer factory, the config.
+
+``StreamRequest.from_json`` validates a request body (HTTP ``POST /v1/stream``,
+``POST /v1/streams``, or a WebSocket turn) and raises :class:`RequestError` naming the field, which
+the routes turn into a 4xx with a JSON body. A :data:`ProducerFactory` turns a valid request
+into a running producer for as long as its ``async with`` block lasts (the CLI's ``serve``
+builds one from ``--provider``/``--base-url``/``--model``; tests pass their own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, TypeAlias
+
+import attrs
+
+from pipeline import ConfigError, Policy, Producer
+
+__all__ = [
+    "MAX_MESSAGES",
+    "ProducerFactory",
+    "RequestError",
+    "ServerConfig",
+    "StreamRequest",
+]
+
+MAX_MESSAGES: Final = 256
+_ROLES: Final = frozenset({"system", "user", "assistant"})
+
+
+class RequestError(ConfigError):
+    """A request body is invalid. ``field`` names the problem; ``status`` is the HTTP status."""
+
+    def __init__(self, field: str, message: str, *, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.status = status
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"type": "invalid_request", "field": self.field, "message": str(self)}}
+
+
+@attrs.frozen
+class StreamRequest:
+    """A validated request for one generation."""
+
+    messages: tuple[Mapping[str, str], ...]
+    provider: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    policy: Policy = Policy.COALESCE
+    max_buffer_bytes: int | None = None
+
+    @classmethod
+    def from_json(cls, body: object, *, providers: Sequence[str]) -> StreamRequest:
+        """Validate a decoded JSON body; ``providers`` are the names this server accepts."""
+        if not isinstance(body, dict):
+            raise RequestError("body", "expected a JSON object")
+        unknown = set(body) - {
+            "messages",
+            "prompt",
+            "provider",
+            "model",
+            "max_tokens",
+            "temperature",
+            "buffering",
+        }
+        if unknown:
+            raise RequestError(sorted(unknown)[0], "unknown field")
+        messages = body.get("messages")
+        if messages is None and isinstance(body.get("prompt"), str):
+            messages = [{"role": "user", "content": body["prompt"]}]
+        if messages is None:
+            raise RequestError("messages", "missing (give messages, or a prompt string)")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("messages", "expected a non-empty list")
+        if len(messages) > MAX_MESSAGES:
+            raise RequestError("messages", f"at most {MAX_MESSAGES} messages")
+        clean: list[Mapping[str, str]] = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise RequestError(f"messages[{i}]", "expected an object")
+            role, content = m.get("role"), m.get("content")
+            if role not in _ROLES:
+                raise RequestError(f"messages[{i}].role", f"expected one of {sorted(_ROLES)}")
+            if not isinstance(content, str):
+                raise RequestError(f"messages[{i}].content", "expected a string")
+            clean.append({"role": role, "content": content})
+        provider = body.get("provider")
+        if provider is not None and provider not in providers:
+            raise RequestError(
+                "provider", f"unknown provider {provider!r} (one of {list(providers)})"
+            )
+        model = body.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise RequestError("model", "expected a non-empty string")
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise RequestError("max_tokens", "expected a positive integer")
+        temperature = body.get("temperature")
+        if temperature is not None and (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not 0 <= temperature <= 2
+        ):
+            raise RequestError("temperature", "expected a number from 0 to 2")
+        buffering = body.get("buffering") or {}
+        if not isinstance(buffering, dict):
+            raise RequestError("buffering", "expected an object")
+        try:
+            policy = Policy(buffering.get("policy", "coalesce"))
+        except ValueError:
+            raise RequestError("buffering.policy", f"one of {[p.value for p in Policy]}") from None
+        max_bytes = buffering.get("max_bytes")
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool)
+            or not isinstance(max_bytes, int)
+            or not 1 <= max_bytes <= 1 << 24
+        ):
+            raise RequestError("buffering.max_bytes", "expected an integer from 1 to 16 MiB")
+        return cls(
+            messages=tuple(clean),
+            provider=provider,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=None if temperature is None else float(temperature),
+            policy=policy,
+            max_buffer_bytes=max_bytes,
+        )
+
+
+ProducerFactory: TypeAlias = Callable[[StreamRequest], AbstractAsyncContextManager[Producer]]
+
+
+@attrs.frozen
+class ServerConfig:
+    """Limits and options of the HTTP app. Sizes in bytes, times in seconds."""
+
+    providers: tuple[str, ...] = ("default",)
+    max_body_bytes: int = 1 << 20
+    max_streams_per_client: int = 8
+    max_streams_total: int = 1000
+    heartbeat_interval: float = 15.0
+    idle_cancel_after: float = 60.0  # a resumable generation nobody follows is cancelled
+    auth_token: str | None = None  # bearer token required when set
+    cors_origins: tuple[str, ...] = ()  # CORS off unless origins are configured
+    shutdown_grace: float = 5.0
+    store_url: str | None = None  # None: in memory; "redis://...": Redis Streams

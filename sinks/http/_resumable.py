@@ -1,0 +1,238 @@
+"""Resumable streams: a generation that writes into the store, and readers that follow it.
+
+A *generation* runs in the app's lifespan nursery (not in a request), so it outlives the
+request that started it. Its pipeline has one sink, :class:`~pipeline.stores.StoreSink` with
+policy ``spill``: a slow store never slows the model and nothing is lost. A watcher polls the
+store every :data:`CANCEL_POLL_INTERVAL` s (or more often for a short ``idle_cancel_after``) and
+cancels the generation when a cancel was requested (``DELETE``, possibly from another server
+process) or when no reader touched the stream for ``config.idle_cancel_after`` s. A local
+``DELETE`` also cancels it directly. On cancellation the ``StoreSink`` appends a terminal
+``Error`` (kind ``"cancelled"``) so readers learn the end.
+
+A *reader* (``GET /v1/streams/{id}/events``) never touches the generation: it replays the store
+from ``after`` (the ``Last-Event-ID``) in pieces of :data:`READ_LIMIT` events, then follows it
+live with ``wait``. Each frame's ``id`` is the event's ``seq`` and ``after`` advances to the last
+one written, so a client that reconnects with the last id it saw gets every event exactly once.
+While following, a task touches the store every few seconds so the idle watcher sees a reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Final
+
+import attrs
+import trio
+
+from pipeline import Error, Event, Pipeline, Producer, Route, error_event, is_terminal
+from pipeline._producer import Emit
+from pipeline.stores import StoreError, StoreSink, StreamNotFound, StreamStore
+
+from ._context import StreamRequest
+from ._runtime import AppRuntime, Generation
+from ._stream import StreamWriter
+
+__all__ = ["CANCEL_POLL_INTERVAL", "READ_LIMIT", "follow_stream", "run_generation"]
+
+log = logging.getLogger("llmpipe.http")
+
+READ_LIMIT: Final = 256
+CANCEL_POLL_INTERVAL: Final = 0.25
+END_TIMEOUT: Final = 5.0
+MAX_SPILL_BYTES: Final = 64 * 1024 * 1024
+"""A generation may run this far ahead of a slow store (spilled to a temporary file) before
+the model is made to wait."""
+
+
+@attrs.define(eq=False)
+class _ErrorsAsEvents:
+    """Wraps a producer so that a failure, even before its first event, becomes an ``Error``
+    event (which the store keeps) instead of an exception that cancels the pipeline."""
+
+    inner: Producer
+
+    async def stream(self, emit: Emit, /) -> None:
+        try:
+            await self.inner.stream(emit)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise  # the pipeline ended (after a terminal event): nothing more to say
+        except Exception as exc:
+            await emit(error_event(exc))
+
+
+def _poll_interval(idle_cancel_after: float) -> float:
+    return max(0.01, min(CANCEL_POLL_INTERVAL, idle_cancel_after / 4))
+
+
+def touch_interval(idle_cancel_after: float) -> float:
+    """How often a reader touches the stream: well within ``idle_cancel_after``."""
+    return max(0.01, min(5.0, idle_cancel_after / 4))
+
+
+async def _watch(
+    runtime: AppRuntime, store: StreamStore, gen: Generation, started_wall: float
+) -> None:
+    """Cancel ``gen`` on a cancel request or when nobody reads; return once the stream ended."""
+    idle_after = runtime.config.idle_cancel_after
+    interval = _poll_interval(idle_after)
+    while True:
+        await trio.sleep(interval)
+        try:
+            info = await store.info(gen.stream_id)
+        except StreamNotFound:
+            gen.cancel("deleted")
+            return
+        except StoreError as exc:  # e.g. Redis unreachable for a moment: try again later
+            log.warning("stream %s: store info failed: %r", gen.stream_id, exc)
+            continue
+        if info.ended:
+            return
+        if info.cancel_requested:
+            gen.cancel("cancelled")
+            return
+        last = info.last_reader_at if info.last_reader_at is not None else started_wall
+        if time.time() - last > idle_after:
+            log.info("stream %s: no reader for %.1f s, cancelling", gen.stream_id, idle_after)
+            gen.cancel("idle")
+            return
+
+
+async def run_generation(
+    runtime: AppRuntime,
+    store: StreamStore,
+    stream_id: str,
+    request: StreamRequest,
+    *,
+    task_status: trio.TaskStatus[Generation] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one generation into ``store`` (the stream must exist). Runs in the lifespan nursery;
+    never raises (failures are stored as the stream's ``Error`` event). Cancelled by its
+    :class:`Generation` (``DELETE``, idle) or by the lifespan ending (shutdown)."""
+    gen = Generation(stream_id)
+    runtime.generations[stream_id] = gen
+    runtime.metrics.generations_active.inc()
+    started_wall = time.time()
+    task_status.started(gen)
+    try:
+        await _generate(runtime, store, gen, request, started_wall)
+    except Exception:  # never let one generation take the lifespan nursery down
+        log.exception("stream %s: generation failed", stream_id)
+    finally:
+        with trio.CancelScope(shield=True):
+            # Normally the stream has ended already (its terminal event, or the StoreSink's
+            # "cancelled" end); if not, readers must still learn the end.
+            if gen.reason is not None:
+                end = Error(
+                    kind="cancelled",
+                    message=f"the generation was cancelled ({gen.reason})",
+                    retryable=gen.reason == "shutdown",
+                )
+            else:
+                end = Error(kind="incomplete", message="the generation stopped before its end")
+            await _end_stream(store, stream_id, end)
+            runtime.generations.pop(stream_id, None)
+            runtime.metrics.generations_active.dec()
+
+
+async def _generate(
+    runtime: AppRuntime,
+    store: StreamStore,
+    gen: Generation,
+    request: StreamRequest,
+    started_wall: float,
+) -> None:
+    stream_id = gen.stream_id
+    with gen.scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch, runtime, store, gen, started_wall)
+            try:
+                async with runtime.factory(request) as producer:
+                    sink = StoreSink(store, stream_id)
+                    pipeline = Pipeline(
+                        _ErrorsAsEvents(producer),
+                        sinks=[
+                            Route(
+                                sink, policy="spill", max_spill_bytes=MAX_SPILL_BYTES, name="store"
+                            )
+                        ],
+                    )
+                    stats = await pipeline.run()
+                    if stats.reason == "error" and stats.error:
+                        runtime.metrics.errors.labels(stats.error.split(":", 1)[0]).inc()
+            except Exception as exc:
+                # The factory failed (or the pipeline did): record it as the stream's end.
+                log.warning("stream %s failed: %r", stream_id, exc)
+                ev = error_event(exc)
+                runtime.metrics.errors.labels(ev.kind).inc()
+                await _end_stream(store, stream_id, ev)
+            nursery.cancel_scope.cancel()
+
+
+async def _end_stream(store: StreamStore, stream_id: str, event: Error) -> None:
+    """Append ``event`` as the stream's terminal event unless it has ended (best effort)."""
+    with trio.move_on_after(END_TIMEOUT):
+        try:
+            info = await store.info(stream_id)
+            if not info.ended:
+                await store.append(stream_id, [attrs.evolve(event, seq=info.last_seq + 1)])
+        except Exception as exc:  # best effort (a store that is down must not crash us)
+            log.warning("stream %s: could not store its end: %r", stream_id, exc)
+
+
+async def follow_stream(
+    runtime: AppRuntime, store: StreamStore, stream_id: str, after: int, writer: StreamWriter
+) -> None:
+    """Write the stream's events after ``after`` to ``writer``: replay, then follow live, until
+    the terminal event. Sends a heartbeat comment first and whenever idle for
+    ``heartbeat_interval``. Cancel-safe: cancelling loses nothing in the store."""
+    heartbeat = runtime.config.heartbeat_interval
+    metrics = runtime.metrics
+    await writer.write(writer.heartbeat())
+
+    async def toucher() -> None:
+        interval = touch_interval(runtime.config.idle_cancel_after)
+        while True:
+            try:
+                await store.touch(stream_id)
+            except StreamNotFound:
+                return
+            await trio.sleep(interval)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(toucher)
+        while True:
+            events: list[Event] = await store.read(stream_id, after, READ_LIMIT)
+            if not events:
+                events = await store.wait(stream_id, after, heartbeat, READ_LIMIT)
+            if not events:
+                info = await store.info(stream_id)
+                if info.ended and info.last_seq <= after:
+                    break  # the client has seen the end already
+                await writer.write(writer.heartbeat())
+                continue
+            end = False
+            frames = []
+            for ev in events:
+                frames.append(writer.frame(ev))
+                if ev.type == "text":
+                    metrics.text_deltas.inc()
+                if is_terminal(ev):
+                    end = True
+                    break
+            await writer.write(b"".join(frames))
+            after = events[-1].seq
+            if end:
+                break
+        nursery.cancel_scope.cancel()
+
+
+def parse_last_event_id(value: str | None) -> int:
+    """``Last-Event-ID`` (or ``?last_event_id=``) as a non-negative seq; ``ValueError`` if not."""
+    if value is None or not value.strip():
+        return 0
+    n = int(value.strip())
+    if n < 0 or not math.isfinite(n):
+        raise ValueError(value)
+    return n

@@ -1,0 +1,76 @@
+"""Serving the app in-process with hypercorn's trio worker, with a graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._runtime import get_runtime
+
+__all__ = ["serve"]
+
+log = logging.getLogger("llmpipe.http")
+
+
+def _port_of(bind: str) -> int:
+    port = urlsplit(bind).port
+    if port is None:
+        raise RuntimeError(f"hypercorn reported a bind without a port: {bind!r}")
+    return port
+
+
+async def serve(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Serve ``app`` on ``host:port`` (``port=0``: any free port) until shut down.
+
+    Start it with ``port = await nursery.start(serve, app, host, 0)``: the bound port is
+    reported through ``task_status`` once the socket listens (hypercorn reports its binds, the
+    port is read from them).
+
+    Shutdown: when ``shutdown_trigger`` returns, the app's open streams (for an app from
+    :func:`create_app`) get a final ``error`` event of kind ``"shutdown"`` (retryable) and end;
+    hypercorn stops accepting, waits at most ``config.shutdown_grace`` seconds for requests in
+    flight, then runs the lifespan's end (resumable generations are cancelled; their stored
+    events stay). Without a trigger it serves until cancelled (a cancel is abrupt: every task is
+    cancelled, no final events). Hypercorn shields its socket writes, so a client that stops
+    reading can hold its connection open past the grace period until TCP gives up.
+    """
+    try:
+        runtime = get_runtime(app)
+    except LookupError:
+        runtime = None
+    config = HypercornConfig()
+    bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    config.bind = [f"{bind_host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    if runtime is not None:
+        config.graceful_timeout = runtime.config.shutdown_grace
+
+    async def trigger() -> None:
+        if shutdown_trigger is None:
+            await trio.sleep_forever()
+        else:
+            await shutdown_trigger()
+        log.info("shutting down (grace %.1f s)", config.graceful_timeout)
+        if runtime is not None:
+            runtime.begin_shutdown()
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(hypercorn_serve, app, config, shutdown_trigger=trigger)
+        )
+        task_status.started(_port_of(binds[0]))

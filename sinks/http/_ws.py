@@ -1,0 +1,482 @@
+"""``WS /v1/ws``: a conversation over one WebSocket, turn by turn, interruptible.
+
+Protocol (JSON text frames, one object per frame)
+-------------------------------------------------
+
+Client -> server:
+
+``{"type": "request", <StreamRequest fields>, "reset": false}``
+    Starts a turn. The fields are those of ``POST /v1/stream`` (``messages`` or ``prompt``,
+    ``model``, ``max_tokens``, ``temperature``, ``provider``, ``buffering``), validated by
+    :meth:`StreamRequest.from_json`. ``messages`` holds only the **new** messages of this turn:
+    the server keeps the conversation (see *History*) and sends the producer the kept history
+    followed by them. ``"reset": true`` forgets the history first (a new conversation on the
+    same connection).
+``{"type": "interrupt"}``
+    Cancels the turn in progress: the pipeline and the upstream request are closed at once and
+    the server answers ``interrupted``. An interrupt with no turn in progress, or one that
+    arrives after the turn's terminal event was produced, is ignored (the turn's own end,
+    ``done``/``error``, is what the client sees).
+``{"type": "ping", "id": <optional>}``
+    Answered by ``{"type": "pong", "id": <same>}`` (``id`` only when given).
+
+Anything else (invalid JSON, a binary frame, a frame over ``config.max_body_bytes``, an unknown
+``type``, an invalid request, a request while a turn runs) is answered by
+``{"type": "error", "error": {"type": "invalid_request", "field": ..., "message": ...}}``
+(:meth:`RequestError.to_json`) and the connection stays open. Such protocol errors have no
+``"turn"`` key; that is how a client tells them from a turn's terminal ``error`` event.
+
+Server -> client, for turn ``N`` (1, 2, ... per connection):
+
+* every pipeline event as :func:`pipeline.event_to_dict` plus ``"turn": N`` (``text``,
+  ``metadata``, ``usage``, tool-call events, ``heartbeat``); the turn ends with exactly one of
+* its terminal event, ``{"type": "done", ...}`` or ``{"type": "error", "kind": ..., ...}``
+  (a producer that fails before its first event, or a producer factory that fails, gives an
+  ``error`` event with ``seq`` 0), or
+* ``{"type": "interrupted", "turn": N, "delivered_chars": K}`` after an interrupt, where ``K``
+  counts the characters (code points) of text sent to this client in turn ``N``.
+
+A new ``request`` is accepted while the previous turn is ending (after its terminal event was
+produced, or after an ``interrupt``): it waits for that turn to finish, so its events always
+follow the previous turn's last message and its history includes the previous answer. A
+request while a turn is still running gets an error (``field: "type"``, "a turn is in
+progress"); interrupt first.
+
+History
+-------
+
+After each turn the server appends the turn's messages and, as an ``assistant`` message, the
+answer's text **as delivered to this client**: all of it after ``done``, only the part that was
+actually sent after ``interrupted`` or a mid-stream ``error`` (the model may have produced more;
+the listener never got it, so the model must not believe it said it). A turn that failed before
+delivering any text leaves the history unchanged (resend the same message to retry); one
+interrupted before any text keeps its messages, without an answer.
+Tool-call events are not kept. The history is bounded: leading ``system`` messages are pinned;
+of the rest, the oldest are dropped first until at most ``max_history_messages`` messages and
+``max_history_chars`` characters of content remain (the newest message is always kept), and a
+kept conversation never starts with an ``assistant`` message. See :func:`trim_history`.
+
+Concurrency and cancellation
+----------------------------
+
+The endpoint owns one nursery per connection. Its body reads client frames (so pings,
+interrupts and errors are answered while a turn streams); each turn runs in a task of that
+nursery, reading ``Pipeline(producer).events(policy="coalesce")``: when this client reads
+slower than the model writes, queued text deltas merge, so memory stays bounded and nothing is
+lost. Sends from both tasks are serialised by a lock, and each send is shielded, so a frame is
+either sent whole and counted as delivered or not sent at all. An interrupt cancels the turn's
+cancel scope, which covers the producer's task: the upstream request is closed in the same
+scheduling round (a few ms; measured < 50 ms with the OpenAI SDK), even while a send to a slow
+client is still in flight. When the client goes away, the read loop sees the disconnect and
+cancels the whole nursery: the turn, its pipeline and the upstream request are closed.
+
+Keepalive: the server never times out an idle connection (there is no receive deadline).
+WebSocket protocol pings from the client are answered by the server (hypercorn/wsproto) without
+reaching the app; server-initiated protocol pings are hypercorn's ``websocket_ping_interval``
+(off by default). During a turn the pipeline sends ``heartbeat`` events after
+``config.heartbeat_interval`` seconds of silence.
+
+The app context
+---------------
+
+``websocket.app.state.llmpipe`` must have ``producer_factory`` (:data:`ProducerFactory`; the
+name ``factory``, as on :class:`~sinks.http.AppRuntime`, is accepted too) and ``config``
+(:class:`ServerConfig`: ``providers``, ``max_body_bytes``, ``heartbeat_interval`` are used).
+Optional, used when present: ``max_history_messages`` / ``max_history_chars`` (else the module
+defaults); ``check_auth(headers)``, called before the handshake is accepted (an exception
+refuses it: its ``response()`` as the HTTP denial response when the server supports that,
+else close code 1008, HTTP 403); ``admit(client_host)``, a context manager held for each turn
+(stream limits and metrics; when it refuses, the turn ends with an ``error`` event whose
+``kind`` is the refusal's error type); ``shutting_down`` (a ``trio.Event``): when set, a running
+turn ends with a retryable ``error`` event of kind ``"shutdown"``, new requests are refused and
+the connection is closed with code 1001. :class:`WSContext` is the minimal such object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Final
+
+import attrs
+import trio
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from pipeline import (
+    DEFAULT_MAX_BYTES,
+    Error,
+    Event,
+    Pipeline,
+    Policy,
+    error_event,
+    event_to_dict,
+    is_terminal,
+)
+
+from ._context import ProducerFactory, RequestError, ServerConfig, StreamRequest
+
+__all__ = [
+    "MAX_HISTORY_CHARS",
+    "MAX_HISTORY_MESSAGES",
+    "WSContext",
+    "trim_history",
+    "websocket_endpoint",
+]
+
+MAX_HISTORY_MESSAGES: Final = 64
+"""Default bound on the messages a connection keeps (pinned leading system messages included)."""
+
+MAX_HISTORY_CHARS: Final = 200_000
+"""Default bound on the characters of content a connection keeps (~800 KB at worst)."""
+
+Message = dict[str, str]
+
+
+@attrs.define(eq=False)
+class WSContext:
+    """What the endpoint reads from ``websocket.app.state.llmpipe``.
+
+    The HTTP app may set any object with the same attribute names; only ``producer_factory``
+    and ``config`` are required, the history bounds fall back to the module defaults.
+    """
+
+    producer_factory: ProducerFactory
+    config: ServerConfig = attrs.Factory(ServerConfig)
+    max_history_messages: int = MAX_HISTORY_MESSAGES
+    max_history_chars: int = MAX_HISTORY_CHARS
+
+
+def trim_history(
+    messages: Sequence[Mapping[str, str]],
+    *,
+    max_messages: int = MAX_HISTORY_MESSAGES,
+    max_chars: int = MAX_HISTORY_CHARS,
+) -> list[Message]:
+    """Bound a conversation, dropping the oldest messages first.
+
+    Leading ``system`` messages are pinned (kept ahead of everything else); of the rest, the
+    oldest go until the total is within ``max_messages`` messages and ``max_chars`` characters
+    of content, except that the newest message is always kept. Then ``assistant`` messages left
+    at the front of the conversation are dropped too (a conversation starts with the user).
+    """
+    pinned: list[Message] = []
+    i = 0
+    while i < len(messages) and messages[i].get("role") == "system":
+        pinned.append(dict(messages[i]))
+        i += 1
+    rest = [dict(m) for m in messages[i:]]
+    count = len(pinned) + len(rest)
+    chars = sum(len(m.get("content", "")) for m in (*pinned, *rest))
+    start = 0
+    while len(rest) - start > 1 and (count > max_messages or chars > max_chars):
+        count -= 1
+        chars -= len(rest[start].get("content", ""))
+        start += 1
+    while len(rest) - start > 1 and rest[start].get("role") == "assistant":
+        start += 1
+    return pinned + rest[start:]
+
+
+@attrs.define(eq=False)
+class _Turn:
+    number: int
+    request: StreamRequest
+    reset: bool
+    previous: _Turn | None
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    delivered: list[str] = attrs.Factory(list)
+    delivered_chars: int = 0
+    interrupted: bool = False
+    shutdown: bool = False
+    ending: bool = False  # its outcome is decided (terminal event produced, or interrupted)
+    finished: trio.Event = attrs.Factory(trio.Event)
+
+
+def _error_event(exc: Exception) -> Error:
+    """The terminal event for a turn that failed before its pipeline produced one.
+
+    A refusal from the app (an exception with an HTTP ``status`` and a JSON ``payload``, such as
+    the per-client stream limit) keeps its error type and ``retryable`` flag.
+    """
+    payload = getattr(exc, "payload", None)
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        error = payload["error"]
+        return Error(
+            kind=str(error.get("type", "rejected")),
+            message=str(error.get("message", "")),
+            retryable=bool(error.get("retryable", getattr(exc, "status", 0) in (429, 503))),
+        )
+    return error_event(exc)
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _protocol_error(field: str, message: str, *, status: int = 400) -> dict[str, Any]:
+    return {"type": "error", **RequestError(field, message, status=status).to_json()}
+
+
+class _Session:
+    """One connection: its history, its current turn, its send lock and its nursery."""
+
+    def __init__(self, websocket: WebSocket, context: Any) -> None:
+        self.ws = websocket
+        factory = getattr(context, "producer_factory", None) or getattr(context, "factory", None)
+        if factory is None:
+            raise LookupError("app.state.llmpipe has no producer_factory")
+        self.producer_factory: ProducerFactory = factory
+        self.config: ServerConfig = context.config
+        self.admit: Callable[[str], AbstractContextManager[object]] | None = getattr(
+            context, "admit", None
+        )
+        self.shutting_down: trio.Event | None = getattr(context, "shutting_down", None)
+        self.client = websocket.client.host if websocket.client else "unknown"
+        self.closing = False
+        self.max_messages = int(getattr(context, "max_history_messages", MAX_HISTORY_MESSAGES))
+        self.max_chars = int(getattr(context, "max_history_chars", MAX_HISTORY_CHARS))
+        self.max_frame = int(getattr(self.config, "max_body_bytes", 1 << 20))
+        heartbeat = getattr(self.config, "heartbeat_interval", None)
+        self.heartbeat: float | None = float(heartbeat) if heartbeat else None
+        self.providers: Sequence[str] = tuple(getattr(self.config, "providers", ("default",)))
+        self.history: list[Message] = []
+        self.turns = 0
+        self.turn: _Turn | None = None  # the latest turn until it has finished
+        self.send_lock = trio.Lock()
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            if self.shutting_down is not None:
+                nursery.start_soon(self._close_on_shutdown, self.shutting_down)
+            await self._read_loop()
+            nursery.cancel_scope.cancel()  # the client went away: end the turn and upstream
+
+    async def _close_on_shutdown(self, shutting_down: trio.Event) -> None:
+        """Server shutdown: end the turn with a retryable ``shutdown`` error, close with 1001."""
+        await shutting_down.wait()
+        self.closing = True
+        turn = self.turn
+        if turn is not None:
+            if not turn.ending:
+                turn.shutdown = True
+                turn.ending = True
+                turn.scope.cancel()
+            await turn.finished.wait()
+        async with self.send_lock:
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.ws.close(code=1001, reason="server shutting down")
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _send(self, obj: Mapping[str, Any], turn: _Turn | None = None) -> None:
+        """Send one frame; text of ``turn`` counts as delivered once it is sent.
+
+        Shielded, so a cancellation (interrupt) never leaves it unknown whether a frame went
+        out. If the transport is gone, the session is cancelled.
+        """
+        data = _dumps(obj)
+        async with self.send_lock:
+            gone = False
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.ws.send_text(data)
+                except (WebSocketDisconnect, OSError, trio.BrokenResourceError):
+                    gone = True
+                else:
+                    if turn is not None and obj.get("type") == "text":
+                        text = str(obj.get("text", ""))
+                        turn.delivered.append(text)
+                        turn.delivered_chars += len(text)
+            if gone:
+                assert self.nursery is not None
+                self.nursery.cancel_scope.cancel()
+                await trio.lowlevel.checkpoint()  # raises Cancelled
+
+    async def _send_event(self, turn: _Turn, event: Event) -> None:
+        obj = event_to_dict(event)
+        obj["turn"] = turn.number
+        await self._send(obj, turn)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                await self._send(_protocol_error("frame", "expected a text frame with JSON"))
+                continue
+            if len(text) > self.max_frame:  # chars <= bytes: a cheap first check
+                await self._send(
+                    _protocol_error("frame", f"at most {self.max_frame} bytes", status=413)
+                )
+                continue
+            try:
+                body = json.loads(text)
+            except ValueError as exc:
+                await self._send(_protocol_error("body", f"invalid JSON: {exc}"))
+                continue
+            if not isinstance(body, dict):
+                await self._send(_protocol_error("body", "expected a JSON object"))
+                continue
+            kind = body.get("type")
+            if kind == "ping":
+                pong: dict[str, Any] = {"type": "pong"}
+                if "id" in body:
+                    pong["id"] = body["id"]
+                await self._send(pong)
+            elif kind == "interrupt":
+                self._interrupt()
+            elif kind == "request":
+                await self._request(body)
+            else:
+                await self._send(
+                    _protocol_error("type", "expected 'request', 'interrupt' or 'ping'")
+                )
+
+    def _interrupt(self) -> None:
+        turn = self.turn
+        if turn is None or turn.ending:
+            return  # nothing running, or its end is already on the way
+        turn.interrupted = True
+        turn.ending = True
+        turn.scope.cancel()
+
+    async def _request(self, body: dict[str, Any]) -> None:
+        previous = self.turn
+        if self.closing:
+            await self._send(_protocol_error("type", "the server is shutting down", status=503))
+            return
+        if previous is not None and not previous.ending:
+            await self._send(
+                _protocol_error(
+                    "type", "a turn is in progress: wait for its end or interrupt it", status=409
+                )
+            )
+            return
+        fields = {k: v for k, v in body.items() if k not in ("type", "reset")}
+        reset = body.get("reset", False)
+        if not isinstance(reset, bool):
+            await self._send(_protocol_error("reset", "expected true or false"))
+            return
+        try:
+            request = StreamRequest.from_json(fields, providers=self.providers)
+        except RequestError as exc:
+            await self._send({"type": "error", **exc.to_json()})
+            return
+        self.turns += 1
+        turn = _Turn(self.turns, request, reset, previous)
+        self.turn = turn  # synchronously: the next frame already sees it
+        assert self.nursery is not None
+        self.nursery.start_soon(self._run_turn, turn, name=f"llmpipe ws turn {turn.number}")
+
+    # -- a turn --------------------------------------------------------------------------------
+
+    async def _run_turn(self, turn: _Turn) -> None:
+        try:
+            with turn.scope:
+                if turn.previous is not None:
+                    await turn.previous.finished.wait()
+                    turn.previous = None
+                if turn.reset:
+                    self.history.clear()
+                request = attrs.evolve(
+                    turn.request, messages=(*self.history, *turn.request.messages)
+                )
+                await self._stream(turn, request)
+            if turn.shutdown:
+                self._remember(turn, failed=True)
+                shutdown = Error(
+                    kind="shutdown",
+                    message="the server is shutting down",
+                    retryable=True,
+                    partial_chars=turn.delivered_chars,
+                )
+                await self._send_event(turn, shutdown)
+            elif turn.interrupted:
+                self._remember(turn)
+                await self._send(
+                    {
+                        "type": "interrupted",
+                        "turn": turn.number,
+                        "delivered_chars": turn.delivered_chars,
+                    }
+                )
+        finally:
+            turn.finished.set()
+            if self.turn is turn:
+                self.turn = None
+
+    async def _stream(self, turn: _Turn, request: StreamRequest) -> None:
+        """Run the pipeline and send its events; inside ``turn.scope``."""
+        admit = self.admit(self.client) if self.admit is not None else nullcontext()
+        try:
+            with admit:  # the app's stream slot (per-client and total limits, metrics)
+                async with self.producer_factory(request) as producer:
+                    pipeline = Pipeline(producer, heartbeat_interval=self.heartbeat)
+                    max_bytes = request.max_buffer_bytes or DEFAULT_MAX_BYTES
+                    async with pipeline.events(
+                        policy=Policy.COALESCE, max_bytes=max_bytes
+                    ) as events:
+                        async for event in events:
+                            if is_terminal(event):
+                                turn.ending = True
+                                self._remember(turn, failed=isinstance(event, Error))
+                            await self._send_event(turn, event)
+        except Exception as exc:
+            if turn.ending:
+                return  # interrupted, shut down, or the terminal event already went out
+            turn.ending = True
+            self._remember(turn, failed=True)
+            await self._send_event(turn, _error_event(exc))
+
+    def _remember(self, turn: _Turn, *, failed: bool = False) -> None:
+        """Append the turn and the answer as delivered to the history, then bound it."""
+        answer = "".join(turn.delivered)
+        if failed and not answer:
+            return
+        self.history.extend(dict(m) for m in turn.request.messages)
+        if answer:
+            self.history.append({"role": "assistant", "content": answer})
+        self.history = trim_history(
+            self.history, max_messages=self.max_messages, max_chars=self.max_chars
+        )
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """The ``/v1/ws`` endpoint (mount with ``WebSocketRoute("/v1/ws", websocket_endpoint)``).
+
+    Reads its dependencies from ``websocket.app.state.llmpipe`` (see :class:`WSContext`),
+    accepts the connection and serves turns until the client disconnects; see the module
+    docstring for the protocol. Returns when the client has gone and every task of the
+    connection (the turn, its pipeline, the upstream request) has been closed.
+    """
+    context = websocket.app.state.llmpipe
+    check_auth = getattr(context, "check_auth", None)
+    if check_auth is not None:
+        try:
+            check_auth(websocket.headers)
+        except Exception as exc:
+            await _deny(websocket, exc)
+            return
+    session = _Session(websocket, context)
+    await websocket.accept()
+    await session.run()
+
+
+async def _deny(websocket: WebSocket, exc: Exception) -> None:
+    """Refuse the handshake: the app's HTTP error response (e.g. 401) when the server supports
+    WebSocket denial responses, else a close before accept (HTTP 403)."""
+    response = getattr(exc, "response", None)
+    if callable(response) and "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response())
+    else:
+        await websocket.close(code=1008)

@@ -1,0 +1,282 @@
+// llmpipe.js: a small, dependency-free ES module for reading llmpipe's server-sent events.
+//
+//   import { streamChat } from "/llmpipe.js";
+//   const chat = streamChat({ prompt: "Hello" }, { onReconnect: (n, id) => console.log(n, id) });
+//   for await (const ev of chat) if (ev.type === "text") out.textContent += ev.text;
+//   stopButton.onclick = () => chat.stop();   // aborts the fetch and DELETEs the stream
+//
+// Layers, each usable alone:
+//   SSEParser        incremental parser of an event stream (WHATWG HTML "Parsing an event stream")
+//   readSSE          async generator: a fetch Response body -> raw SSE events
+//   followEvents     async generator: GET an events URL, resume after a dropped connection with
+//                    Last-Event-ID, yield each llmpipe event exactly once (dedup by seq), stop at
+//                    "done"/"error"
+//   streamChat       POST /v1/streams, then followEvents; stop() cancels the generation upstream
+//   streamEvents     one-shot POST /v1/stream (not resumable), for servers without the store
+
+/** The event types that end a stream. */
+export const TERMINAL = new Set(["done", "error"]);
+
+/**
+ * Incremental parser for `text/event-stream`, fed decoded text in chunks of any size.
+ * `feed(text)` returns the events completed by that chunk as `{type, data, id}` objects, where
+ * `id` is the last event ID (it persists across events, as in EventSource). `retry` holds the
+ * last valid `retry:` value (ms) or null.
+ */
+export class SSEParser {
+  constructor() {
+    this.lastEventId = ""; // the "last event ID buffer"; never reset between events
+    this.retry = null;
+    this._buf = ""; // an incomplete line
+    this._data = "";
+    this._type = "";
+    this._hasData = false;
+    this._start = true; // strip one BOM at the very start of the stream
+    this._skipLF = false; // the previous chunk ended with CR: a leading LF belongs to it
+  }
+
+  /** Parse a chunk; return the events it completed. */
+  feed(chunk) {
+    if (this._start && chunk.length) {
+      if (chunk.charCodeAt(0) === 0xfeff) chunk = chunk.slice(1);
+      this._start = false;
+    }
+    if (this._skipLF && chunk.length) {
+      if (chunk[0] === "\n") chunk = chunk.slice(1);
+      this._skipLF = false;
+    }
+    const events = [];
+    let text = this._buf + chunk;
+    let pos = 0;
+    for (;;) {
+      // A line ends at CRLF, LF or CR (whichever comes first).
+      const lf = text.indexOf("\n", pos);
+      const cr = text.indexOf("\r", pos);
+      let end = lf === -1 ? cr : cr === -1 ? lf : Math.min(lf, cr);
+      if (end === -1) break;
+      let next = end + 1;
+      if (text[end] === "\r") {
+        if (next === text.length) this._skipLF = true; // CR at chunk end: LF may follow later
+        else if (text[next] === "\n") next++;
+      }
+      const ev = this._line(text.slice(pos, end));
+      if (ev) events.push(ev);
+      pos = next;
+    }
+    this._buf = text.slice(pos);
+    return events;
+  }
+
+  /** End of stream: an incomplete event is discarded (per spec); resets for a new connection. */
+  end() {
+    this._buf = this._data = this._type = "";
+    this._hasData = false;
+    this._skipLF = false;
+    this._start = true;
+  }
+
+  _line(line) {
+    if (line === "") return this._dispatch();
+    if (line[0] === ":") return null; // a comment (heartbeat)
+    const colon = line.indexOf(":");
+    let field = line, value = "";
+    if (colon !== -1) {
+      field = line.slice(0, colon);
+      value = line.slice(colon + 1);
+      if (value[0] === " ") value = value.slice(1);
+    }
+    switch (field) {
+      case "event": this._type = value; break;
+      case "data": this._data += value + "\n"; this._hasData = true; break;
+      case "id": if (!value.includes("\0")) this.lastEventId = value; break;
+      case "retry": if (/^[0-9]+$/.test(value)) this.retry = parseInt(value, 10); break;
+      default: break; // unknown fields are ignored
+    }
+    return null;
+  }
+
+  _dispatch() {
+    const type = this._type || "message";
+    const data = this._data.slice(0, -1); // drop the last LF
+    const had = this._hasData;
+    this._data = this._type = "";
+    this._hasData = false;
+    return had ? { type, data, id: this.lastEventId } : null;
+  }
+}
+
+/** Yield the SSE events of a fetch Response, decoding UTF-8 across chunk boundaries. */
+export async function* readSSE(response, parser = new SSEParser()) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      yield* parser.feed(decoder.decode(value, { stream: true }));
+    }
+    yield* parser.feed(decoder.decode());
+  } finally {
+    parser.end();
+    reader.releaseLock();
+  }
+}
+
+/** An HTTP failure that retrying will not fix (4xx other than 408/429). */
+export class StreamHTTPError extends Error {
+  constructor(status, body) {
+    super(`HTTP ${status}: ${body}`.slice(0, 500));
+    this.status = status;
+  }
+}
+
+const sleep = (ms, signal) => new Promise((resolve, reject) => {
+  if (signal?.aborted) return reject(signal.reason);
+  const t = setTimeout(() => { signal?.removeEventListener("abort", onAbort); resolve(); }, ms);
+  const onAbort = () => { clearTimeout(t); reject(signal.reason); };
+  signal?.addEventListener("abort", onAbort, { once: true });
+});
+
+/**
+ * Follow an llmpipe events URL until a "done" or "error" event, reconnecting with backoff after
+ * a dropped connection (network error, or the body ending before a terminal event). Each
+ * reconnection sends the last seen id as the `Last-Event-ID` header (or as `?last_event_id=`
+ * with `resumeWith: "query"`, which avoids a CORS preflight). Yields the decoded JSON events,
+ * each `seq` at most once and in increasing order.
+ *
+ * Options: signal (AbortSignal), lastEventId, fetchImpl, headers, resumeWith ("header"|"query"),
+ * retryMs (first backoff, default 250; a server `retry:` overrides it), maxRetryMs (5000),
+ * maxRetries (consecutive failures before giving up, default 10), onReconnect(n, lastEventId).
+ */
+export async function* followEvents(url, opts = {}) {
+  const {
+    signal, fetchImpl = globalThis.fetch.bind(globalThis), headers = {},
+    resumeWith = "header", maxRetryMs = 5000, maxRetries = 10, onReconnect,
+  } = opts;
+  let retryMs = opts.retryMs ?? 250;
+  let lastId = opts.lastEventId ?? "";
+  let lastSeq = Number.isFinite(+lastId) && lastId !== "" ? +lastId : -1;
+  let failures = 0, reconnects = 0;
+  for (;;) {
+    const h = { Accept: "text/event-stream", ...headers };
+    let target = url;
+    if (lastId !== "") {
+      if (resumeWith === "query") {
+        const u = new URL(url, globalThis.location?.href);
+        u.searchParams.set("last_event_id", lastId);
+        target = u.href;
+      } else h["Last-Event-ID"] = lastId;
+    }
+    const parser = new SSEParser();
+    parser.lastEventId = lastId;
+    let progressed = false;
+    try {
+      const res = await fetchImpl(target, { headers: h, signal, cache: "no-store" });
+      if (res.status === 204) return; // the server says: do not reconnect
+      if (!res.ok) {
+        const body = await res.text().catch(() => "");
+        if (res.status < 500 && res.status !== 408 && res.status !== 429) {
+          throw new StreamHTTPError(res.status, body);
+        }
+        throw new Error(`HTTP ${res.status}`); // retryable
+      }
+      for await (const raw of readSSE(res, parser)) {
+        if (signal?.aborted) throw signal.reason; // events already buffered are not delivered
+        if (parser.retry !== null) retryMs = parser.retry;
+        lastId = raw.id; // the last event ID: what we resume after, as EventSource does
+        if (raw.type === "message" && raw.data === "") continue;
+        const ev = JSON.parse(raw.data);
+        const seq = typeof ev.seq === "number" ? ev.seq : null;
+        if (seq !== null) {
+          if (seq <= lastSeq) continue; // replayed: already delivered
+          lastSeq = seq;
+        }
+        progressed = true;
+        failures = 0;
+        yield ev;
+        if (TERMINAL.has(ev.type)) return;
+      }
+      // The body ended without a terminal event: the connection was dropped.
+    } catch (err) {
+      if (signal?.aborted || err instanceof StreamHTTPError || err instanceof SyntaxError) throw err;
+      // a network error: fall through to reconnect
+    }
+    if (!progressed && ++failures > maxRetries) {
+      throw new Error(`gave up after ${maxRetries} failed reconnections to ${url}`);
+    }
+    // Backoff: retryMs, doubling per consecutive failure, capped, with jitter.
+    const delay = Math.min(maxRetryMs, retryMs * 2 ** Math.max(0, failures - 1));
+    await sleep(delay * (0.75 + Math.random() / 2), signal);
+    reconnects++;
+    onReconnect?.(reconnects, lastId);
+  }
+}
+
+/**
+ * Start a resumable generation and follow it. `body` is the request JSON (`{prompt}` or
+ * `{messages}`). Returns an async iterable of events with:
+ *   ready     Promise of {id, events_url} once the stream exists
+ *   stop()    abort the fetch and DELETE the stream (cancels the generation upstream)
+ * Options: baseUrl (default: same origin), headers, fetchImpl, plus followEvents' options.
+ */
+export function streamChat(body, opts = {}) {
+  const { baseUrl = "", headers = {}, fetchImpl = globalThis.fetch.bind(globalThis) } = opts;
+  const ctl = new AbortController();
+  if (opts.signal?.aborted) ctl.abort(opts.signal.reason);
+  else opts.signal?.addEventListener("abort", () => ctl.abort(opts.signal.reason), { once: true });
+  const base = baseUrl.replace(/\/$/, "");
+  const ready = (async () => {
+    const res = await fetchImpl(`${base}/v1/streams`, {
+      method: "POST", signal: ctl.signal,
+      headers: { "Content-Type": "application/json", ...headers },
+      body: JSON.stringify(body),
+    });
+    if (!res.ok) throw new StreamHTTPError(res.status, await res.text().catch(() => ""));
+    return res.json();
+  })();
+  ready.catch(() => {}); // reported through iteration
+  let stopped = null;
+  return {
+    ready,
+    async *[Symbol.asyncIterator]() {
+      const { events_url } = await ready;
+      const url = new URL(events_url, base || globalThis.location?.href).href;
+      try {
+        yield* followEvents(url, { ...opts, signal: ctl.signal, headers, fetchImpl });
+      } catch (err) {
+        if (!ctl.signal.aborted) throw err; // stop() ends the iteration quietly
+      }
+    },
+    /** Abort reading and cancel the generation on the server. Idempotent. */
+    stop() {
+      stopped ??= (async () => {
+        ctl.abort(new DOMException("stopped", "AbortError"));
+        const info = await ready.catch(() => null);
+        if (!info) return;
+        await fetchImpl(`${base}/v1/streams/${encodeURIComponent(info.id)}`, {
+          method: "DELETE", headers, keepalive: true,
+        }).catch(() => {});
+      })();
+      return stopped;
+    },
+  };
+}
+
+/**
+ * One-shot `POST /v1/stream`: yields the events of a single response (no resume: a dropped
+ * connection throws). Options: signal, headers, fetchImpl.
+ */
+export async function* streamEvents(url, { body, signal, headers = {}, fetchImpl = globalThis.fetch.bind(globalThis) } = {}) {
+  const res = await fetchImpl(url, {
+    method: "POST", signal, body: JSON.stringify(body),
+    headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...headers },
+  });
+  if (!res.ok) throw new StreamHTTPError(res.status, await res.text().catch(() => ""));
+  for await (const raw of readSSE(res)) {
+    if (raw.data === "") continue;
+    const ev = JSON.parse(raw.data);
+    yield ev;
+    if (TERMINAL.has(ev.type)) return;
+  }
+  throw new Error("the stream ended before a done or error event");
+}

@@ -1,0 +1,281 @@
+"""End to end: the web page (``sinks/http/static``) in headless Chromium against the real app.
+
+The app runs in-process on hypercorn (trio, 127.0.0.1, a free port) with scripted producers;
+``tests/browser/e2e.mjs`` drives Debian's Chromium through playwright-core and prints JSON. The
+page's module is also unit-tested under Node (``tests/browser/llmpipe.test.mjs``).
+
+Two dropped connections, both real: :class:`_DropOnce` (test middleware, armed by the page
+test through ``POST /__test/drop``) ends the next first-time events response in the middle of a
+frame, and the page must resume with ``Last-Event-ID`` = the last whole frame's id; then a TCP
+proxy in ``e2e.mjs`` (the page is loaded through it) resets every connection mid-stream, a
+network error. The text must come out whole, each event once, from one generation.
+
+Missing Chromium, Node or ``tests/browser/node_modules`` fail (CI installs them), never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipeline.producers import ScriptedProducer
+from sinks.http import StreamRequest, create_app, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+BROWSER_DIR = ROOT / "tests" / "browser"
+STATIC_DIR = ROOT / "sinks" / "http" / "static"
+CHROMIUM = "/usr/bin/chromium"
+
+TEXT = (
+    "## Streaming, *resumed*\n\n"
+    "Here is **bold** text, some *italic*, and `inline <code>` too; é€ and 😀 survive.\n\n"
+    "- first item with `x = 1`\n"
+    "- second **item**\n"
+    "- third item\n\n"
+    "```python\n"
+    "def greet(name):\n"
+    '    return f"<b>hello {name}</b>"\n'
+    "```\n\n"
+    "1. one\n"
+    "2. two\n\n"
+    "That is the whole answer, ending here."
+)
+# The drop scenario reads a longer answer: it is still streaming when the proxy resets.
+DROP_TEXT = TEXT + "\n\n" + " ".join(f"word{i}" for i in range(80)) + "."
+STOP_TEXT = " ".join(f"token{i}" for i in range(400))
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def _require_tools() -> str:
+    node = shutil.which("node")
+    problems = []
+    if node is None:
+        problems.append("node is not installed (apt-get install -y nodejs)")
+    if not Path(CHROMIUM).exists():
+        problems.append(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        problems.append("playwright-core is not installed (npm ci --prefix tests/browser)")
+    if problems:
+        pytest.fail("browser tests cannot run: " + "; ".join(problems), pytrace=False)
+    assert node is not None
+    return node
+
+
+@attrs.define
+class _Producers:
+    """The test's producer factory: one ScriptedProducer per request, by prompt."""
+
+    made: dict[str, list[ScriptedProducer]] = attrs.Factory(dict)
+
+    @asynccontextmanager
+    async def __call__(self, request: StreamRequest) -> AsyncIterator[ScriptedProducer]:
+        prompt = request.messages[-1]["content"]
+        if prompt == "stop":
+            producer = ScriptedProducer.from_text(STOP_TEXT, delay=0.02)
+        elif prompt == "drop":
+            producer = ScriptedProducer.from_text(DROP_TEXT, delay=0.02)
+        else:
+            producer = ScriptedProducer.from_text(TEXT, delay=0.02)
+        self.made.setdefault(prompt, []).append(producer)
+        yield producer
+
+
+@attrs.define
+class _DropState:
+    armed_after: int | None = None  # cut the next first-time events response after N frames
+    sent: bytes = b""  # what the cut response delivered
+    # The Last-Event-ID of each events request, by stream id.
+    resumes: dict[str, list[str | None]] = attrs.Factory(dict)
+
+
+_EVENTS_PATH = re.compile(r"^/v1/streams/[^/]+/events$")
+
+
+class _DropOnce:
+    """Test middleware: ``POST /__test/drop?after=N`` arms it; the next events request without a
+    ``Last-Event-ID`` is cut in the middle of frame N+1 (the response ends there, the reader
+    inside the app is cancelled). Every events request's ``Last-Event-ID`` is recorded."""
+
+    def __init__(self, app: ASGIApp, state: _DropState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/__test/drop":
+            response: Response = JSONResponse({"armed": True})
+            if scope["method"] != "POST":
+                response = Response(status_code=405)
+            else:
+                self.state.armed_after = int(Request(scope).query_params.get("after", "10"))
+            await response(scope, receive, send)
+            return
+        if not _EVENTS_PATH.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        stream_id = scope["path"].split("/")[3]
+        last_id = dict(scope["headers"]).get(b"last-event-id")
+        resumes = self.state.resumes.setdefault(stream_id, [])
+        resumes.append(None if last_id is None else last_id.decode())
+        after = self.state.armed_after
+        if after is None or last_id is not None:
+            await self.app(scope, receive, send)
+            return
+        self.state.armed_after = None
+        sent = bytearray()
+
+        with trio.CancelScope() as cut:
+
+            async def cutting_send(message: Message) -> None:
+                if message["type"] != "http.response.body":
+                    await send(message)
+                    return
+                body = message.get("body", b"")
+                frames = sent.count(b"\n\n") + body.count(b"\n\n")
+                if frames <= after:
+                    sent.extend(body)
+                    await send(message)
+                    return
+                # Keep the frames before number after+1, then half of that frame.
+                keep = bytearray(sent + body)
+                pos = 0
+                for _ in range(after):
+                    pos = keep.index(b"\n\n", pos) + 2
+                end = keep.index(b"\n\n", pos)
+                cut_at = pos + (end - pos) // 2
+                partial = bytes(keep[len(sent) : cut_at])
+                sent.extend(partial)
+                self.state.sent = bytes(sent)
+                await send({"type": "http.response.body", "body": partial, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                cut.cancel()
+                await trio.lowlevel.checkpoint()
+
+            await self.app(scope, receive, cutting_send)
+
+
+def _last_whole_frame_id(sent: bytes) -> str:
+    whole = sent[: sent.rindex(b"\n\n")].decode()
+    ids: list[str] = re.findall(r"^id: ?(.*)$", whole, flags=re.MULTILINE)
+    return ids[-1]
+
+
+async def _run_node(node: str, script: str, *args: str) -> str:
+    result = await trio.run_process(
+        [node, script, *args],
+        cwd=BROWSER_DIR,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    out = result.stdout.decode()
+    err = result.stderr.decode()
+    assert result.returncode == 0, f"node {script} failed ({result.returncode}):\n{out}\n{err}"
+    return out
+
+
+async def test_llmpipe_js_unit_tests_under_node() -> None:
+    node = _require_tools()
+    with trio.fail_after(60):
+        out = await _run_node(node, "--test", "llmpipe.test.mjs")
+    assert "# fail 0" in out, out
+
+
+async def test_page_streams_resumes_and_stops_in_chromium(nursery: trio.Nursery) -> None:
+    node = _require_tools()
+    producers = _Producers()
+    drop = _DropState()
+    app = create_app(producers)
+    app.add_middleware(_DropOnce, state=drop)
+
+    port: int = await nursery.start(serve, app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}/"
+    if not await _serves_page(port):
+        # The app does not serve the page itself: mount the static directory for the test.
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+        assert await _serves_page(port), "GET / does not serve the page"
+
+    with trio.fail_after(90):
+        out = await _run_node(node, "e2e.mjs", base)
+    results = json.loads(out.strip().splitlines()[-1])
+    for name, res in results.items():
+        assert "failed" not in res, f"scenario {name} failed in the browser:\n{res['failed']}"
+        assert res["problems"] == [], f"{name}: page errors {res['problems']}"
+
+    # (1) The whole answer arrives, exactly, and renders as markdown.
+    full = results["full"]
+    assert full["state"] == "done", full
+    assert full["text"] == TEXT
+    assert full["rendered"] == TEXT
+    assert full["reconnects"] == 0
+    assert full["seqs"] == sorted(set(full["seqs"]))
+    assert full["partialLength"] < len(TEXT), "the answer only appeared at the end"
+    assert full["frames"] <= full["events"], "more renders than events"
+    dom = full["dom"]
+    assert dom["h"] == ["Streaming, resumed"]
+    assert dom["li"][:3] == ["first item with x = 1", "second item", "third item"]
+    assert dom["li"][3:] == ["one", "two"]
+    assert dom["code"] == ['def greet(name):\n    return f"<b>hello {name}</b>"']
+    assert dom["strong"] == ["bold", "item"]
+    assert "<b>" not in dom["html"]
+    assert "<img" not in full["xss"]
+    assert "<script" not in full["xss"]
+    assert "&lt;img" in full["xss"]
+
+    # (2) The cut connection and the offline moment resume with no lost or repeated text.
+    dropped = results["drop"]
+    assert dropped["state"] == "done", dropped
+    assert dropped["text"] == DROP_TEXT
+    assert dropped["rendered"] == DROP_TEXT
+    assert dropped["seqs"] == sorted(set(dropped["seqs"])), "an event was delivered twice"
+    assert dropped["seqs"] == list(range(dropped["seqs"][0], dropped["seqs"][-1] + 1))
+    assert drop.sent, "the events connection was never cut"
+    cut_id = _last_whole_frame_id(drop.sent)
+    assert dropped["resumedFrom"][0] == cut_id
+    resumes = drop.resumes[dropped["streamId"]]
+    assert resumes[:2] == [None, cut_id], resumes
+    assert dropped["afterServerDrop"]["reconnects"] == 1
+    # The proxy reset the connections while the answer was still arriving: a second resume.
+    assert dropped["resetSockets"] > 0
+    assert dropped["beforeReset"]["state"] != "done", "the answer ended before the reset"
+    assert dropped["reconnects"] >= 2, "a reset connection did not make the page reconnect"
+    assert resumes[2] is not None
+    assert int(resumes[2]) >= dropped["beforeReset"]["seqs"][-1]
+    # Events replayed after a reconnection arrive in a burst: rendered in fewer frames.
+    assert dropped["frames"] < dropped["events"]
+    assert len(producers.made["drop"]) == 1, "a reconnection started a new generation"
+
+    # (3) Stop aborts the page's stream and cancels the generation upstream.
+    stopped = results["stop"]
+    assert stopped["state"] == "stopped", stopped
+    assert stopped["text"] == stopped["textAtStop"], "text arrived after Stop"
+    assert STOP_TEXT.startswith(stopped["text"])
+    assert len(stopped["text"]) < len(STOP_TEXT)
+    # The page waited 500 ms after the DELETE was answered: the cancellation has landed.
+    (producer,) = producers.made["stop"]
+    assert producer.closed
+    assert producer.cancelled, "Stop did not cancel the generation upstream"
+    assert producer.emitted < len(producer.steps) - 1
+
+
+async def _serves_page(port: int) -> bool:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        res = await client.get(f"http://127.0.0.1:{port}/")
+    return res.status_code == 200 and 'id="prompt"' in res.text
