@@ -57,10 +57,11 @@ from pipeline.stores import (
 )
 
 from ._context import ProducerFactory, RequestError, ServerConfig, StreamRequest
-from ._metrics import PROMETHEUS_CONTENT_TYPE
+from ._metrics import PROMETHEUS_CONTENT_TYPE, StreamReason, StreamRecord
+from ._otel import otel_observer
 from ._resumable import follow_stream, parse_last_event_id, run_generation
 from ._runtime import STATE_KEY, AppRuntime, HTTPError, json_error
-from ._stream import ClientGone, StreamWriter, choose_format, run_stream
+from ._stream import ClientGone, StreamWriter, begin_stream, choose_format, run_stream
 from ._ws import websocket_endpoint
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -183,57 +184,89 @@ def _public_error(exc: BaseException) -> Error:
 # Live streams
 
 
-async def pump(runtime: AppRuntime, events: EventReceiver, writer: StreamWriter, t0: float) -> None:
+async def pump(
+    runtime: AppRuntime,
+    events: EventReceiver,
+    writer: StreamWriter,
+    t0: float,
+    record: StreamRecord | None = None,
+) -> None:
     """Copy ``events`` to ``writer`` until the terminal event or the end of the channel.
 
     The status line waits for the first event, at most ``heartbeat_interval`` (so a provider that
     fails before answering gets a real 502/503); the first bytes of the body are always a
     heartbeat comment. Queued events are batched into one write (at most
     :data:`BATCH_MAX_EVENTS`). While idle for ``heartbeat_interval`` a heartbeat is written.
+
+    ``record`` (the stream's telemetry) gets the events and characters handed to the writer,
+    the time to the first text delta and an ``Error`` ending; it is updated once, at the end.
     """
     hb = runtime.config.heartbeat_interval
     metrics = runtime.metrics
     first_text = True
-    while True:
-        got = None
-        with trio.move_on_after(hb):
-            try:
-                got = await events.receive()
-            except trio.EndOfChannel:
+    sent = chars = 0
+    try:
+        while True:
+            got = None
+            with trio.move_on_after(hb):
+                try:
+                    got = await events.receive()
+                except trio.EndOfChannel:
+                    return
+            if got is None:
+                await writer.write(writer.heartbeat())
+                continue
+            batch = [got]
+            while len(batch) < BATCH_MAX_EVENTS:
+                try:
+                    batch.append(events.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            chunks = [] if writer.headers_sent else [writer.heartbeat()]
+            end = False
+            for ev in batch:
+                chunks.append(writer.frame(ev))
+                sent += 1
+                if isinstance(ev, TextDelta):
+                    n = len(ev.text)
+                    chars += n
+                    metrics.text_deltas.inc()
+                    metrics.text_chars.inc(n)
+                    if first_text:
+                        first_text = False
+                        ttft = trio.current_time() - t0
+                        metrics.time_to_first_token.observe(ttft)
+                        if record is not None:
+                            record.time_to_first_token = ttft
+                elif isinstance(ev, Error):
+                    if record is not None:
+                        record.fail(ev.kind)
+                    else:
+                        metrics.errors.labels(ev.kind).inc()
+                if is_terminal(ev):
+                    end = True
+                    break
+            await writer.write(b"".join(chunks))
+            if end:
                 return
-        if got is None:
-            await writer.write(writer.heartbeat())
-            continue
-        batch = [got]
-        while len(batch) < BATCH_MAX_EVENTS:
-            try:
-                batch.append(events.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        chunks = [] if writer.headers_sent else [writer.heartbeat()]
-        end = False
-        for ev in batch:
-            chunks.append(writer.frame(ev))
-            if isinstance(ev, TextDelta):
-                metrics.text_deltas.inc()
-                metrics.text_chars.inc(len(ev.text))
-                if first_text:
-                    first_text = False
-                    metrics.time_to_first_token.observe(trio.current_time() - t0)
-            elif isinstance(ev, Error):
-                metrics.errors.labels(ev.kind).inc()
-            if is_terminal(ev):
-                end = True
-                break
-        await writer.write(b"".join(chunks))
-        if end:
-            return
+    finally:
+        if record is not None:
+            record.events += sent
+            record.text_chars += chars
+
+
+_OUTCOME_REASONS: Final[dict[str, StreamReason]] = {
+    "done": "done",
+    "gone": "consumer_gone",
+    "shutdown": "cancelled",
+}
 
 
 async def _serve_live(
     runtime: AppRuntime, request: StreamRequest, writer: StreamWriter, receive: Receive
 ) -> None:
-    t0 = trio.current_time()
+    record = begin_stream(runtime, "live", "/v1/stream", request)
+    t0 = record.started_at
 
     async def body() -> None:
         try:
@@ -247,7 +280,7 @@ async def _serve_live(
                 ) as events:
                     runtime.metrics.live.add(events)
                     try:
-                        await pump(runtime, events, writer, t0)
+                        await pump(runtime, events, writer, t0, record)
                     finally:
                         runtime.metrics.live.remove(events)
         except Exception as group:
@@ -258,18 +291,20 @@ async def _serve_live(
                 log.exception("stream failed", exc_info=exc)
             if writer.headers_sent:
                 ev = _public_error(exc)
-                runtime.metrics.errors.labels(ev.kind).inc()
+                record.fail(ev.kind)
                 await writer.write(writer.error_frame(ev))
             else:
                 status, payload = failure_response(exc)
-                runtime.metrics.errors.labels(
-                    payload["error"].get("kind", payload["error"].get("type", "unknown"))
-                ).inc()
+                record.fail(payload["error"].get("kind", payload["error"].get("type", "unknown")))
                 await writer.send_json(status, payload)
 
-    outcome = await run_stream(runtime, receive, writer, body)
-    runtime.metrics.streams_total.labels("live").inc()
-    log.debug("live stream ended: %s", outcome)
+    reason: StreamReason = "cancelled"
+    try:
+        outcome = await run_stream(runtime, receive, writer, body)
+        reason = _OUTCOME_REASONS[outcome]
+        log.debug("live stream ended: %s", outcome)
+    finally:
+        runtime.metrics.end_stream(record, reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,10 +492,17 @@ def create_app(
     the lifespan those are cancelled (their stored events stay). Its state is reachable with
     ``sinks.http.get_runtime(app)``.
 
+    Telemetry: Prometheus text at ``GET /metrics``; when the ``opentelemetry`` package (the
+    ``otel`` extra) is installed, also a span and OTel metrics per stream (``_otel.py``), on the
+    global providers unless ``config.otel_tracer_provider``/``otel_meter_provider`` are given.
+
     Concurrency: any number of requests run at once, each in its own task; a stream's pipeline
     runs in the request's task tree (live) or in the lifespan nursery (resumable).
     """
     runtime = AppRuntime(producer_factory, config)
+    otel = otel_observer(config.otel_tracer_provider, config.otel_meter_provider)
+    if otel is not None:
+        runtime.metrics.observers.append(otel)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

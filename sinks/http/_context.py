@@ -150,3 +150,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # CORS off unless origins are configured
     shutdown_grace: float = 5.0
     store_url: str | None = None  # None: in memory; "redis://...": Redis Streams
+    # OpenTelemetry providers for the per-stream spans and metrics (None: the global ones). Used
+    # only when the opentelemetry package is installed; not part of equality.
+    otel_tracer_provider: Any = attrs.field(default=None, eq=False, repr=False)
+    otel_meter_provider: Any = attrs.field(default=None, eq=False, repr=False)

@@ -5,24 +5,87 @@ the producer-blocked counter are computed at scrape time from the live streams' 
 statistics (:class:`LiveStreams`), so they are exact at every scrape and cost nothing between
 scrapes. Everything runs in the app's trio thread: no locking is needed, and a scrape never
 blocks the event loop for longer than one pass over the live streams.
+
+Per-stream telemetry goes through one small interface, :class:`StreamObserver`: a stream route
+calls :meth:`Metrics.begin_stream` when it starts and :meth:`Metrics.end_stream` when it ends
+(never per token), with a :class:`StreamRecord` it fills in meanwhile. :class:`Metrics` is the
+Prometheus observer; others (OpenTelemetry, see ``_otel.py``) are added to
+:attr:`Metrics.observers`. An observer that raises is logged and never breaks a stream.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
-from typing import Final
+from typing import Final, Literal, Protocol
 
 import attrs
+import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pipeline import EventReceiver
 
-__all__ = ["PROMETHEUS_CONTENT_TYPE", "LiveStreams", "Metrics"]
+__all__ = [
+    "PROMETHEUS_CONTENT_TYPE",
+    "LiveStreams",
+    "Metrics",
+    "StreamKind",
+    "StreamObserver",
+    "StreamReason",
+    "StreamRecord",
+]
+
+log = logging.getLogger("llmpipe.http")
 
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _TTFT_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+StreamKind = Literal["live", "generation"]
+StreamReason = Literal["done", "error", "cancelled", "consumer_gone"]
+
+
+@attrs.define(eq=False)
+class StreamRecord:
+    """One stream as the observers see it: created at its start, filled in by the route while
+    it runs (plain attribute updates), read by the observers at its end.
+
+    ``time_to_first_token`` is in seconds from ``started_at`` (the request; a
+    ``trio.current_time()`` value) to the first text delta (handed to the client for ``live``,
+    emitted by the producer for ``generation``). ``reason`` is ``None`` until the end.
+    """
+
+    kind: StreamKind
+    route: str
+    provider: str | None
+    model: str | None
+    started_at: float
+    reason: StreamReason | None = None
+    events: int = 0
+    text_chars: int = 0
+    time_to_first_token: float | None = None
+    error_kind: str | None = None
+    ended: bool = False
+    tokens: list[tuple[StreamObserver, object]] = attrs.Factory(list)
+
+    def fail(self, kind: str) -> None:
+        """Record an error ending of kind ``kind`` (the first one wins)."""
+        if self.reason is None:
+            self.reason = "error"
+            self.error_kind = kind
+
+
+class StreamObserver(Protocol):
+    """Something told about each stream at its start and at its end (never in between).
+
+    ``stream_started`` returns a token (e.g. a span) that is handed back to ``stream_ended``.
+    """
+
+    def stream_started(self, record: StreamRecord) -> object: ...
+
+    def stream_ended(self, record: StreamRecord, token: object) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -93,8 +156,10 @@ class Metrics:
     disconnects: Counter
     errors: Counter
     requests_rejected: Counter
+    observers: list[StreamObserver]
 
     def __init__(self) -> None:
+        self.observers = []
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.live = LiveStreams()
         r.register(_LiveCollector(self.live))
@@ -135,6 +200,46 @@ class Metrics:
             ["status"],
             registry=r,
         )
+
+    # -- StreamObserver (Prometheus) ---------------------------------------------------------
+
+    def stream_started(self, record: StreamRecord) -> object:
+        return None  # ``streams_active`` is kept by the app's admission (``AppRuntime.admit``)
+
+    def stream_ended(self, record: StreamRecord, token: object) -> None:
+        self.streams_total.labels(record.kind).inc()
+        if record.reason == "error":
+            self.errors.labels(record.error_kind or "unknown").inc()
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def begin_stream(
+        self, kind: StreamKind, route: str, provider: str | None, model: str | None
+    ) -> StreamRecord:
+        """Start the record of a stream and tell every observer (this one first)."""
+        record = StreamRecord(kind, route, provider, model, trio.current_time())
+        for observer in (self, *self.observers):
+            try:
+                token = observer.stream_started(record)
+            except Exception:
+                log.exception("stream observer %r failed at the start", observer)
+                continue
+            record.tokens.append((observer, token))
+        return record
+
+    def end_stream(self, record: StreamRecord, reason: StreamReason = "done") -> None:
+        """End ``record`` (``reason`` unless one was recorded) and tell the observers that saw
+        its start. Idempotent."""
+        if record.ended:
+            return
+        record.ended = True
+        if record.reason is None:
+            record.reason = reason
+        for observer, token in record.tokens:
+            try:
+                observer.stream_ended(record, token)
+            except Exception:
+                log.exception("stream observer %r failed at the end", observer)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -26,13 +26,24 @@ from typing import Final
 import attrs
 import trio
 
-from pipeline import Error, Event, Pipeline, Producer, Route, error_event, is_terminal
+from pipeline import (
+    Error,
+    Event,
+    Pipeline,
+    PipelineStatistics,
+    Producer,
+    Route,
+    RunningPipeline,
+    error_event,
+    is_terminal,
+)
 from pipeline._producer import Emit
 from pipeline.stores import StoreError, StoreSink, StreamNotFound, StreamStore
 
 from ._context import StreamRequest
+from ._metrics import StreamRecord
 from ._runtime import AppRuntime, Generation
-from ._stream import StreamWriter
+from ._stream import StreamWriter, begin_stream
 
 __all__ = ["CANCEL_POLL_INTERVAL", "READ_LIMIT", "follow_stream", "run_generation"]
 
@@ -113,13 +124,17 @@ async def run_generation(
     gen = Generation(stream_id)
     runtime.generations[stream_id] = gen
     runtime.metrics.generations_active.inc()
+    record = begin_stream(runtime, "generation", "/v1/streams", request)
     started_wall = time.time()
     task_status.started(gen)
     try:
-        await _generate(runtime, store, gen, request, started_wall)
+        await _generate(runtime, store, gen, request, started_wall, record)
     except Exception:  # never let one generation take the lifespan nursery down
         log.exception("stream %s: generation failed", stream_id)
+        record.fail("internal")
     finally:
+        # Telemetry: a generation that did not finish (no reason recorded) was cancelled.
+        runtime.metrics.end_stream(record, "cancelled")
         with trio.CancelScope(shield=True):
             # Normally the stream has ended already (its terminal event, or the StoreSink's
             # "cancelled" end); if not, readers must still learn the end.
@@ -142,6 +157,7 @@ async def _generate(
     gen: Generation,
     request: StreamRequest,
     started_wall: float,
+    record: StreamRecord,
 ) -> None:
     stream_id = gen.stream_id
     with gen.scope:
@@ -158,16 +174,38 @@ async def _generate(
                             )
                         ],
                     )
-                    stats = await pipeline.run()
-                    if stats.reason == "error" and stats.error:
-                        runtime.metrics.errors.labels(stats.error.split(":", 1)[0]).inc()
+                    running: RunningPipeline | None = None
+                    finished = False
+                    try:
+                        async with pipeline.open() as running:
+                            pass
+                        finished = True
+                    finally:
+                        if running is not None:
+                            _record_stats(record, running.statistics(), finished=finished)
             except Exception as exc:
                 # The factory failed (or the pipeline did): record it as the stream's end.
                 log.warning("stream %s failed: %r", stream_id, exc)
                 ev = error_event(exc)
-                runtime.metrics.errors.labels(ev.kind).inc()
+                record.fail(ev.kind)
                 await _end_stream(store, stream_id, ev)
             nursery.cancel_scope.cancel()
+
+
+def _record_stats(record: StreamRecord, stats: PipelineStatistics, *, finished: bool) -> None:
+    """Copy a generation's final statistics into its telemetry record. The reason only when the
+    pipeline ``finished`` (a cancelled one is recorded as ``cancelled`` by its caller)."""
+    record.events = stats.events_out
+    record.text_chars = stats.text_chars_out
+    if stats.time_to_first_text is not None:
+        first_text_at = stats.started_at + stats.time_to_first_text
+        record.time_to_first_token = first_text_at - record.started_at
+    if not finished:
+        return
+    if stats.reason == "error":
+        record.fail((stats.error or "unknown").split(":", 1)[0])
+    elif stats.reason in ("done", "cancelled", "consumer_gone"):
+        record.reason = stats.reason
 
 
 async def _end_stream(store: StreamStore, stream_id: str, event: Error) -> None:

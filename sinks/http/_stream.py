@@ -31,9 +31,18 @@ from pipeline import Error, Event, Heartbeat, event_to_json
 
 from ..ndjson import NDJSON_CONTENT_TYPE, ndjson_line
 from ..sse import SSE_HEADERS, encode_comment, encode_event, event_frame
+from ._context import StreamRequest
+from ._metrics import StreamKind, StreamRecord
 from ._runtime import AppRuntime
 
-__all__ = ["ClientGone", "Format", "StreamWriter", "choose_format", "run_stream"]
+__all__ = [
+    "ClientGone",
+    "Format",
+    "StreamWriter",
+    "begin_stream",
+    "choose_format",
+    "run_stream",
+]
 
 log = logging.getLogger("llmpipe.http")
 
@@ -42,6 +51,17 @@ SHUTDOWN_WRITE_TIMEOUT: Final = 1.0
 """How long the final frame and the end of a response may take at shutdown (at most half the
 grace): a client that stopped reading does not hold the shutdown up longer."""
 _SEND_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def begin_stream(
+    runtime: AppRuntime, kind: StreamKind, route: str, request: StreamRequest
+) -> StreamRecord:
+    """Start the telemetry record of a stream (Prometheus and any other observers, such as
+    OpenTelemetry); end it with ``runtime.metrics.end_stream``. The provider is the request's,
+    else the server's first (its default)."""
+    providers = runtime.config.providers
+    provider = request.provider or (providers[0] if providers else None)
+    return runtime.metrics.begin_stream(kind, route, provider, request.model)
 
 
 class ClientGone(Exception):

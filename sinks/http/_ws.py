@@ -110,6 +110,7 @@ from pipeline import (
     Event,
     Pipeline,
     Policy,
+    TextDelta,
     error_event,
     event_to_dict,
     is_terminal,
@@ -238,6 +239,8 @@ class _Session:
         self.max_messages = int(getattr(context, "max_history_messages", MAX_HISTORY_MESSAGES))
         self.max_chars = int(getattr(context, "max_history_chars", MAX_HISTORY_CHARS))
         self.max_frame = int(getattr(self.config, "max_body_bytes", 1 << 20))
+        # The app's telemetry (Prometheus and, when installed, OpenTelemetry), if any.
+        self.metrics = getattr(context, "metrics", None)
         heartbeat = getattr(self.config, "heartbeat_interval", None)
         self.heartbeat: float | None = float(heartbeat) if heartbeat else None
         self.providers: Sequence[str] = tuple(getattr(self.config, "providers", ("default",)))
@@ -418,6 +421,12 @@ class _Session:
     async def _stream(self, turn: _Turn, request: StreamRequest) -> None:
         """Run the pipeline and send its events; inside ``turn.scope``."""
         admit = self.admit(self.client) if self.admit is not None else nullcontext()
+        record = None
+        if self.metrics is not None:
+            providers = getattr(self.config, "providers", ())
+            provider = request.provider or (providers[0] if providers else None)
+            record = self.metrics.begin_stream("live", "/v1/ws", provider, request.model)
+        reason = "consumer_gone"
         try:
             with admit:  # the app's stream slot (per-client and total limits, metrics)
                 async with self.producer_factory(request) as producer:
@@ -430,13 +439,31 @@ class _Session:
                             if is_terminal(event):
                                 turn.ending = True
                                 self._remember(turn, failed=isinstance(event, Error))
+                                reason = "error" if isinstance(event, Error) else "done"
+                                if record is not None and isinstance(event, Error):
+                                    record.fail(event.kind)
                             await self._send_event(turn, event)
+                            if record is not None:
+                                record.events += 1
+                                if isinstance(event, TextDelta):
+                                    if record.time_to_first_token is None:
+                                        now = trio.current_time()
+                                        record.time_to_first_token = now - record.started_at
+                                    record.text_chars += len(event.text)
         except Exception as exc:
             if turn.ending:
                 return  # interrupted, shut down, or the terminal event already went out
             turn.ending = True
             self._remember(turn, failed=True)
+            reason = "error"
+            if record is not None:
+                record.fail(_error_event(exc).kind)
             await self._send_event(turn, _error_event(exc))
+        finally:
+            if record is not None and self.metrics is not None:
+                if turn.interrupted:
+                    reason = "cancelled"
+                self.metrics.end_stream(record, reason)
 
     def _remember(self, turn: _Turn, *, failed: bool = False) -> None:
         """Append the turn and the answer as delivered to the history, then bound it."""
