@@ -114,3 +114,11 @@ def test_cli_streams_from_a_remote_provider(provider: str, suffix: str) -> None:
         proc.stderr.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Hello from the emulator."
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_capacity_benchmark_quick_smoke() -> None:
+    # Runs both servers for a few seconds; checks that every token is delivered, no timing.
+    result = run("benchmarks/bench_capacity.py", "--quick", timeout=170)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,736 @@
+"""Capacity: how many 20 tokens/s streams one server process on one core relays in time.
+
+    .venv/bin/python benchmarks/bench_capacity.py                 # full sweep, prints a table
+    .venv/bin/python benchmarks/bench_capacity.py --write         # ... and writes CAPACITY.md
+    .venv/bin/python benchmarks/bench_capacity.py --quick         # smoke: small N, 3 s streams
+
+Three kinds of process (see ``CAPACITY.md`` for the numbers and the discussion):
+
+* **upstream** (``_upstream``, on core 0): an OpenAI Chat Completions streaming endpoint on raw
+  asyncio sockets. Each request gets ``--tokens`` deltas, token ``i`` at ``t_request + (i+1) /
+  rate`` on an absolute schedule (no drift), written with one ``write`` each. Every delta's text
+  is ``" w<i>:<µs>"``: the upstream's ``CLOCK_MONOTONIC`` (system-wide on Linux) when it wrote
+  it. So the load generator measures each token's *added delay* exactly: its arrival time minus
+  the time the model sent it, whatever the upstream's own pacing error.
+  ``--upstream emulator`` uses llmpipe's provider emulator instead (``python -m pipeline.cli
+  emulate``): there the delay can only be measured against the schedule (first arrival +
+  ``i / rate``), which counts the emulator's own drift as delay.
+* **server under test** (pinned to core 1 with ``taskset -c 1``):
+  ``llmpipe`` = ``llmpipe serve --provider openai --base-url <upstream>/v1`` as shipped;
+  ``llmpipe-pool`` = the same app and producer, with an unlimited httpx connection pool (the
+  shipped ``openai_client`` builds ``httpx.AsyncClient()`` whose default pool holds 100
+  connections, so stream 101+ waits for a connection); ``relay`` = ``benchmarks/guide_relay.py``
+  (FastAPI + sse-starlette on uvicorn, SDK chunk objects, one SSE event per token).
+* **load generator** (this process, on core 0): N concurrent ``POST`` streams on raw asyncio
+  sockets, started evenly over ``--ramp`` seconds; it only splits the bytes on ``\\n\\n`` and
+  finds the stamps. With coalescing several tokens arrive in one event: each token's arrival is
+  that event's read time.
+
+Per N: total tokens/s delivered, server CPU % (``/proc/<pid>/stat`` utime+stime over the run),
+p50/p99/max added delay, p99 time to first token, delivered % of tokens, and the CPU of the
+upstream and the load generator (core 0; if they saturate it the run says so). The *knee* of a
+server is the largest N with p99 added delay < 50 ms and every token delivered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SLO_MS = 50.0
+_STAMP = re.compile(rb"w(\d+):(\d+)")
+_INDEX = re.compile(rb"w(\d+)")
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# The stamped upstream (an OpenAI-compatible streaming endpoint, cheap on purpose)
+
+
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def _sse(delta: dict[str, object], finish: str | None = None) -> bytes:
+    doc = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return _chunk(b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n")
+
+
+_PREFIX, _SUFFIX = _sse({"content": "@TOKEN@"}).split(b"@TOKEN@")
+_PREFIX = _PREFIX.split(b"\r\n", 1)[1]  # drop the chunk-size line; recomputed per token
+_SUFFIX = _SUFFIX.rsplit(b"\r\n", 1)[0]
+
+
+async def upstream_main(port: int, tokens: int, rate: float) -> None:
+    loop = asyncio.get_running_loop()
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+    )
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: one request after another
+                raw = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in raw.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                t0 = loop.time()
+                writer.write(head + _sse({"role": "assistant", "content": ""}))
+                for i in range(tokens):
+                    delay = t0 + (i + 1) / rate - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if writer.transport.is_closing():
+                        return
+                    body = b"%s w%d:%d%s" % (_PREFIX, i, now_us(), _SUFFIX)
+                    writer.write(b"%x\r\n%s\r\n" % (len(body), body))
+                    if writer.transport.get_write_buffer_size() > 1 << 16:
+                        await writer.drain()
+                writer.write(_sse({}, "stop") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+    print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+# ---------------------------------------------------------------------------------------------
+# The llmpipe app with an unlimited upstream connection pool (otherwise as `llmpipe serve`)
+
+
+def llmpipe_pool_main(base_url: str, port: int, patches: Sequence[str] = ()) -> None:
+    """``patches`` prototype fixes (benchmark-only monkeypatches, not library changes):
+    ``freeze``: ``gc.freeze()`` once the server is set up, so the ~240k objects of the imports
+    (openai, anthropic, coredis/beartype, ...) leave the collector's generations;
+    ``direct``: :class:`StreamWriter` sends in the request task (no task spawned per write)."""
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    import httpx
+    import trio
+
+    from pipeline import Producer
+    from pipeline.producers import OpenAIChatProducer, openai_client
+    from sinks.http import ServerConfig, StreamRequest, create_app, serve
+
+    if "direct" in patches:
+        import sinks.http._app as app_module
+        from sinks.http._stream import StreamWriter
+
+        class DirectWriter(StreamWriter):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["detach"] = None
+                super().__init__(*args, **kwargs)
+
+        app_module.StreamWriter = DirectWriter  # type: ignore[misc]
+
+    async def run() -> None:
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(600.0, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
+        client = openai_client(base_url=base_url, api_key="x", http_client=http)
+
+        @asynccontextmanager
+        async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
+            yield OpenAIChatProducer(
+                client, model="m", messages=[dict(m) for m in request.messages]
+            )
+
+        config = ServerConfig(max_streams_per_client=100_000, max_streams_total=100_000)
+        app = create_app(factory, config)
+        async with client, trio.open_nursery() as nursery:
+            if diag:
+                nursery.start_soon(loop_lag)
+                nursery.start_soon(heap_census)
+            bound = await nursery.start(serve, app, "127.0.0.1", port)
+            if "freeze" in patches:
+                import gc
+
+                gc.collect()
+                gc.freeze()
+            print(f"llmpipe-pool serving on http://127.0.0.1:{bound}/", file=sys.stderr, flush=True)
+
+    # BENCH_DIAG=1: garbage-collector pauses, event-loop lag and a heap census, printed to
+    # stderr every 5 s (cumulative; the last report before the process stops is the summary).
+    diag = os.environ.get("BENCH_DIAG") == "1"
+    pauses: list[tuple[int, float, int]] = []
+    lags: list[float] = []
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            pauses.append(
+                (info["generation"], time.perf_counter() - gc_start[0], info["collected"])
+            )
+
+    async def heap_census() -> None:
+        import collections
+        import gc
+
+        peak = 0
+        while True:
+            await trio.sleep(5)
+            objs = gc.get_objects()
+            if len(objs) > peak:
+                peak = len(objs)
+                top = collections.Counter(type(o).__qualname__ for o in objs).most_common(15)
+                print(f"diag: peak gc-tracked objects {peak}; top {top}", file=sys.stderr)
+            del objs
+            for gen in (0, 1, 2):
+                ds = sorted(d for g, d, _ in pauses if g == gen)
+                found = sum(c for g, _, c in pauses if g == gen)
+                if ds:
+                    print(
+                        f"diag: gc gen{gen}: {len(ds)} collections, {sum(ds) * 1e3:.0f} ms in "
+                        f"all, max {ds[-1] * 1e3:.1f} ms, {found} unreachable objects found",
+                        file=sys.stderr,
+                    )
+            lag = sorted(lags)
+            if lag:
+                print(
+                    f"diag: loop lag (10 ms sleeps) n={len(lag)} p50 {lag[len(lag) // 2] * 1e3:.1f}"
+                    f" ms p99 {lag[int(0.99 * len(lag))] * 1e3:.1f} ms max {lag[-1] * 1e3:.1f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    async def loop_lag() -> None:
+        while True:
+            t = time.perf_counter()
+            await trio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+
+    if diag:
+        import gc
+
+        gc.callbacks.append(on_gc)
+    with contextlib.suppress(KeyboardInterrupt, BaseExceptionGroup):
+        trio.run(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pin(core: int | None) -> list[str]:
+    if core is None or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", str(core)]
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    url: str
+    log: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Keep draining the pipe the URL was read from: a full pipe would block the process.
+        pipe = self.popen.stderr or self.popen.stdout
+        if pipe is not None:
+            threading.Thread(target=lambda: self.log.extend(pipe), daemon=True).start()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(8)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def _read_url(stream: object, pattern: bytes, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    assert hasattr(stream, "readline")
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        m = re.search(pattern, line)
+        if m:
+            return m.group(1).decode()
+    raise RuntimeError("the process did not report its URL")
+
+
+def wait_listening(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start_upstream(kind: str, tokens: int, rate: float, core: int | None) -> Proc:
+    if kind == "stamped":
+        cmd = [sys.executable, __file__, "_upstream", "--tokens", str(tokens), "--rate", str(rate)]
+        p = subprocess.Popen([*pin(core), *cmd], stdout=subprocess.PIPE, cwd=ROOT)
+        return Proc(p, _read_url(p.stdout, rb"(http://\S+)"))
+    text = "".join(f" w{i}" for i in range(tokens))
+    cmd = [sys.executable, "-m", "pipeline.cli", "emulate", "--port", "0", "--text", text,
+           "--tokens-per-second", str(rate)]  # fmt: skip
+    p = subprocess.Popen([*pin(core), *cmd], stderr=subprocess.PIPE, cwd=ROOT)
+    return Proc(p, _read_url(p.stderr, rb"listening on (http://\S+)"))
+
+
+def start_server(kind: str, upstream: str, core: int | None) -> Proc:
+    env = {**os.environ, "OPENAI_API_KEY": "x", "OPENAI_BASE_URL": upstream + "/v1"}
+    if kind == "relay":
+        port = free_port()
+        cmd = [sys.executable, str(HERE / "guide_relay.py"), "--port", str(port)]
+        p = subprocess.Popen([*pin(core), *cmd], env=env, cwd=ROOT)
+        wait_listening(port)
+        return Proc(p, f"http://127.0.0.1:{port}")
+    if kind == "llmpipe":
+        cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--provider", "openai",
+               "--base-url", upstream + "/v1", "--model", "m", "--port", "0",
+               "--max-streams-per-client", "100000"]  # fmt: skip
+    else:  # llmpipe-pool, llmpipe-pool+freeze, llmpipe-pool+freeze+direct
+        patches = ",".join(kind.split("+")[1:])
+        cmd = [sys.executable, __file__, "_llmpipe_pool", "--base-url", upstream + "/v1",
+               "--patch", patches]  # fmt: skip
+    p = subprocess.Popen([*pin(core), *cmd], env=env, stderr=subprocess.PIPE, cwd=ROOT)
+    return Proc(p, _read_url(p.stderr, rb"on (http://[\d.:]+)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The load generator
+
+
+@dataclass
+class StreamResult:
+    ok: bool = False
+    tokens: int = 0
+    ttft_ms: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    server: str
+    n: int
+    seconds: float
+    server_cpu: float
+    upstream_cpu: float
+    loadgen_cpu: float
+    delays_ms: list[float] = field(default_factory=list)
+    tokens_in_window: int = 0
+    ttfts_ms: list[float] = field(default_factory=list)
+    streams: list[StreamResult] = field(default_factory=list)
+    tokens_per_stream: int = 0
+
+    @property
+    def delivered(self) -> float:
+        """Tokens received / sent, over the streams that ended in the window (completed or
+        failed); a stream cut by the window's end is not counted."""
+        ended = [s for s in self.streams if s.ok or s.error]
+        if not ended:
+            return float("nan")
+        return 100.0 * sum(s.tokens for s in ended) / (len(ended) * self.tokens_per_stream)
+
+    def pct(self, q: float) -> float:
+        if not self.delays_ms:
+            return float("nan")
+        d = sorted(self.delays_ms)
+        return d[min(len(d) - 1, int(q / 100 * len(d)))]
+
+    @property
+    def ttft_p99(self) -> float:
+        t = sorted(self.ttfts_ms)
+        return t[min(len(t) - 1, int(0.99 * len(t)))] if t else float("nan")
+
+    @property
+    def ok(self) -> bool:
+        failed = any(s.error for s in self.streams)
+        return not failed and self.delivered >= 100.0 and self.pct(99) < SLO_MS
+
+    def row(self) -> str:
+        errors = sum(1 for s in self.streams if s.error)
+        return (
+            f"| {self.n} | {self.tokens_in_window / self.seconds:,.0f} "
+            f"| {self.server_cpu:.0f} % | {self.pct(50):.1f} | {self.pct(99):.1f} "
+            f"| {max(self.delays_ms, default=float('nan')):.0f} | {self.ttft_p99:.0f} "
+            f"| {self.delivered:.1f} %{f' ({errors} failed)' if errors else ''} "
+            f"| {self.upstream_cpu:.0f} % / {self.loadgen_cpu:.0f} % "
+            f"| {'yes' if self.ok else 'no'} |"
+        )
+
+
+HEADER = (
+    "| N streams | tokens/s delivered | server CPU | p50 added delay (ms) | p99 (ms) | max (ms) "
+    "| p99 TTFT (ms) | delivered | upstream / loadgen CPU (core 0) | p99 < 50 ms, all delivered |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+@dataclass
+class Load:
+    """One step: ``n`` users, each running streams back to back; tokens are measured in the
+    window ``[start, end]`` (µs), once every user is running."""
+
+    host: str
+    port: int
+    path: str
+    stamped: bool
+    rate: float
+    start: int = 1 << 62  # set when the window opens
+    end: int = 1 << 62  # set when it closes
+    delays: list[float] = field(default_factory=list)
+    in_window: int = 0
+    ttfts: list[float] = field(default_factory=list)
+    streams: list[StreamResult] = field(default_factory=list)
+
+
+REQUEST_BODY = b'{"prompt": "Tell me a long story."}'
+
+
+async def one_stream(ld: Load) -> None:
+    res = StreamResult()
+    req = (
+        b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\n"
+        b"accept: text/event-stream\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+    ) % (ld.path.encode(), ld.host.encode(), ld.port, len(REQUEST_BODY), REQUEST_BODY)
+    arrivals: list[tuple[int, int]] = []  # (index, arrival µs) for schedule-based delays
+    t_req = now_us()
+    writer = None
+    try:
+        reader, writer = await asyncio.open_connection(ld.host, ld.port)
+        writer.write(req)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            res.error = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            return
+        buf = b""
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                res.error = "EOF before the done event"
+                break
+            t = now_us()
+            buf += data
+            cut = max(buf.rfind(b"\n\n"), buf.rfind(b"\n\r\n"))  # sse-starlette: CRLF
+            if cut < 0:
+                continue
+            cut = buf.index(b"\n", cut + 1) + 1
+            ready, buf = buf[:cut], buf[cut:]
+            counted = ld.start <= t <= ld.end
+            if ld.stamped:
+                for m in _STAMP.finditer(ready):
+                    res.tokens += 1
+                    if counted:
+                        ld.delays.append((t - int(m.group(2))) / 1000)
+                        ld.in_window += 1
+            else:
+                for m in _INDEX.finditer(ready):
+                    res.tokens += 1
+                    arrivals.append((int(m.group(1)), t))
+            if res.ttft_ms is None and res.tokens:
+                res.ttft_ms = (t - t_req) / 1000
+                if t_req >= ld.start:
+                    ld.ttfts.append(res.ttft_ms)
+            if b"event: done" in ready:
+                res.ok = True
+                break
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        res.error = repr(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+        if arrivals:  # schedule-based: delay against the best-case start of this stream
+            step = 1e6 / ld.rate
+            t0 = min(a - i * step for i, a in arrivals)
+            for i, a in arrivals:
+                if ld.start <= a <= ld.end:
+                    ld.delays.append((a - t0 - i * step) / 1000)
+                    ld.in_window += 1
+    if ld.start <= now_us() <= ld.end:  # ended in the window (a cancelled one never gets here)
+        ld.streams.append(res)
+
+
+async def user(ld: Load, first_at: float) -> None:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, first_at - loop.time()))
+    while True:
+        await one_stream(ld)
+
+
+async def load(
+    ld: Load, n: int, ramp: float, measure: float, pids: Sequence[int]
+) -> tuple[float, list[float]]:
+    """Run ``n`` users (started evenly over ``ramp`` s), measure for ``measure`` s; returns the
+    window's length and the CPU seconds of ``pids`` and of this process in it."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.1
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(user(ld, t0 + ramp * i / n)) for i in range(n)]
+        await asyncio.sleep(t0 + ramp + 0.5 - loop.time())
+        ld.start = now_us()
+        cpu0 = [*(cpu_seconds(p) for p in pids), sum(os.times()[:2])]
+        await asyncio.sleep(measure)
+        ld.end = now_us()
+        cpu1 = [*(cpu_seconds(p) for p in pids), sum(os.times()[:2])]
+        for task in tasks:
+            task.cancel()
+    wall = (ld.end - ld.start) / 1e6
+    return wall, [(b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)]
+
+
+def run_one(args: argparse.Namespace, server: str, n: int) -> RunResult:
+    tokens = int(args.seconds * args.rate)
+    up = start_upstream(args.upstream, tokens, args.rate, args.loadgen_core)
+    srv = None
+    spy = None
+    try:
+        srv = start_server(server, up.url, args.server_core)
+        host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+        path = "/chat" if server == "relay" else "/v1/stream"
+        stamped = args.upstream == "stamped"
+        time.sleep(0.5)
+        warm = Load(host, int(port), path, stamped, args.rate)
+        asyncio.run(asyncio.wait_for(one_stream(warm), 60))  # imports, first connection
+        if args.profile:
+            out = f"{args.profile}-{server}-{n}.txt"
+            spy = subprocess.Popen(
+                [*pin(args.loadgen_core), args.py_spy, "record", "--nonblocking", "-r", "250",
+                 "-f", "raw", "-o", out, "-p", str(srv.popen.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        ld = Load(host, int(port), path, stamped, args.rate)
+        wall, cpu = asyncio.run(load(ld, n, args.ramp, args.measure, [srv.popen.pid, up.popen.pid]))
+        return RunResult(
+            server=server,
+            n=n,
+            seconds=wall,
+            server_cpu=100 * cpu[0],
+            upstream_cpu=100 * cpu[1],
+            loadgen_cpu=100 * cpu[2],
+            delays_ms=ld.delays,
+            tokens_in_window=ld.in_window,
+            ttfts_ms=ld.ttfts,
+            streams=ld.streams,
+            tokens_per_stream=tokens,
+        )
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        if srv is not None:
+            srv.stop()
+            if os.environ.get("BENCH_DIAG") == "1":
+                time.sleep(0.2)
+                diag = [ln for ln in b"".join(srv.log).decode().splitlines() if "diag:" in ln]
+                print("\n".join(diag[-5:]), flush=True)
+        up.popen.kill()
+        up.popen.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info() -> str:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import importlib.metadata as md
+
+    versions = []
+    for pkg in ("trio", "hypercorn", "starlette", "openai", "httpx", "fastapi", "uvicorn",
+                "sse-starlette"):  # fmt: skip
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions.append(f"{pkg} {md.version(pkg)}")
+    return (
+        f"{os.cpu_count()} x {cpu}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}; " + ", ".join(versions)
+    )
+
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replace what is between the markers in ``path`` (append the block if they are missing)."""
+    old = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        new = old.split(BEGIN, 1)[0] + block + old.split(END, 1)[1]
+    else:
+        new = old + ("\n" if old else "") + block + "\n"
+    path.write_text(new)
+
+
+def knee(results: Sequence[RunResult]) -> int | None:
+    good = [r.n for r in results if r.ok]
+    return max(good) if good else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="command")
+    up = sub.add_parser("_upstream", help="(internal) the stamped upstream")
+    up.add_argument("--port", type=int, default=0)
+    up.add_argument("--tokens", type=int, default=300)
+    up.add_argument("--rate", type=float, default=20.0)
+    lp = sub.add_parser("_llmpipe_pool", help="(internal) llmpipe app, unlimited upstream pool")
+    lp.add_argument("--base-url", required=True)
+    lp.add_argument("--port", type=int, default=0)
+    lp.add_argument("--patch", default="", help="comma-separated: freeze, direct")
+    parser.add_argument(
+        "--servers",
+        help="comma-separated; default: relay,llmpipe,llmpipe-pool,llmpipe-pool+freeze,"
+        "llmpipe-pool+freeze+direct (--quick: relay,llmpipe)",
+    )
+    parser.add_argument(
+        "--n",
+        default="50,100,150,200,300,500,750,1000",
+        help="stops after --stop-after failed steps",
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each stream")
+    parser.add_argument("--rate", type=float, default=20.0, help="tokens/s per stream")
+    parser.add_argument(
+        "--ramp", type=float, help="users start over this long (default: --seconds)"
+    )
+    parser.add_argument("--measure", type=float, default=15.0, help="measurement window, s")
+    parser.add_argument("--upstream", choices=["stamped", "emulator"], default="stamped")
+    parser.add_argument("--server-core", type=int, default=1)
+    parser.add_argument("--loadgen-core", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smoke: N=20, 2 s streams")
+    parser.add_argument(
+        "--write", action="store_true", help="put the tables in CAPACITY.md (between markers)"
+    )
+    parser.add_argument("--out", default=str(HERE / "CAPACITY.md"))
+    parser.add_argument("--profile", metavar="PREFIX", help="py-spy the server: PREFIX-S-N.txt")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    parser.add_argument("--stop-after", type=int, default=2, help="failed steps before giving up")
+    args = parser.parse_args(argv)
+    if args.command == "_upstream":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(upstream_main(args.port, args.tokens, args.rate))
+        return 0
+    if args.command == "_llmpipe_pool":
+        llmpipe_pool_main(args.base_url, args.port, [p for p in args.patch.split(",") if p])
+        return 0
+    if args.quick:
+        args.n, args.seconds, args.measure = "20", 2.0, 2.0
+    if args.ramp is None:
+        args.ramp = args.seconds
+    if args.servers is None:
+        args.servers = (
+            "relay,llmpipe"
+            if args.quick
+            else "relay,llmpipe,llmpipe-pool,llmpipe-pool+freeze,llmpipe-pool+freeze+direct"
+        )
+    if (os.cpu_count() or 1) < 2:
+        args.server_core = args.loadgen_core = None
+    with contextlib.suppress(OSError):
+        if args.loadgen_core is not None:
+            os.sched_setaffinity(0, {args.loadgen_core})
+    ns = [int(x) for x in args.n.split(",")]
+    lines = [f"Machine: {machine_info()}", ""]
+    lines.append(
+        f"N users, each running streams of {args.seconds:g} s at {args.rate:g} tokens/s back to "
+        f"back, started evenly over {args.ramp:g} s; measured over the next {args.measure:g} s; "
+        f"upstream: {args.upstream}; server on core {args.server_core}, upstream + load "
+        f"generator on core {args.loadgen_core}."
+    )
+    print("\n".join(lines), flush=True)
+    knees: dict[str, int | None] = {}
+    failed_any = False
+    for server in args.servers.split(","):
+        print(f"\n### {server}\n\n{HEADER}", flush=True)
+        lines += ["", f"### {server}", "", HEADER]
+        results: list[RunResult] = []
+        misses = 0
+        for n in ns:
+            r = run_one(args, server, n)
+            results.append(r)
+            print(r.row(), flush=True)
+            lines.append(r.row())
+            errs = {s.error for s in r.streams if s.error}
+            if errs:
+                print(f"  errors: {sorted(errs)[:3]}", flush=True)
+            misses = 0 if r.ok else misses + 1
+            if misses >= args.stop_after:
+                break
+        knees[server] = knee(results)
+        failed_any |= any(s.error for r in results for s in r.streams) and args.quick
+    lines += ["", "Knees (largest N with p99 added delay < 50 ms and every token delivered):"]
+    for server, k in knees.items():
+        lines.append(f"- {server}: {k if k is not None else 'none of the N tried'}")
+    base = knees.get("relay")
+    for server, k in knees.items():
+        if server != "relay" and base and k:
+            lines.append(f"- {server} / relay: {k / base:.1f}x")
+    print(
+        "\n".join(
+            lines[
+                lines.index(
+                    "Knees (largest N with p99 added delay < 50 ms and every token delivered):"
+                ) :
+            ]
+        ),
+        flush=True,
+    )
+    if args.write:
+        write_results(Path(args.out), "\n".join(lines))
+        print(f"wrote {args.out}")
+    return 1 if failed_any else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
