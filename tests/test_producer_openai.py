@@ -631,3 +631,21 @@ async def test_responses_429_then_success(
     assert sink.text == "Hello"
     times = [r.received_at for r in emu.requests]
     assert times[1] - times[0] == pytest.approx(1.5, abs=0.01)
+
+
+async def test_openai_client_does_not_queue_streams_past_httpx_default_pool(
+    emulator: EmulatorFactory,
+) -> None:
+    # One streaming response holds one connection for its whole life: with httpx's default
+    # pool of 100 connections, stream 101 of a server would wait for stream 1 to end.
+    emu = await emulator(Reply(["a ", "b"], tokens_per_second=2))
+    client = openai_client(base_url=emu.openai_base_url, api_key="sk-test")
+    n = 110
+    async with client, trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(run, chat(client))
+        with trio.fail_after(10):
+            while len(emu.requests) < n:  # noqa: ASYNC110 - waiting on the server's record
+                await trio.sleep(0.01)
+        # All 110 are streaming at once (each lasts about a second).
+        assert sum(r.ended_at is None for r in emu.requests) > 100

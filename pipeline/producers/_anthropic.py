@@ -94,7 +94,7 @@ def _without_sdk_retries(client: anthropic.AsyncAnthropic) -> anthropic.AsyncAnt
 
 
 def anthropic_client(
-    base_url: str | None = None, api_key: str | None = None
+    base_url: str | None = None, api_key: str | None = None, *, max_connections: int | None = 10_000
 ) -> anthropic.AsyncAnthropic:
     """Build an ``anthropic.AsyncAnthropic`` client for :class:`AnthropicProducer`.
 
@@ -108,6 +108,8 @@ def anthropic_client(
     outside the event loop's hot path, and share it; it is safe to use from many tasks at
     once. Close it with ``await client.close()`` (or ``async with client``) when done.
 
+    ``max_connections`` bounds concurrent upstream requests (one per live stream).
+
     Raises :class:`~pipeline.ConfigError` when no API key is given or found.
     """
     key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
@@ -117,7 +119,11 @@ def anthropic_client(
             "environment variable"
         )
     url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-    http_client = httpx2.AsyncClient()  # the SDK then applies its own default timeouts
+    # The SDK applies its own default timeouts. httpx2's default pool (100 connections) would
+    # make stream 101 of a server wait for stream 1 to end.
+    http_client = httpx2.AsyncClient(
+        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=100)
+    )
     return anthropic.AsyncAnthropic(
         api_key=key, base_url=url, http_client=http_client, max_retries=0
     )

@@ -662,6 +662,7 @@ def openai_client(
     timeout: float | httpx.Timeout = httpx.Timeout(600.0, connect=10.0),  # noqa: B008
     default_headers: Mapping[str, str] | None = None,
     http_client: httpx.AsyncClient | None = None,
+    max_connections: int | None = 10_000,
 ) -> openai.AsyncOpenAI:
     """Build an ``openai.AsyncOpenAI`` client on a plain ``httpx.AsyncClient``.
 
@@ -674,6 +675,8 @@ def openai_client(
     Building a client blocks the event loop for some tens of milliseconds (TLS setup): build
     one per process (or per server) and share it between producers and tasks. Close it with
     ``await client.close()`` (or ``async with client:``), which also closes ``http_client``.
+    ``max_connections`` bounds concurrent upstream requests when ``http_client`` is built here
+    (one per live stream; httpx's own default of 100 would queue stream 101).
     """
     if api_key is None:
         api_key = os.environ.get("OPENAI_API_KEY") or None
@@ -687,7 +690,13 @@ def openai_client(
             )
         api_key = NO_KEY_PLACEHOLDER
     if http_client is None:
-        http_client = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+        # httpx's default pool (100 connections) would make stream 101 of a server wait for
+        # stream 1 to end: one streaming response holds one connection for its whole life.
+        http_client = httpx.AsyncClient(
+            timeout=timeout,
+            follow_redirects=True,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=100),
+        )
     # openai 3.x is typed for its httpx2 fork; a plain httpx.AsyncClient works at runtime.
     return openai.AsyncOpenAI(
         api_key=api_key,
