@@ -71,7 +71,6 @@ import json
 import os
 import platform
 import random
-import shlex
 import signal
 import statistics
 import subprocess
@@ -88,6 +87,7 @@ import httpx
 import httpx2
 import openai
 import trio
+from _benchlib import command, load_average
 
 from pipeline import Event, EventReceiver, Pipeline, TextDelta
 from pipeline.emulator import split_tokens
@@ -516,13 +516,6 @@ def interpretation(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
-def _load() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def machine() -> str:
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs (nproc), "
@@ -530,14 +523,6 @@ def machine() -> str:
         f"openai {openai.__version__}, anthropic {anthropic.__version__}, "
         f"trio {trio.__version__}, httpx {httpx.__version__}, httpx2 {version('httpx2')}"
     )
-
-
-def command() -> str:
-    exe = sys.executable
-    rel = os.path.relpath(exe)
-    if not rel.startswith(".."):
-        exe = rel
-    return " ".join([shlex.quote(exe), *map(shlex.quote, sys.argv)])
 
 
 def findings(rows: Sequence[Row]) -> str:
@@ -606,7 +591,7 @@ CPU time of the client process only (the emulator runs in its own process), per 
 answer of {args.tokens:,} tokens streamed with no pacing; medians of {args.repeat} interleaved
 runs per variant; the whole run took {elapsed:.0f} s.
 
-* Machine: {machine()}; load average {args.load_before} before, {_load()} after
+* Machine: {machine()}; load average {args.load_before} before, {load_average()} after
 * Command (from the repository root):
 
   ```
@@ -649,7 +634,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     text = make_text(args.tokens, args.seed)
     if len(text.encode()) > MAX_ARG_BYTES:
         parser.error(f"--tokens {args.tokens}: the text must fit in one command-line argument")
-    args.load_before = _load()
+    args.load_before = load_average()
     start = time.perf_counter()
     rows = run_all(text, args.tokens, args.repeat, progress=not args.quick)
     elapsed = time.perf_counter() - start
