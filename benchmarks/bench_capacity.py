@@ -17,10 +17,10 @@ Three kinds of process (see ``CAPACITY.md`` for the numbers and the discussion):
   ``i / rate``), which counts the emulator's own drift as delay.
 * **server under test** (pinned to core 1 with ``taskset -c 1``):
   ``llmpipe`` = ``llmpipe serve --provider openai --base-url <upstream>/v1`` as shipped;
-  ``llmpipe-pool`` = the same app and producer, with an unlimited httpx connection pool (the
-  shipped ``openai_client`` builds ``httpx.AsyncClient()`` whose default pool holds 100
-  connections, so stream 101+ waits for a connection); ``relay`` = ``benchmarks/guide_relay.py``
-  (FastAPI + sse-starlette on uvicorn, SDK chunk objects, one SSE event per token).
+  ``relay`` = ``benchmarks/guide_relay.py`` (FastAPI + sse-starlette on uvicorn, SDK chunk
+  objects, one SSE event per token); ``floor`` / ``floor-httpx`` = ``benchmarks/floor_relay.py``,
+  the least a relay on trio + hypercorn can do per token (regex over the raw upstream bytes, one
+  ``send`` per read; upstream on a bare socket / through httpx): the serving stack's ceiling.
 * **load generator** (this process, on core 0): N concurrent ``POST`` streams on raw asyncio
   sockets, started evenly over ``--ramp`` seconds; it only splits the bytes on ``\\n\\n`` and
   finds the stamps. With coalescing several tokens arrive in one event: each token's arrival is
@@ -51,7 +51,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -129,123 +128,6 @@ async def upstream_main(port: int, tokens: int, rate: float) -> None:
     print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
-
-
-# ---------------------------------------------------------------------------------------------
-# The llmpipe app with an unlimited upstream connection pool (otherwise as `llmpipe serve`)
-
-
-def llmpipe_pool_main(base_url: str, port: int, patches: Sequence[str] = ()) -> None:
-    """``patches`` prototype fixes (benchmark-only monkeypatches, not library changes):
-    ``freeze``: ``gc.freeze()`` once the server is set up, so the ~240k objects of the imports
-    (openai, anthropic, coredis/beartype, ...) leave the collector's generations;
-    ``direct``: :class:`StreamWriter` sends in the request task (no task spawned per write)."""
-    from collections.abc import AsyncIterator
-    from contextlib import asynccontextmanager
-
-    import httpx
-    import trio
-
-    from pipeline import Producer
-    from pipeline.producers import OpenAIChatProducer, openai_client
-    from sinks.http import ServerConfig, StreamRequest, create_app, serve
-
-    if "direct" in patches:
-        import sinks.http._app as app_module
-        from sinks.http._stream import StreamWriter
-
-        class DirectWriter(StreamWriter):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                kwargs["detach"] = None
-                super().__init__(*args, **kwargs)
-
-        app_module.StreamWriter = DirectWriter  # type: ignore[misc]
-
-    async def run() -> None:
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(600.0, connect=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-        )
-        client = openai_client(base_url=base_url, api_key="x", http_client=http)
-
-        @asynccontextmanager
-        async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
-            yield OpenAIChatProducer(
-                client, model="m", messages=[dict(m) for m in request.messages]
-            )
-
-        config = ServerConfig(max_streams_per_client=100_000, max_streams_total=100_000)
-        app = create_app(factory, config)
-        async with client, trio.open_nursery() as nursery:
-            if diag:
-                nursery.start_soon(loop_lag)
-                nursery.start_soon(heap_census)
-            bound = await nursery.start(serve, app, "127.0.0.1", port)
-            if "freeze" in patches:
-                import gc
-
-                gc.collect()
-                gc.freeze()
-            print(f"llmpipe-pool serving on http://127.0.0.1:{bound}/", file=sys.stderr, flush=True)
-
-    # BENCH_DIAG=1: garbage-collector pauses, event-loop lag and a heap census, printed to
-    # stderr every 5 s (cumulative; the last report before the process stops is the summary).
-    diag = os.environ.get("BENCH_DIAG") == "1"
-    pauses: list[tuple[int, float, int]] = []
-    lags: list[float] = []
-    gc_start = [0.0]
-
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            gc_start[0] = time.perf_counter()
-        else:
-            pauses.append(
-                (info["generation"], time.perf_counter() - gc_start[0], info["collected"])
-            )
-
-    async def heap_census() -> None:
-        import collections
-        import gc
-
-        peak = 0
-        while True:
-            await trio.sleep(5)
-            objs = gc.get_objects()
-            if len(objs) > peak:
-                peak = len(objs)
-                top = collections.Counter(type(o).__qualname__ for o in objs).most_common(15)
-                print(f"diag: peak gc-tracked objects {peak}; top {top}", file=sys.stderr)
-            del objs
-            for gen in (0, 1, 2):
-                ds = sorted(d for g, d, _ in pauses if g == gen)
-                found = sum(c for g, _, c in pauses if g == gen)
-                if ds:
-                    print(
-                        f"diag: gc gen{gen}: {len(ds)} collections, {sum(ds) * 1e3:.0f} ms in "
-                        f"all, max {ds[-1] * 1e3:.1f} ms, {found} unreachable objects found",
-                        file=sys.stderr,
-                    )
-            lag = sorted(lags)
-            if lag:
-                print(
-                    f"diag: loop lag (10 ms sleeps) n={len(lag)} p50 {lag[len(lag) // 2] * 1e3:.1f}"
-                    f" ms p99 {lag[int(0.99 * len(lag))] * 1e3:.1f} ms max {lag[-1] * 1e3:.1f} ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-    async def loop_lag() -> None:
-        while True:
-            t = time.perf_counter()
-            await trio.sleep(0.01)
-            lags.append(time.perf_counter() - t - 0.01)
-
-    if diag:
-        import gc
-
-        gc.callbacks.append(on_gc)
-    with contextlib.suppress(KeyboardInterrupt, BaseExceptionGroup):
-        trio.run(run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,10 +219,12 @@ def start_server(kind: str, upstream: str, core: int | None) -> Proc:
         cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--provider", "openai",
                "--base-url", upstream + "/v1", "--model", "m", "--port", "0",
                "--max-streams-per-client", "100000"]  # fmt: skip
-    else:  # llmpipe-pool, llmpipe-pool+freeze, llmpipe-pool+freeze+direct
-        patches = ",".join(kind.split("+")[1:])
-        cmd = [sys.executable, __file__, "_llmpipe_pool", "--base-url", upstream + "/v1",
-               "--patch", patches]  # fmt: skip
+    elif kind in ("floor", "floor-httpx"):
+        client = "httpx" if kind == "floor-httpx" else "raw"
+        cmd = [sys.executable, str(HERE / "floor_relay.py"), "--base-url", upstream + "/v1",
+               "--upstream-client", client]  # fmt: skip
+    else:
+        raise SystemExit(f"unknown server {kind!r} (relay, llmpipe, floor, floor-httpx)")
     p = subprocess.Popen([*pin(core), *cmd], env=env, stderr=subprocess.PIPE, cwd=ROOT)
     return Proc(p, _read_url(p.stderr, rb"on (http://[\d.:]+)"))
 
@@ -568,10 +452,6 @@ def run_one(args: argparse.Namespace, server: str, n: int) -> RunResult:
             spy.wait(30)
         if srv is not None:
             srv.stop()
-            if os.environ.get("BENCH_DIAG") == "1":
-                time.sleep(0.2)
-                diag = [ln for ln in b"".join(srv.log).decode().splitlines() if "diag:" in ln]
-                print("\n".join(diag[-5:]), flush=True)
         up.popen.kill()
         up.popen.wait()
 
@@ -626,14 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=0)
     up.add_argument("--tokens", type=int, default=300)
     up.add_argument("--rate", type=float, default=20.0)
-    lp = sub.add_parser("_llmpipe_pool", help="(internal) llmpipe app, unlimited upstream pool")
-    lp.add_argument("--base-url", required=True)
-    lp.add_argument("--port", type=int, default=0)
-    lp.add_argument("--patch", default="", help="comma-separated: freeze, direct")
     parser.add_argument(
         "--servers",
-        help="comma-separated; default: relay,llmpipe,llmpipe-pool,llmpipe-pool+freeze,"
-        "llmpipe-pool+freeze+direct (--quick: relay,llmpipe)",
+        help="comma-separated; default: relay,llmpipe,floor,floor-httpx (--quick: relay,llmpipe)",
     )
     parser.add_argument(
         "--n",
@@ -662,19 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(upstream_main(args.port, args.tokens, args.rate))
         return 0
-    if args.command == "_llmpipe_pool":
-        llmpipe_pool_main(args.base_url, args.port, [p for p in args.patch.split(",") if p])
-        return 0
     if args.quick:
         args.n, args.seconds, args.measure = "20", 2.0, 2.0
     if args.ramp is None:
         args.ramp = args.seconds
     if args.servers is None:
-        args.servers = (
-            "relay,llmpipe"
-            if args.quick
-            else "relay,llmpipe,llmpipe-pool,llmpipe-pool+freeze,llmpipe-pool+freeze+direct"
-        )
+        args.servers = "relay,llmpipe" if args.quick else "relay,llmpipe,floor,floor-httpx"
     if (os.cpu_count() or 1) < 2:
         args.server_core = args.loadgen_core = None
     with contextlib.suppress(OSError):

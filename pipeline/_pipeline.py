@@ -7,6 +7,8 @@ Tasks (all in one nursery owned by :meth:`Pipeline.open`)::
                                        seq, fan-out)└─ ...
 
 The stage task runs every stage and the fan-out; it stamps ``seq`` on each event it sends out.
+Without stages and heartbeat there is no stage task: the producer's ``emit`` stamps and fans out
+itself (one hop fewer per event; same order, ending and errors).
 A sink's channel policy decides what happens when that sink lags (see :class:`Policy`): with
 ``block`` the whole pipeline waits for it; with the other policies the others go on.
 
@@ -246,6 +248,7 @@ class RunningPipeline:
     _counters: list[_StageCounter] = attrs.Factory(list)
     _accumulate: Accumulate | None = None
     _error_text: str | None = None
+    _direct: bool = False  # no stages, no heartbeat: the producer's task dispatches itself
 
     # -- public ----------------------------------------------------------------------------
 
@@ -284,6 +287,9 @@ class RunningPipeline:
     def statistics(self) -> PipelineStatistics:
         """A snapshot of the stream's counters; cheap, any time."""
         src = self._source_send.statistics()
+        blocked = src.blocked_seconds
+        if self._direct:  # the producer waited on the sinks' channels itself, one at a time
+            blocked = sum(r.sender.statistics().blocked_seconds for r in self._routes)
         return PipelineStatistics(
             reason=self._reason,
             started_at=self._started_at,
@@ -299,7 +305,7 @@ class RunningPipeline:
             text_chars_out=self._chars_out,
             text_bytes_out=self._bytes_out,
             last_seq=self._seq,
-            producer_blocked_seconds=src.blocked_seconds,
+            producer_blocked_seconds=blocked,
             source_channel=src,
             stages=tuple(c.statistics() for c in self._counters),
             sinks=tuple(r.statistics() for r in self._routes),
@@ -325,10 +331,22 @@ class RunningPipeline:
     def _consumer_gone(self, route: _RouteState, state: SinkState) -> None:
         route.state = state
         route.receiver.close()
-        if route.route.on_failure == "cancel" or not any(r.state == "active" for r in self._routes):
+        cancel = route.route.on_failure == "cancel"
+        if cancel or not any(r.state == "active" for r in self._routes):
+            # A detached sink that leaves after the others read the whole stream (they
+            # finished, so the producer is done too) ends nothing.
+            if not cancel and any(r.state == "finished" for r in self._routes):
+                return
             if self._reason == "running":
                 self._reason = "consumer_gone"
             self._scope.cancel()
+
+    def _count_in(self, event: Event) -> None:
+        if self._first_event_at is None:
+            self._first_event_at = trio.current_time()
+        if self._first_text_at is None and isinstance(event, TextDelta):
+            self._first_text_at = trio.current_time()
+        self._events_in += 1
 
     async def _supervise(self, *, task_status: trio.TaskStatus[None]) -> None:
         try:
@@ -336,8 +354,11 @@ class RunningPipeline:
                 async with trio.open_nursery() as nursery:
                     for route in self._routes:
                         nursery.start_soon(self._run_sink, route, name=f"llmpipe sink {route.name}")
-                    nursery.start_soon(self._run_producer, name="llmpipe producer")
-                    nursery.start_soon(self._run_stages, name="llmpipe stages")
+                    if self._direct:
+                        nursery.start_soon(self._run_direct, name="llmpipe producer")
+                    else:
+                        nursery.start_soon(self._run_producer, name="llmpipe producer")
+                        nursery.start_soon(self._run_stages, name="llmpipe stages")
                     task_status.started()
         finally:
             self._source_send.close()
@@ -383,11 +404,7 @@ class RunningPipeline:
         async def emit(event: Event) -> None:
             nonlocal started
             started = True
-            if self._first_event_at is None:
-                self._first_event_at = trio.current_time()
-            if self._first_text_at is None and isinstance(event, TextDelta):
-                self._first_text_at = trio.current_time()
-            self._events_in += 1
+            self._count_in(event)
             await send.send(event)
 
         emit_: Emit = emit
@@ -408,6 +425,48 @@ class RunningPipeline:
                         await send.send(error_event(exc))
         finally:
             send.close()
+
+    async def _run_direct(self) -> None:
+        # The fast path (no stages, no heartbeat): ``emit`` stamps and fans out in the
+        # producer's own task, one scheduling hop per event fewer than producer -> stage task ->
+        # sinks. The order, the terminal handling and the errors are the stage task's.
+        started = False
+        ended = False
+
+        async def emit(event: Event) -> None:
+            nonlocal started, ended
+            # Raises Cancelled once the pipeline is cancelled, even when no sink is left to
+            # send to (then nothing below would checkpoint); yields only then.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if ended:
+                return  # after a terminal event: ignored (the producer is being cancelled)
+            started = True
+            self._count_in(event)
+            if isinstance(event, Error):
+                event = self._with_partial(event)
+            if await self._dispatch((event,)):
+                ended = True
+                self._producer_scope.cancel()
+
+        emit_: Emit = emit
+        try:
+            with self._producer_scope:
+                try:
+                    await self._pipeline.producer.stream(emit_)
+                except Exception as exc:
+                    if not started:
+                        self._fail(exc)
+                        return
+                    if not ended:
+                        ended = True
+                        await self._dispatch((self._with_partial(error_event(exc)),))
+                else:
+                    if not ended:
+                        ended = True
+                        await self._finish_stream()
+        finally:
+            for route in self._routes:
+                route.sender.close()
 
     async def _run_stages(self) -> None:
         p = self._pipeline
@@ -594,6 +653,7 @@ class Pipeline:
         routes = self._routes(_extra)
         src_send, src_recv = open_event_channel(max_items=self.source_buffer)
         running = RunningPipeline(self, routes, src_send, src_recv, trio.current_time())
+        running._direct = not self.stages and self.heartbeat_interval is None
         context = StageContext(downstream_pressure=running._pressure)
         for stage in self.stages:
             stage.bind(context)

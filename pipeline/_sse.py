@@ -102,6 +102,19 @@ class SSEDecoder:
             if text.startswith("\n"):
                 text = text[1:]
         out: list[SSEEvent] = []
+        if "\r" not in text:
+            # The common case (LF line ends only): split once, no regular expression.
+            lines = text.split("\n")
+            rest = lines.pop()
+            if lines:
+                if self._parts or self._pieces:  # the first line continues the pending one
+                    self._add(lines[0])
+                    lines[0] = self._take_line()
+                for line in lines:
+                    self._line(line, out)
+            if rest:
+                self._add(rest)
+            return out
         pos = 0
         for m in _LINE_END.finditer(text):
             self._add(text[pos : m.start()])

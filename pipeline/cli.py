@@ -183,13 +183,7 @@ async def open_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
         delay = 1.0 / rate if rate else 0.0
         yield Backend(name, lambda *_: ScriptedProducer.from_text(text, delay=delay))
         return
-    from .producers import (
-        AnthropicProducer,
-        OpenAIChatProducer,
-        OpenAIResponsesProducer,
-        anthropic_client,
-        openai_client,
-    )
+    from .producers import OpenAIChatProducer, OpenAIResponsesProducer, openai_client
 
     default_max = args.max_tokens
     default_temp = args.temperature
@@ -217,6 +211,9 @@ async def open_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
         return
     default_model = args.model or DEFAULT_MODELS[name]
     if name == "anthropic":
+        # Only here: the anthropic SDK is a large import the other providers never need.
+        from .producers import AnthropicProducer, anthropic_client
+
         aclient = anthropic_client(base_url=args.base_url)
         async with aclient:
 

@@ -100,3 +100,15 @@ def redis_url() -> Iterator[str]:
 
 
 # --- end of redis fixture -----------------------------------------------------------------------
+
+
+# --- the heap freeze of sinks.http.serve ---------------------------------------------------------
+# ``serve`` freezes the heap once it listens (gc.freeze); in a test process that would keep
+# every cycle alive at that moment forever. Unfreeze after each test.
+import gc  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_heap() -> Iterator[None]:
+    yield
+    gc.unfreeze()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import math
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -199,11 +202,15 @@ class FakeResponse:
     def __init__(self, body: bytes, *, hang: bool) -> None:
         self.body = body
         self.hang = hang
+        self.http_response = self  # the httpx response: raw bytes, no content-encoding
+        self.headers: dict[str, str] = {}
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         yield self.body
         if self.hang:
             await trio.sleep_forever()
+
+    aiter_raw = iter_bytes
 
 
 def fake_body(producer: Any, body: bytes, *, hang: bool = False) -> Any:
@@ -248,6 +255,35 @@ async def test_chat_tolerates_a_sparse_compatible_server() -> None:
         Usage(3, 4),
         Done("tool_calls"),
     ]
+
+
+async def test_compressed_body_is_decoded(nursery: trio.Nursery) -> None:
+    """The body is read raw (cheaper) only when it is not compressed: a gzip SSE body from a
+    real loopback server still gives the text."""
+    chunk = {"choices": [{"delta": {"content": "zipped text"}}]}
+    body = gzip.compress(sse_body(chunk, {"choices": [{"delta": {}, "finish_reason": "stop"}]}))
+
+    async def handler(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        assert match is not None
+        while len(rest) < int(match.group(1)):
+            rest += await stream.receive_some(65536)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with openai_client(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY) as client:
+        sink = await run(chat(client))
+    assert sink.text == "zipped text"
+    assert isinstance(sink.events[-1], Done)
 
 
 async def test_body_left_open_after_done_is_not_a_stall(
@@ -470,23 +506,22 @@ async def test_cancel_while_parked_in_emit_closes_upstream(emulator: EmulatorFac
             chat(client), sinks=[Route(never_reads, max_items=1)], source_buffer=1
         ).open() as running:
             await started.wait()
-            # The producer fills both channels, then parks in emit: wait until both are full
+            # The producer fills the sink's channel, then parks in emit: wait until it is full
             # and nothing moved for 100 ms (under load the first check alone can be early).
+            # (Without stages the producer sends to the sink's channel itself; there is no
+            # source channel in between.)
             before = -1
             for _ in range(100):
                 stats = running.statistics()
-                full = (
-                    stats.source_channel.items_queued == 1
-                    and stats.sinks[0].channel.items_queued == 1
-                )
+                full = stats.sinks[0].channel.items_queued == 1
                 if full and stats.events_in == before:
                     break
                 before = stats.events_in
                 await trio.sleep(0.1)
             stats = running.statistics()
-            # Parked: no progress, a few events in, the source channel full.
+            # Parked: no progress, a few events in, the sink's channel full.
             assert stats.events_in == before <= 5
-            assert stats.source_channel.items_queued == stats.source_channel.max_items == 1
+            assert stats.sinks[0].channel.items_queued == stats.sinks[0].channel.max_items == 1
             cancelled_at = trio.current_time()
             running.cancel()
         with trio.fail_after(1):

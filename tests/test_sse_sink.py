@@ -12,9 +12,10 @@ from pipeline import (
     TextDelta,
     ToolCallEnd,
     event_from_json,
+    event_to_json,
 )
 from sinks.ndjson import ndjson_line
-from sinks.sse import SSE_HEADERS, SSEDecoder, encode_comment, event_frame
+from sinks.sse import SSE_HEADERS, SSEDecoder, encode_comment, encode_event, event_frame
 
 EVENTS: list[Event] = [
     Metadata("openai", "m", "r1", seq=1),
@@ -49,6 +50,9 @@ def test_event_frame_shape() -> None:
     assert frame == b'event: text\nid: 7\ndata: {"type":"text","text":"hi","seq":7}\n\n'
     # the JSON is one line, so a frame has exactly one data line
     assert all(event_frame(e).count(b"\ndata: ") == 1 for e in EVENTS)
+    # the fast framing gives exactly what the checked encoder gives
+    for e in EVENTS:
+        assert event_frame(e) == encode_event(event_to_json(e), event=e.type, id=str(e.seq))
 
 
 def test_headers() -> None:

@@ -4,10 +4,16 @@
 through the official ``openai`` and ``anthropic`` SDKs; any OpenAI-compatible server (vLLM,
 Ollama, llama.cpp, the embedded local model) works through ``OpenAIChatProducer`` with the
 client's ``base_url``.
+
+``AnthropicProducer`` and ``anthropic_client`` load lazily (PEP 562 ``__getattr__``): the
+``anthropic`` SDK is imported on first access, not with this package. It is a large import
+(about 146k GC-tracked objects) that a server with another provider never needs.
 """
 
-from ._anthropic import AnthropicProducer as AnthropicProducer
-from ._anthropic import anthropic_client as anthropic_client
+from __future__ import annotations
+
+import typing as _typing
+
 from ._base import DEFAULT_FIRST_TOKEN_TIMEOUT as DEFAULT_FIRST_TOKEN_TIMEOUT
 from ._base import DEFAULT_STALL_TIMEOUT as DEFAULT_STALL_TIMEOUT
 from ._base import CostGuard as CostGuard
@@ -21,6 +27,10 @@ from ._openai import OpenAIResponsesProducer as OpenAIResponsesProducer
 from ._openai import openai_client as openai_client
 from ._scripted import ScriptedProducer as ScriptedProducer
 from ._scripted import Step as Step
+
+if _typing.TYPE_CHECKING:
+    from ._anthropic import AnthropicProducer as AnthropicProducer
+    from ._anthropic import anthropic_client as anthropic_client
 
 __all__ = [
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
@@ -39,3 +49,14 @@ __all__ = [
     "estimate_tokens",
     "openai_client",
 ]
+
+# Public name -> the private module that defines it, imported on first access.
+_LAZY: dict[str, str] = {
+    "AnthropicProducer": "._anthropic",
+    "anthropic_client": "._anthropic",
+}
+
+if not _typing.TYPE_CHECKING:  # hidden from mypy, which would type every unknown name as Any
+    from .._lazy import lazy_attributes as _lazy_attributes
+
+    __getattr__, __dir__ = _lazy_attributes(globals(), _LAZY, __all__)

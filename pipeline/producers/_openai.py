@@ -242,7 +242,14 @@ class _OpenAIProducer(SSEProducer):
         async with AsyncExitStack() as stack:
             # (The base loop's first-token deadline covers waiting for the response head too.)
             response = await stack.enter_async_context(self._request())
-            chunks = response.iter_bytes()
+            http_response = response.http_response
+            encoding = http_response.headers.get("content-encoding", "").strip().lower()
+            # An SSE body is rarely compressed: then read it raw, two generator layers (the
+            # SDK's and httpx's decoder) fewer per chunk; else let httpx decode it.
+            if encoding in ("", "identity"):
+                chunks = http_response.aiter_raw()
+            else:
+                chunks = response.iter_bytes()
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:  # close the SDK's generator here, not in trio's GC hook
                 stack.push_async_callback(aclose)

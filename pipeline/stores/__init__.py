@@ -4,10 +4,15 @@
 Streams so several processes share them. :class:`StoreSink` writes a pipeline's events into a
 store. :func:`open_store` picks the store from a URL. See :mod:`pipeline.stores._base` for the
 contract every store keeps.
+
+:class:`RedisStore` loads lazily (PEP 562 ``__getattr__``): ``coredis`` (and the ``beartype``
+it pulls in) is imported on first access to the name or when :func:`open_store` gets a Redis
+URL, not with this package, so a server on the in-memory store never carries it.
 """
 
 from __future__ import annotations
 
+import typing as _typing
 from urllib.parse import urlsplit as _urlsplit
 
 from .._errors import ConfigError as _ConfigError
@@ -17,8 +22,10 @@ from ._base import StreamInfo as StreamInfo
 from ._base import StreamNotFound as StreamNotFound
 from ._base import StreamStore as StreamStore
 from ._memory import MemoryStore as MemoryStore
-from ._redis import RedisStore as RedisStore
 from ._sink import StoreSink as StoreSink
+
+if _typing.TYPE_CHECKING:
+    from ._redis import RedisStore as RedisStore
 
 __all__ = [
     "MemoryStore",
@@ -48,8 +55,19 @@ def open_store(url: str | None) -> MemoryStore | RedisStore:
     if scheme == "memory":
         return MemoryStore()
     if scheme in _REDIS_SCHEMES:
+        from ._redis import RedisStore
+
         return RedisStore(url)
     raise _ConfigError(
         f"store url: unknown scheme {scheme!r} in {url!r} "
         "(expected memory://, redis://, rediss:// or unix://)"
     )
+
+
+# Public name -> the private module that defines it, imported on first access.
+_LAZY: dict[str, str] = {"RedisStore": "._redis"}
+
+if not _typing.TYPE_CHECKING:  # hidden from mypy, which would type every unknown name as Any
+    from .._lazy import lazy_attributes as _lazy_attributes
+
+    __getattr__, __dir__ = _lazy_attributes(globals(), _LAZY, __all__)

@@ -195,8 +195,10 @@ async def pump(
 
     The status line waits for the first event, at most ``heartbeat_interval`` (so a provider that
     fails before answering gets a real 502/503); the first bytes of the body are always a
-    heartbeat comment. Queued events are batched into one write (at most
-    :data:`BATCH_MAX_EVENTS`). While idle for ``heartbeat_interval`` a heartbeat is written.
+    heartbeat comment. Events queued by the time the writer is free are batched into one write
+    (at most :data:`BATCH_MAX_EVENTS`): a client or a process that lags gets fewer, larger
+    writes. While nothing was written for ``heartbeat_interval`` a heartbeat is written (by a
+    task of its own that wakes once per interval, so an event costs no timer).
 
     ``record`` (the stream's telemetry) gets the events and characters handed to the writer,
     the time to the first text delta and an ``Error`` ending; it is updated once, at the end.
@@ -205,50 +207,58 @@ async def pump(
     metrics = runtime.metrics
     first_text = True
     sent = chars = 0
-    try:
+
+    async def heartbeats() -> None:
         while True:
-            got = None
-            with trio.move_on_after(hb):
+            await trio.sleep_until(writer.last_write_at + hb)
+            if trio.current_time() >= writer.last_write_at + hb:
+                await writer.write(writer.heartbeat())
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeats)
+            while True:
                 try:
                     got = await events.receive()
                 except trio.EndOfChannel:
-                    return
-            if got is None:
-                await writer.write(writer.heartbeat())
-                continue
-            batch = [got]
-            while len(batch) < BATCH_MAX_EVENTS:
-                try:
-                    batch.append(events.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            chunks = [] if writer.headers_sent else [writer.heartbeat()]
-            end = False
-            for ev in batch:
-                chunks.append(writer.frame(ev))
-                sent += 1
-                if isinstance(ev, TextDelta):
-                    n = len(ev.text)
-                    chars += n
-                    metrics.text_deltas.inc()
-                    metrics.text_chars.inc(n)
-                    if first_text:
-                        first_text = False
-                        ttft = trio.current_time() - t0
-                        metrics.time_to_first_token.observe(ttft)
+                batch = [got]
+                while len(batch) < BATCH_MAX_EVENTS:
+                    try:
+                        batch.append(events.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                chunks = [] if writer.headers_sent else [writer.heartbeat()]
+                end = False
+                deltas = delta_chars = 0
+                for ev in batch:
+                    chunks.append(writer.frame(ev))
+                    sent += 1
+                    if isinstance(ev, TextDelta):
+                        deltas += 1
+                        delta_chars += len(ev.text)
+                        if first_text:
+                            first_text = False
+                            ttft = trio.current_time() - t0
+                            metrics.time_to_first_token.observe(ttft)
+                            if record is not None:
+                                record.time_to_first_token = ttft
+                    elif isinstance(ev, Error):
                         if record is not None:
-                            record.time_to_first_token = ttft
-                elif isinstance(ev, Error):
-                    if record is not None:
-                        record.fail(ev.kind)
-                    else:
-                        metrics.errors.labels(ev.kind).inc()
-                if is_terminal(ev):
-                    end = True
+                            record.fail(ev.kind)
+                        else:
+                            metrics.errors.labels(ev.kind).inc()
+                    if is_terminal(ev):
+                        end = True
+                        break
+                if deltas:
+                    chars += delta_chars
+                    metrics.text_deltas.inc(deltas)
+                    metrics.text_chars.inc(delta_chars)
+                await writer.write(b"".join(chunks))
+                if end:
                     break
-            await writer.write(b"".join(chunks))
-            if end:
-                return
+            nursery.cancel_scope.cancel()
     finally:
         if record is not None:
             record.events += sent
@@ -328,11 +338,7 @@ async def _stream_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     try:
         parsed = await read_stream_request(runtime, request)
         with runtime.admit(client_key(scope)):
-            writer = StreamWriter(
-                send,
-                choose_format(request.headers.get("accept", "")),
-                detach=runtime.nursery,
-            )
+            writer = StreamWriter(send, choose_format(request.headers.get("accept", "")))
             await _serve_live(runtime, parsed, writer, receive)
     except HTTPError as exc:
         await exc.response()(scope, receive, send)
@@ -359,7 +365,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
             ) from None
         await _info_or_404(store, stream_id)
         with runtime.admit(client_key(scope)):
-            writer = StreamWriter(send, "sse", detach=runtime.nursery)
+            writer = StreamWriter(send, "sse")
 
             async def body() -> None:
                 try:

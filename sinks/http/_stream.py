@@ -5,10 +5,12 @@ hypercorn a body message returns once the bytes are in the socket, so a client t
 reading blocks ``write`` and the pipeline behind it (bounded memory; the channel policy decides
 whether the producer waits or deltas are merged).
 
-:func:`run_stream` runs a stream body with two watchers in one nursery:
+:func:`run_stream` runs a stream body in a task of the app's lifespan nursery (so the writes
+cost no extra scheduling hop and a write stuck on a client that stopped reading never pins the
+request task) while the request task watches:
 
-* the disconnect watcher awaits ``receive()``; ``http.disconnect`` cancels the whole nursery, so
-  the pipeline, the producer and its upstream HTTP request are cancelled within one scheduling
+* the disconnect watcher awaits ``receive()``; ``http.disconnect`` cancels the body, so the
+  pipeline, the producer and its upstream HTTP request are cancelled within one scheduling
   round (hypercorn reports a closed socket in 1-3 ms). A ``write`` that fails (the transport
   raised) counts the same.
 * the shutdown watcher waits for :attr:`AppRuntime.shutting_down`; it cancels only the body,
@@ -24,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal
 
+import attrs
 import trio
 from starlette.types import Receive, Send
 
@@ -74,15 +77,20 @@ def choose_format(accept: str) -> Format:
 
 
 class StreamWriter:
-    """One streamed response. One task writes at a time (the stream's own task).
+    """One streamed response.
 
     The status line and headers go out with the first :meth:`write` (or :meth:`start`). After
     that every problem must be reported as an event: :attr:`headers_sent` tells which.
 
-    ``detach`` (the app's lifespan nursery) makes the ASGI sends run there, so that a write
-    blocked on a client that stopped reading can be abandoned (see :meth:`_raw`); cancelling a
-    ``write`` then returns at once, and the abandoned message still goes out first (or fails)
-    before any later one.
+    Concurrency: several tasks may write (the stream's pump and its heartbeat task); messages
+    go out one at a time, in the order the writes were called. A write that does not wait (the
+    usual case) costs no scheduling round of its own: the ASGI ``send`` is awaited in the
+    caller's task. :attr:`last_write_at` (``trio.current_time()`` of the latest write started)
+    tells a heartbeat task when the stream was last active.
+
+    Hypercorn shields its socket writes: a write to a client that stopped reading cannot be
+    cancelled. :func:`run_stream` therefore runs the stream's body in a task of the app's
+    lifespan nursery, so that the request task can give up on it (see there).
     """
 
     def __init__(
@@ -91,18 +99,17 @@ class StreamWriter:
         fmt: Format,
         *,
         extra_headers: tuple[tuple[str, str], ...] = (),
-        detach: trio.Nursery | None = None,
     ) -> None:
         self._send = send
-        self._detach = detach
-        self._inflight: trio.Event | None = None
-        self._error: BaseException | None = None
+        self._writing = False
+        self._waiting = trio.lowlevel.ParkingLot()
         self.format: Format = fmt
         self.extra_headers = extra_headers
         self.headers_sent = False
         self.ended = False
         self.gone = False
         self.bytes_written = 0
+        self.last_write_at = trio.current_time()
 
     # -- encoding --------------------------------------------------------------------------------
 
@@ -123,9 +130,7 @@ class StreamWriter:
 
     # -- ASGI ------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self.headers_sent:
-            return
+    def _start_message(self) -> dict[str, object]:
         if self.format == "sse":
             headers = list(SSE_HEADERS)
         else:
@@ -136,20 +141,29 @@ class StreamWriter:
             ]
         headers.extend(self.extra_headers)
         self.headers_sent = True
-        await self._raw(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
-            }
-        )
+        return {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        }
+
+    async def start(self) -> None:
+        """Send the status line and headers now (idempotent)."""
+        if not self.headers_sent:
+            await self._raw(self._start_message())
 
     async def write(self, data: bytes) -> None:
         """Send ``data`` (the headers first if needed). Raises :class:`ClientGone`."""
         if self.gone:
             raise ClientGone("the client went away")
-        await self.start()
-        await self._raw({"type": "http.response.body", "body": data, "more_body": True})
+        self.last_write_at = trio.current_time()
+        if self.headers_sent:
+            await self._raw({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            await self._raw(
+                self._start_message(),
+                {"type": "http.response.body", "body": data, "more_body": True},
+            )
         self.bytes_written += len(data)
 
     async def send_json(
@@ -166,59 +180,90 @@ class StreamWriter:
         ]
         self.headers_sent = True
         self.ended = True
-        await self._raw({"type": "http.response.start", "status": status, "headers": raw})
-        await self._raw({"type": "http.response.body", "body": body, "more_body": False})
+        await self._raw(
+            {"type": "http.response.start", "status": status, "headers": raw},
+            {"type": "http.response.body", "body": body, "more_body": False},
+        )
 
     async def end(self) -> None:
         """Finish the response (idempotent; errors from a gone client are ignored)."""
         if self.ended or self.gone:
             return
         self.ended = True
+        last = {"type": "http.response.body", "body": b"", "more_body": False}
         try:
-            await self.start()
-            await self._raw({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.headers_sent:
+                await self._raw(last)
+            else:
+                await self._raw(self._start_message(), last)
         except ClientGone:
             pass
 
-    async def _raw(self, message: dict[str, object]) -> None:
-        # With ``detach`` (the app's lifespan nursery) each message is sent by a short task
-        # there, and this task only waits for it. Hypercorn shields its socket writes, so a
-        # write to a client that stopped reading cannot be cancelled; sent from here it would
-        # pin the request task, and the server could never shut down. Detached, the request
-        # task can give up (cancellation works on the wait), return, and hypercorn then closes
-        # the socket, which ends the stuck write. Messages stay in order: a message waits for
-        # the one before it, even if that one's caller gave up.
-        if self._inflight is not None:
-            await self._inflight.wait()
-        self._check_error()
-        if self._detach is None:
-            try:
-                await self._send(message)
-            except _SEND_ERRORS as exc:
-                self._error = exc
-            self._check_error()
-            return
-        done = self._inflight = trio.Event()
-        self._detach.start_soon(self._send_detached, message, done)
-        await done.wait()
-        self._check_error()
-
-    async def _send_detached(self, message: dict[str, object], done: trio.Event) -> None:
+    async def _raw(self, *messages: dict[str, object]) -> None:
+        # One writer at a time, first come first served; the uncontended path takes no
+        # scheduling round (a trio.Lock would checkpoint on every write).
+        while self._writing:
+            await self._waiting.park()
+        self._writing = True
         try:
-            await self._send(message)
-        except Exception as exc:  # never crash the lifespan nursery; the writer re-raises it
-            self._error = exc
+            for message in messages:
+                if self.gone:
+                    raise ClientGone("the client went away")
+                try:
+                    await self._send(message)
+                except _SEND_ERRORS as exc:
+                    self.gone = True
+                    raise ClientGone(f"write failed: {exc!r}") from exc
         finally:
-            done.set()
+            self._writing = False
+            self._waiting.unpark()
 
-    def _check_error(self) -> None:
-        exc = self._error
-        if exc is None:
-            return
-        if isinstance(exc, _SEND_ERRORS):
-            self.gone = True
-            raise ClientGone(f"write failed: {exc!r}") from exc
-        raise exc
+
+@attrs.define(eq=False)
+class _Run:
+    """The shared state of one :func:`run_stream`: the request task and the body's task."""
+
+    outcome: Literal["done", "gone", "shutdown"] = "done"
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # all of the body's task
+    body_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # the body only
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+async def _drive(
+    runtime: AppRuntime,
+    writer: StreamWriter,
+    body: Callable[[], Awaitable[None]],
+    run: _Run,
+) -> None:
+    """The body, then the end of the response; in the lifespan nursery (or the request task)."""
+    try:
+        with run.scope:
+            with run.body_scope:
+                try:
+                    await body()
+                except ClientGone:
+                    run.outcome = "gone"
+                    writer.gone = True
+            final_timeout = min(SHUTDOWN_WRITE_TIMEOUT, runtime.config.shutdown_grace / 2)
+            with trio.move_on_after(final_timeout):
+                if run.outcome == "shutdown" and not writer.gone and not writer.ended:
+                    event = Error(
+                        kind="shutdown", message="the server is shutting down", retryable=True
+                    )
+                    try:
+                        await writer.write(writer.error_frame(event))
+                    except ClientGone:
+                        run.outcome = "gone"
+                if run.outcome == "done" and run.body_scope.cancelled_caught:
+                    run.outcome = "gone" if writer.gone else "shutdown"
+                if run.outcome != "gone":
+                    await writer.end()
+    except Exception:  # never crash the lifespan nursery
+        log.exception("stream body failed")
+        writer.gone = True
+        run.outcome = "gone"
+    finally:
+        run.done.set()
 
 
 async def run_stream(
@@ -230,55 +275,57 @@ async def run_stream(
     """Run ``body`` (which writes through ``writer``) until it returns, the client goes away or
     the server shuts down; end the response properly in each case. Returns which happened.
 
+    The body and its writes run in a task of the app's lifespan nursery (in this task when the
+    app has no lifespan running); this task watches the client and the server and waits. So
+    a token costs no extra scheduling hop on its way out, and a write stuck on a client that
+    stopped reading (hypercorn shields socket writes) never pins this task: on shutdown it
+    gives up after the final frame's bound and returns, hypercorn closes the socket, and the
+    stuck write fails.
+
     Cancellation: a disconnect cancels ``body`` at once (also while it waits for the producer
-    or on a blocked write). A cancellation from outside propagates after the watchers are
-    stopped.
+    or on a blocked write). A cancellation from outside cancels the body and propagates at
+    once.
     """
-    outcome: Literal["done", "gone", "shutdown"] = "done"
-    async with trio.open_nursery() as nursery:
+    run = _Run()
+    final_timeout = min(SHUTDOWN_WRITE_TIMEOUT, runtime.config.shutdown_grace / 2)
+    async with trio.open_nursery() as watchers:
+
+        async def give_up_after(seconds: float) -> None:
+            with trio.move_on_after(seconds):
+                await run.done.wait()
+            run.scope.cancel()
+            watchers.cancel_scope.cancel()
 
         async def watch_disconnect() -> None:
-            nonlocal outcome
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     if not writer.ended:
                         writer.gone = True
-                        outcome = "gone"
-                    nursery.cancel_scope.cancel()
+                        run.outcome = "gone"
+                    run.scope.cancel()
+                    await give_up_after(final_timeout)
                     return
 
-        nursery.start_soon(watch_disconnect)
-        with trio.CancelScope() as body_scope:
+        async def watch_shutdown() -> None:
+            await runtime.shutting_down.wait()
+            if run.outcome == "done":
+                run.outcome = "shutdown"
+            run.body_scope.cancel()
+            await give_up_after(final_timeout + 0.1)
 
-            async def watch_shutdown() -> None:
-                nonlocal outcome
-                await runtime.shutting_down.wait()
-                if outcome == "done":
-                    outcome = "shutdown"
-                body_scope.cancel()
-
-            nursery.start_soon(watch_shutdown)
-            try:
-                await body()
-            except ClientGone:
-                outcome = "gone"
-                writer.gone = True
-        final_timeout = min(SHUTDOWN_WRITE_TIMEOUT, runtime.config.shutdown_grace / 2)
-        with trio.move_on_after(final_timeout):
-            if outcome == "shutdown" and not writer.gone and not writer.ended:
-                event = Error(
-                    kind="shutdown", message="the server is shutting down", retryable=True
-                )
-                try:
-                    await writer.write(writer.error_frame(event))
-                except ClientGone:
-                    outcome = "gone"
-            if outcome == "done" and body_scope.cancelled_caught:
-                outcome = "gone" if writer.gone else "shutdown"
-            if outcome != "gone":
-                await writer.end()
-        nursery.cancel_scope.cancel()
-    if outcome == "gone":
+        watchers.start_soon(watch_disconnect)
+        watchers.start_soon(watch_shutdown)
+        try:
+            if runtime.nursery is not None:
+                runtime.nursery.start_soon(_drive, runtime, writer, body, run)
+                await run.done.wait()
+            else:
+                await _drive(runtime, writer, body, run)
+        finally:
+            if not run.done.is_set():  # cancelled from outside: stop the body too
+                run.scope.cancel()
+        watchers.cancel_scope.cancel()
+    if run.outcome == "gone":
         runtime.metrics.disconnects.inc()
-    return outcome
+    return run.outcome
