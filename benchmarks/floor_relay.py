@@ -108,8 +108,9 @@ async def main(args: argparse.Namespace) -> None:
     app = Floor(args.base_url, args.upstream_client)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve, app, config)
-        gc.collect()
-        gc.freeze()  # as llmpipe serve does
+        gc.collect()  # the collector set up as `llmpipe serve` sets it (sinks.http.serve)
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
         print(f"floor serving on {binds[0]}", file=sys.stderr, flush=True)
 
 

@@ -103,12 +103,15 @@ def redis_url() -> Iterator[str]:
 
 
 # --- the heap freeze of sinks.http.serve ---------------------------------------------------------
-# ``serve`` freezes the heap once it listens (gc.freeze); in a test process that would keep
-# every cycle alive at that moment forever. Unfreeze after each test.
+# ``serve`` freezes the heap once it listens (gc.freeze) and raises the collector's thresholds;
+# in a test process that would keep every cycle alive at that moment forever. Undo both after
+# each test.
 import gc  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _unfreeze_heap() -> Iterator[None]:
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)

@@ -1,4 +1,5 @@
-"""``serve`` freezes the start-up heap (``gc.freeze``) so full collections skip it."""
+"""``serve`` freezes the start-up heap (``gc.freeze``) so full collections skip it, and raises
+the collector's thresholds."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import trio
 from pipeline import Producer
 from pipeline.testing import ScriptedProducer
 from sinks.http import StreamRequest, create_app, serve
+from sinks.http._serve import GC_THRESHOLD
 
 
 @asynccontextmanager
@@ -41,6 +43,7 @@ async def test_serve_freezes_heap_after_start(unfrozen: None) -> None:
                 partial(serve, app, "127.0.0.1", 0, shutdown_trigger=stop.wait)
             )
             assert gc.get_freeze_count() > 0
+            assert gc.get_threshold() == GC_THRESHOLD
             async with httpx.AsyncClient() as client:
                 response = await client.get(f"http://127.0.0.1:{port}/health")
             assert response.status_code == 200
@@ -48,12 +51,22 @@ async def test_serve_freezes_heap_after_start(unfrozen: None) -> None:
 
 
 async def test_serve_freeze_heap_off(unfrozen: None) -> None:
+    before = gc.get_threshold()
     app = create_app(factory)
     stop = trio.Event()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                partial(serve, app, "127.0.0.1", 0, shutdown_trigger=stop.wait, freeze_heap=False)
+                partial(
+                    serve,
+                    app,
+                    "127.0.0.1",
+                    0,
+                    shutdown_trigger=stop.wait,
+                    freeze_heap=False,
+                    gc_threshold=None,
+                )
             )
             assert gc.get_freeze_count() == 0
+            assert gc.get_threshold() == before
             stop.set()
