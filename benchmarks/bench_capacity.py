@@ -282,9 +282,12 @@ class RunResult:
 
     def row(self) -> str:
         errors = sum(1 for s in self.streams if s.error)
+        rate = self.tokens_in_window / self.seconds
+        per_token = self.server_cpu * 1e4 / rate if rate else float("nan")  # µs of CPU
         return (
-            f"| {self.n} | {self.tokens_in_window / self.seconds:,.0f} "
-            f"| {self.server_cpu:.0f} % | {self.pct(50):.1f} | {self.pct(99):.1f} "
+            f"| {self.n} | {rate:,.0f} "
+            f"| {self.server_cpu:.0f} % | {per_token:.0f} "
+            f"| {self.pct(50):.1f} | {self.pct(99):.1f} "
             f"| {max(self.delays_ms, default=float('nan')):.0f} | {self.ttft_p99:.0f} "
             f"| {self.delivered:.1f} %{f' ({errors} failed)' if errors else ''} "
             f"| {self.upstream_cpu:.0f} % / {self.loadgen_cpu:.0f} % "
@@ -293,9 +296,10 @@ class RunResult:
 
 
 HEADER = (
-    "| N streams | tokens/s delivered | server CPU | p50 added delay (ms) | p99 (ms) | max (ms) "
-    "| p99 TTFT (ms) | delivered | upstream / loadgen CPU (core 0) | p99 < 50 ms, all delivered |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| N streams | tokens/s delivered | server CPU | server CPU per token (µs) "
+    "| p50 added delay (ms) | p99 (ms) | max (ms) | p99 TTFT (ms) | delivered "
+    "| upstream / loadgen CPU (core 0) | p99 < 50 ms, all delivered |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -508,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--rate", type=float, default=20.0)
     parser.add_argument(
         "--servers",
-        help="comma-separated; default: relay,llmpipe,floor,floor-httpx (--quick: relay,llmpipe)",
+        help="comma-separated; default: relay,llmpipe,floor,floor-httpx "
+        "(--quick: relay,llmpipe,floor)",
     )
     parser.add_argument(
         "--n",
@@ -542,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ramp is None:
         args.ramp = args.seconds
     if args.servers is None:
-        args.servers = "relay,llmpipe" if args.quick else "relay,llmpipe,floor,floor-httpx"
+        args.servers = "relay,llmpipe,floor" if args.quick else "relay,llmpipe,floor,floor-httpx"
     if (os.cpu_count() or 1) < 2:
         args.server_core = args.loadgen_core = None
     with contextlib.suppress(OSError):
