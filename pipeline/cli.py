@@ -98,6 +98,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
     )
     serve.add_argument("--max-streams-per-client", type=int, default=8)
+    serve.add_argument(
+        "--max-generations-per-client",
+        type=int,
+        default=8,
+        help="resumable generations (POST /v1/streams) one client may have running",
+    )
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between comments")
     serve.add_argument(
         "--idle-cancel", type=float, default=60.0, help="cancel unread resumable streams after"
@@ -305,6 +311,7 @@ async def _serve(args: argparse.Namespace) -> int:
         config = ServerConfig(
             providers=(backend.name,),
             max_streams_per_client=args.max_streams_per_client,
+            max_generations_per_client=args.max_generations_per_client,
             heartbeat_interval=args.heartbeat,
             idle_cancel_after=args.idle_cancel,
             auth_token=args.auth_token,

@@ -18,6 +18,7 @@ import trio
 
 from pipeline import (
     Done,
+    Error,
     Producer,
     ProducerConnectionError,
     TextDelta,
@@ -194,6 +195,26 @@ async def test_per_client_limit() -> None:
         await eventually(lambda: not get_runtime(app).active, within=2)
         async with client.stream("POST", url + "/v1/stream", json=BODY) as third:
             assert third.status_code == 200
+
+
+async def test_per_client_limit_of_generations() -> None:
+    """Resumable generations outlive their requests: a client may have only so many running."""
+    config = ServerConfig(max_generations_per_client=2)
+    app = create_app(factory_of(lambda r: CountingProducer(delay=0.02)), config)
+    async with running(app) as url, httpx.AsyncClient() as client:
+        ids = []
+        for _ in range(2):
+            resp = await client.post(url + "/v1/streams", json=BODY)
+            assert resp.status_code == 201
+            ids.append(resp.json()["id"])
+        resp = await client.post(url + "/v1/streams", json=BODY)
+        assert resp.status_code == 429
+        assert "limit 2" in resp.json()["error"]["message"]
+        assert resp.headers["retry-after"]
+        # one cancelled: a slot is free again once it has stopped
+        assert (await client.delete(url + f"/v1/streams/{ids[0]}")).status_code == 202
+        await eventually(lambda: len(get_runtime(app).generations) == 1, within=2)
+        assert (await client.post(url + "/v1/streams", json=BODY)).status_code == 201
 
 
 async def test_error_after_first_event_is_an_event() -> None:
@@ -379,7 +400,9 @@ async def test_delete_cancels_generation(store_url: str | None) -> None:
         resp = await client.get(url + created["events_url"])
         events = SSEDecoder().feed(resp.content)
         assert events[-1].event == "error"
-        assert json.loads(events[-1].data)["kind"] == "cancelled"
+        end = json.loads(events[-1].data)
+        assert (end["kind"], end["retryable"]) == ("cancelled", False)
+        assert end["message"] == "the generation was cancelled (cancelled)"
         assert (await client.delete(url + f"/v1/streams/{created['id']}")).status_code == 204
         for method in ("GET", "DELETE"):
             path = "/v1/streams/nope/events" if method == "GET" else "/v1/streams/nope"
@@ -462,7 +485,8 @@ async def test_shutdown_sends_shutdown_event() -> None:
             return stalled
         return CountingProducer(delay=0.01)
 
-    app = create_app(factory_of(make), config)
+    store = MemoryStore()  # outlives the app: what a reader of another process would find
+    app = create_app(factory_of(make), config, store=store)
     trigger = trio.Event()
     live: list[SSEEvent] = []
     resumed: list[SSEEvent] = []
@@ -503,3 +527,8 @@ async def test_shutdown_sends_shutdown_event() -> None:
         assert data["kind"] == "shutdown"
         assert data["retryable"] is True
         assert last.id == events[-2].id  # no id of its own: resuming continues after the last
+    # The stored stream ends saying why, retryable: a generation stopped by a shutdown.
+    stored_end = (await store.read(created["id"], 0, 100_000))[-1]
+    assert isinstance(stored_end, Error)
+    assert (stored_end.kind, stored_end.retryable) == ("cancelled", True)
+    assert stored_end.message == "the generation was cancelled (shutdown)"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -413,6 +414,20 @@ async def test_store_sink_ends_the_stream_when_cancelled(store: StreamStore) -> 
     assert events[0] == TextDelta("a", seq=1)
     assert events[-1] == Error("cancelled", "the generation was cancelled", seq=2)
     assert (await store.info(s)).ended
+
+
+async def test_store_sink_cancel_event_says_why(store: StreamStore) -> None:
+    s = sid()
+    steps: list[Step | Event] = [Step(TextDelta("a")), Step(TextDelta("b"), delay=30.0)]
+    await store.create(s)
+    why = Error("cancelled", "the generation was cancelled (shutdown)", retryable=True)
+    sink = StoreSink(store, s, cancel_event=lambda: why)
+    async with pipeline.Pipeline(
+        ScriptedProducer(steps), sinks=[Route(sink, policy="spill")]
+    ).open() as running:
+        assert await store.wait(s, 0, 5.0) == [TextDelta("a", seq=1)]
+        running.cancel()
+    assert (await store.read(s, 0, 10))[-1] == attrs.evolve(why, seq=2)
 
 
 async def test_store_sink_deleted_stream_is_consumer_gone(store: StreamStore) -> None:

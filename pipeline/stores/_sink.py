@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import trio
 
@@ -39,6 +41,10 @@ class StoreSink:
     :class:`StoreFull` and other store errors propagate (the route's ``on_failure`` decides
     whether that stops the generation).
 
+    ``cancel_event`` (a function, called at that moment) gives the ``Error`` stored when the
+    sink is cancelled, so the owner can say why (shut down, deleted, idle) and whether a retry
+    makes sense; by default kind ``"cancelled"``, "the generation was cancelled".
+
     ``create=True`` creates the stream first (otherwise the caller creates it, usually before the
     pipeline starts, so that readers can attach at once).
     """
@@ -48,6 +54,7 @@ class StoreSink:
     batch_max: int = attrs.field(default=256, kw_only=True)
     create: bool = attrs.field(default=False, kw_only=True)
     end_timeout: float = attrs.field(default=5.0, kw_only=True)
+    cancel_event: Callable[[], Error] | None = attrs.field(default=None, kw_only=True)
     name: str = attrs.field(default="store", kw_only=True)
     events_stored: int = attrs.field(default=0, init=False)
     batches: int = attrs.field(default=0, init=False)
@@ -128,7 +135,10 @@ class StoreSink:
             "overflow": "the stream store's budget for this stream is exhausted",
             "incomplete": "the generation stopped before its end",
         }
-        end = Error(kind=kind, message=messages[kind], seq=self.last_seq + 1)
+        if kind == "cancelled" and self.cancel_event is not None:
+            end = attrs.evolve(self.cancel_event(), seq=self.last_seq + 1)
+        else:
+            end = Error(kind=kind, message=messages[kind], seq=self.last_seq + 1)
         with trio.move_on_after(self.end_timeout) as scope:
             scope.shield = True
             try:

@@ -185,11 +185,7 @@ def _public_error(exc: BaseException) -> Error:
 
 
 async def pump(
-    runtime: AppRuntime,
-    events: EventReceiver,
-    writer: StreamWriter,
-    t0: float,
-    record: StreamRecord | None = None,
+    runtime: AppRuntime, events: EventReceiver, writer: StreamWriter, record: StreamRecord
 ) -> None:
     """Copy ``events`` to ``writer`` until the terminal event or the end of the channel.
 
@@ -200,13 +196,11 @@ async def pump(
     writes. While nothing was written for ``heartbeat_interval`` a heartbeat is written (by a
     task of its own that wakes once per interval, so an event costs no timer).
 
-    ``record`` (the stream's telemetry) gets the events and characters handed to the writer,
-    the time to the first text delta and an ``Error`` ending; it is updated once, at the end.
+    ``record`` (the stream's telemetry) counts each write (:meth:`Metrics.sent`) and gets an
+    ``Error`` ending.
     """
     hb = runtime.config.heartbeat_interval
     metrics = runtime.metrics
-    first_text = True
-    sent = chars = 0
 
     async def heartbeats() -> None:
         while True:
@@ -214,55 +208,38 @@ async def pump(
             if trio.current_time() >= writer.last_write_at + hb:
                 await writer.write(writer.heartbeat())
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(heartbeats)
-            while True:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeats)
+        while True:
+            try:
+                got = await events.receive()
+            except trio.EndOfChannel:
+                break
+            batch = [got]
+            while len(batch) < BATCH_MAX_EVENTS:
                 try:
-                    got = await events.receive()
-                except trio.EndOfChannel:
+                    batch.append(events.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                batch = [got]
-                while len(batch) < BATCH_MAX_EVENTS:
-                    try:
-                        batch.append(events.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                chunks = [] if writer.headers_sent else [writer.heartbeat()]
-                end = False
-                deltas = delta_chars = 0
-                for ev in batch:
-                    chunks.append(writer.frame(ev))
-                    sent += 1
-                    if isinstance(ev, TextDelta):
-                        deltas += 1
-                        delta_chars += len(ev.text)
-                        if first_text:
-                            first_text = False
-                            ttft = trio.current_time() - t0
-                            metrics.time_to_first_token.observe(ttft)
-                            if record is not None:
-                                record.time_to_first_token = ttft
-                    elif isinstance(ev, Error):
-                        if record is not None:
-                            record.fail(ev.kind)
-                        else:
-                            metrics.errors.labels(ev.kind).inc()
-                    if is_terminal(ev):
-                        end = True
-                        break
-                if deltas:
-                    chars += delta_chars
-                    metrics.text_deltas.inc(deltas)
-                    metrics.text_chars.inc(delta_chars)
-                await writer.write(b"".join(chunks))
-                if end:
+            chunks = [] if writer.headers_sent else [writer.heartbeat()]
+            end = False
+            framed = deltas = chars = 0
+            for ev in batch:
+                chunks.append(writer.frame(ev))
+                framed += 1
+                if isinstance(ev, TextDelta):
+                    deltas += 1
+                    chars += len(ev.text)
+                elif isinstance(ev, Error):
+                    record.fail(ev.kind)
+                if is_terminal(ev):
+                    end = True
                     break
-            nursery.cancel_scope.cancel()
-    finally:
-        if record is not None:
-            record.events += sent
-            record.text_chars += chars
+            metrics.sent(record, framed, deltas, chars)
+            await writer.write(b"".join(chunks))
+            if end:
+                break
+        nursery.cancel_scope.cancel()
 
 
 _OUTCOME_REASONS: Final[dict[str, StreamReason]] = {
@@ -276,7 +253,6 @@ async def _serve_live(
     runtime: AppRuntime, request: StreamRequest, writer: StreamWriter, receive: Receive
 ) -> None:
     record = begin_stream(runtime, "live", "/v1/stream", request)
-    t0 = record.started_at
 
     async def body() -> None:
         try:
@@ -290,7 +266,7 @@ async def _serve_live(
                 ) as events:
                     runtime.metrics.live.add(events)
                     try:
-                        await pump(runtime, events, writer, t0, record)
+                        await pump(runtime, events, writer, record)
                     finally:
                         runtime.metrics.live.remove(events)
         except Exception as group:
@@ -417,6 +393,8 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
             nursery = runtime.nursery
             if nursery is None or runtime.shutting_down.is_set():
                 raise json_error(503, "shutting_down", "the server is not accepting generations")
+            client = client_key(request.scope)
+            runtime.check_generation_limit(client)
             if len(runtime.generations) >= runtime.config.max_streams_total:
                 raise json_error(
                     503, "overloaded", "too many generations", headers={"Retry-After": "1"}
@@ -429,7 +407,7 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
             except StoreError as exc:
                 log.warning("store create failed: %r", exc)
                 raise json_error(503, "store", "the stream store is unavailable") from None
-            await nursery.start(run_generation, runtime, store, stream_id, parsed)
+            await nursery.start(run_generation, runtime, store, stream_id, parsed, client)
         except HTTPError as exc:
             return exc.response()
         events_url = f"/v1/streams/{stream_id}/events"

@@ -142,8 +142,9 @@ class ServerConfig:
 
     providers: tuple[str, ...] = ("default",)
     max_body_bytes: int = 1 << 20
-    max_streams_per_client: int = 8
+    max_streams_per_client: int = 8  # open streaming connections (live, resume, WebSocket)
     max_streams_total: int = 1000
+    max_generations_per_client: int = 8  # resumable generations running (they outlive requests)
     heartbeat_interval: float = 15.0
     idle_cancel_after: float = 60.0  # a resumable generation nobody follows is cancelled
     auth_token: str | None = None  # bearer token required when set

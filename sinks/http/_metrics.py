@@ -211,6 +211,23 @@ class Metrics:
         if record.reason == "error":
             self.errors.labels(record.error_kind or "unknown").inc()
 
+    # -- per write -----------------------------------------------------------------------------
+
+    def sent(self, record: StreamRecord, events: int, deltas: int, chars: int) -> None:
+        """Count one write to a client: ``events`` events, of which ``deltas`` text deltas
+        holding ``chars`` characters. The first text of ``record`` also gives its time to
+        first token (the Prometheus histogram and ``record``). Call it per write, not per
+        event: with coalescing one write holds many deltas."""
+        record.events += events
+        if deltas:
+            record.text_chars += chars
+            self.text_deltas.inc(deltas)
+            self.text_chars.inc(chars)
+            if record.time_to_first_token is None:
+                ttft = trio.current_time() - record.started_at
+                record.time_to_first_token = ttft
+                self.time_to_first_token.observe(ttft)
+
     # -- dispatch ----------------------------------------------------------------------------
 
     def begin_stream(

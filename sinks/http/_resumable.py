@@ -115,13 +115,14 @@ async def run_generation(
     store: StreamStore,
     stream_id: str,
     request: StreamRequest,
+    client: str = "unknown",
     *,
     task_status: trio.TaskStatus[Generation] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one generation into ``store`` (the stream must exist). Runs in the lifespan nursery;
     never raises (failures are stored as the stream's ``Error`` event). Cancelled by its
     :class:`Generation` (``DELETE``, idle) or by the lifespan ending (shutdown)."""
-    gen = Generation(stream_id)
+    gen = Generation(stream_id, client)
     runtime.generations[stream_id] = gen
     runtime.metrics.generations_active.inc()
     record = begin_stream(runtime, "generation", "/v1/streams", request)
@@ -139,16 +140,22 @@ async def run_generation(
             # Normally the stream has ended already (its terminal event, or the StoreSink's
             # "cancelled" end); if not, readers must still learn the end.
             if gen.reason is not None:
-                end = Error(
-                    kind="cancelled",
-                    message=f"the generation was cancelled ({gen.reason})",
-                    retryable=gen.reason == "shutdown",
-                )
+                end = _cancelled(gen)
             else:
                 end = Error(kind="incomplete", message="the generation stopped before its end")
             await _end_stream(store, stream_id, end)
             runtime.generations.pop(stream_id, None)
             runtime.metrics.generations_active.dec()
+
+
+def _cancelled(gen: Generation) -> Error:
+    """The stream's end when ``gen`` was cancelled: why, and (after a shutdown) retryable."""
+    reason = gen.reason or "cancelled"
+    return Error(
+        kind="cancelled",
+        message=f"the generation was cancelled ({reason})",
+        retryable=reason == "shutdown",
+    )
 
 
 async def _generate(
@@ -165,7 +172,7 @@ async def _generate(
             nursery.start_soon(_watch, runtime, store, gen, started_wall)
             try:
                 async with runtime.factory(request) as producer:
-                    sink = StoreSink(store, stream_id)
+                    sink = StoreSink(store, stream_id, cancel_event=lambda: _cancelled(gen))
                     pipeline = Pipeline(
                         _ErrorsAsEvents(producer),
                         sinks=[

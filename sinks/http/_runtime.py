@@ -61,6 +61,7 @@ class Generation:
     """A resumable generation running in this process (in the lifespan nursery)."""
 
     stream_id: str
+    client: str = "unknown"  # who started it (the per-client limit of generations)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     reason: str | None = None  # why it was cancelled: "cancelled", "idle", "shutdown"
 
@@ -115,6 +116,22 @@ class AppRuntime:
                 headers={"WWW-Authenticate": 'Bearer realm="llmpipe", error="invalid_token"'},
             )
 
+    def _rate_limited(self, what: str, limit: int) -> HTTPError:
+        self.metrics.requests_rejected.labels("429").inc()
+        return json_error(
+            429,
+            "rate_limited",
+            f"too many {what} from this client (limit {limit})",
+            headers={"Retry-After": "1"},
+            limit=limit,
+        )
+
+    def check_generation_limit(self, client: str) -> None:
+        """429 when ``client`` has ``max_generations_per_client`` generations running."""
+        limit = self.config.max_generations_per_client
+        if sum(1 for g in self.generations.values() if g.client == client) >= limit:
+            raise self._rate_limited("running generations", limit)
+
     @contextmanager
     def admit(self, client: str) -> Iterator[None]:
         """Hold one stream slot of ``client`` for the block; 429 past the per-client limit, 503
@@ -123,14 +140,7 @@ class AppRuntime:
             raise json_error(503, "shutting_down", "the server is shutting down", retryable=True)
         limit = self.config.max_streams_per_client
         if self.per_client[client] >= limit:
-            self.metrics.requests_rejected.labels("429").inc()
-            raise json_error(
-                429,
-                "rate_limited",
-                f"too many concurrent streams from this client (limit {limit})",
-                headers={"Retry-After": "1"},
-                limit=limit,
-            )
+            raise self._rate_limited("concurrent streams", limit)
         if self.active >= self.config.max_streams_total:
             self.metrics.requests_rejected.labels("503").inc()
             raise json_error(

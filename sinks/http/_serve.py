@@ -73,9 +73,9 @@ async def serve(
     all the time and its older generations hold every live stream's objects: measured at 200
     streams of 20 tokens/s, 1,635 young collections, 148 middle and 13 full ones in 35 s,
     2.6 s in all, full pauses up to 96 ms (the p99 delay was 108 ms). With ``(10_000, 10,
-    10)``: 35 young collections (pauses up to ~25 ms) and no full one in the same run, 0.2 s
-    in all; server CPU 82 % -> 72 %, p99 delay 12 ms (``benchmarks/CAPACITY.md``). Garbage is
-    still collected, in larger, rarer batches: memory per stream is unchanged.
+    10)`` at 250 streams: 37 young (pauses up to ~25 ms) and 2 middle ones (up to 55 ms), p99
+    delay 25 ms (``benchmarks/CAPACITY.md``). Garbage is still collected, in larger, rarer
+    batches (up to ~10,000 more objects wait for the next young collection).
     """
     try:
         runtime = get_runtime(app)

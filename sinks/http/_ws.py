@@ -443,13 +443,11 @@ class _Session:
                                 if record is not None and isinstance(event, Error):
                                     record.fail(event.kind)
                             await self._send_event(turn, event)
-                            if record is not None:
-                                record.events += 1
+                            if record is not None and self.metrics is not None:
                                 if isinstance(event, TextDelta):
-                                    if record.time_to_first_token is None:
-                                        now = trio.current_time()
-                                        record.time_to_first_token = now - record.started_at
-                                    record.text_chars += len(event.text)
+                                    self.metrics.sent(record, 1, 1, len(event.text))
+                                else:
+                                    self.metrics.sent(record, 1, 0, 0)
         except Exception as exc:
             if turn.ending:
                 return  # interrupted, shut down, or the terminal event already went out
