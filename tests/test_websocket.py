@@ -386,7 +386,7 @@ async def running_app(
 
 
 async def test_mounted_in_app_with_auth() -> None:
-    context, seen = scripted_context(["Mounted and working.", "Again."])
+    context, seen = scripted_context(["Mounted and working.", "Again.", "By subprotocol."])
     config = ServerConfig(auth_token="s3cret", shutdown_grace=1.0)
     async with running_app(context, config) as (url, _):
         # (With plain httpx: trio-websocket leaks its socket when a handshake is refused.)
@@ -408,6 +408,15 @@ async def test_mounted_in_app_with_auth() -> None:
             assert text_of(turn) == "Mounted and working."
             await send(ws, {"type": "request", "prompt": "more"})
             assert text_of(await read_turn(ws)) == "Again."
+        # As a browser must send it: the token as a subprotocol; the server selects "llmpipe".
+        async with open_websocket_url(url, subprotocols=["llmpipe", "bearer.s3cret"]) as ws:
+            assert ws.subprotocol == "llmpipe"
+            await send(ws, {"type": "request", "prompt": "hi"})
+            assert text_of(await read_turn(ws)) == "By subprotocol."
+        wrong = dict(handshake, **{"Sec-WebSocket-Protocol": "llmpipe, bearer.nope"})
+        async with httpx.AsyncClient() as http:
+            refused = await http.get(url.replace("ws://", "http://"), headers=wrong)
+        assert refused.status_code == 401
     assert list(seen[1].messages) == [user("hi"), assistant("Mounted and working."), user("more")]
 
 

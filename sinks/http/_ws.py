@@ -85,7 +85,11 @@ name ``factory``, as on :class:`~sinks.http.AppRuntime`, is accepted too) and ``
 Optional, used when present: ``max_history_messages`` / ``max_history_chars`` (else the module
 defaults); ``check_auth(headers)``, called before the handshake is accepted (an exception
 refuses it: its ``response()`` as the HTTP denial response when the server supports that,
-else close code 1008, HTTP 403); ``admit(client_host)``, a context manager held for each turn
+else close code 1008, HTTP 403). A browser cannot set ``Authorization`` on a WebSocket, so a
+bearer token may also come as a subprotocol: ``new WebSocket(url, ["llmpipe",
+"bearer." + token])``; it counts as ``Authorization: Bearer <token>`` when that header is
+absent, and the server selects ``llmpipe`` (else, as browsers require one of the offered, the
+first one offered). ``admit(client_host)``, a context manager held for each turn
 (stream limits and metrics; when it refuses, the turn ends with an ``error`` event whose
 ``kind`` is the refusal's error type); ``shutting_down`` (a ``trio.Event``): when set, a running
 turn ends with a retryable ``error`` event of kind ``"shutdown"``, new requests are refused and
@@ -126,6 +130,10 @@ __all__ = [
     "websocket_endpoint",
 ]
 
+SUBPROTOCOL: Final = "llmpipe"
+"""The subprotocol the server selects when a client offers it."""
+BEARER_SUBPROTOCOL_PREFIX: Final = "bearer."
+"""A subprotocol ``bearer.<token>`` carries the bearer token (browsers cannot set headers)."""
 MAX_HISTORY_MESSAGES: Final = 64
 """Default bound on the messages a connection keeps (pinned leading system messages included)."""
 
@@ -488,13 +496,27 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     check_auth = getattr(context, "check_auth", None)
     if check_auth is not None:
         try:
-            check_auth(websocket.headers)
+            check_auth(_auth_headers(websocket))
         except Exception as exc:
             await _deny(websocket, exc)
             return
     session = _Session(websocket, context)
-    await websocket.accept()
+    offered = list(websocket.scope.get("subprotocols") or ())
+    chosen = SUBPROTOCOL if SUBPROTOCOL in offered else (offered[0] if offered else None)
+    await websocket.accept(subprotocol=chosen)
     await session.run()
+
+
+def _auth_headers(websocket: WebSocket) -> Mapping[str, str]:
+    """The request's headers, with a ``bearer.<token>`` subprotocol standing in for a missing
+    ``Authorization`` header (see the module docstring)."""
+    if "authorization" in websocket.headers:
+        return websocket.headers
+    for protocol in websocket.scope.get("subprotocols") or ():
+        if protocol.startswith(BEARER_SUBPROTOCOL_PREFIX):
+            token = protocol[len(BEARER_SUBPROTOCOL_PREFIX) :]
+            return {**websocket.headers, "authorization": f"Bearer {token}"}
+    return websocket.headers
 
 
 async def _deny(websocket: WebSocket, exc: Exception) -> None:
