@@ -72,7 +72,9 @@ def _chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
-def _sse(delta: dict[str, object], finish: str | None = None) -> bytes:
+def sse_event(delta: dict[str, object], finish: str | None = None) -> bytes:
+    """One OpenAI ``chat.completion.chunk`` as an SSE event (also used by
+    ``bench_stream_path.py``)."""
     doc = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
@@ -80,7 +82,11 @@ def _sse(delta: dict[str, object], finish: str | None = None) -> bytes:
         "model": "m",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
-    return _chunk(b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n")
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _sse(delta: dict[str, object], finish: str | None = None) -> bytes:
+    return _chunk(sse_event(delta, finish))
 
 
 _PREFIX, _SUFFIX = _sse({"content": "@TOKEN@"}).split(b"@TOKEN@")

@@ -116,6 +116,13 @@ def test_cli_streams_from_a_remote_provider(provider: str, suffix: str) -> None:
     assert result.stdout.strip() == "Hello from the emulator."
 
 
+def test_stream_path_benchmark_quick_smoke() -> None:
+    # Checks that it runs and loses no text (it exits non-zero if it does); no timing.
+    result = run("benchmarks/bench_stream_path.py", "--quick", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "µs/token" in result.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_capacity_benchmark_quick_smoke() -> None:

@@ -1,0 +1,108 @@
+"""llmpipe's own CPU per token on a live HTTP stream, without the network.
+
+The path of ``POST /v1/stream`` from upstream bytes to ASGI messages, in one process: recorded
+OpenAI Chat Completions SSE chunks (one token each, as a provider sends them) -> the SDK
+producer's loop (``SSEProducer``: SSE decoder, chat parser) -> the runner (no stages: the
+producer's task stamps and fans out) -> the live channel (policy ``coalesce``) -> the app's
+``pump`` (framing, telemetry) -> ``StreamWriter`` -> an ASGI ``send`` that only yields. What
+the network, httpx and hypercorn add on top is in ``CAPACITY.md`` (``bench_capacity.py``).
+
+    .venv/bin/python benchmarks/bench_stream_path.py              # 50,000 tokens, 5 runs
+    .venv/bin/python benchmarks/bench_stream_path.py --quick      # smoke (the tests run it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_capacity import sse_event
+
+from pipeline import Pipeline, Policy
+from pipeline.producers._base import SSEProducer, StreamParser
+from pipeline.producers._openai import _Body, _ChatParser
+from sinks.http import ServerConfig, create_app, get_runtime
+from sinks.http._app import pump
+from sinks.http._context import StreamRequest
+from sinks.http._stream import StreamWriter, begin_stream
+
+
+class RecordedProducer(SSEProducer):
+    """The OpenAI chat producer's loop over recorded chunks; a scheduling point per chunk,
+    as a network read would be."""
+
+    provider = "openai"
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.parser: _ChatParser | None = None
+
+    def _parser(self) -> StreamParser:
+        self.parser = _ChatParser(())
+        return self.parser
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in self.chunks:
+                await trio.lowlevel.checkpoint()
+                yield chunk
+
+        assert self.parser is not None
+        yield _Body(chunks(), self.parser)
+
+
+async def one_run(tokens: int) -> tuple[float, int]:
+    chunks = [sse_event({"role": "assistant", "content": ""})]
+    chunks += [sse_event({"content": f" w{i}:1234567890123"}) for i in range(tokens)]
+    chunks += [sse_event({}, "stop"), b"data: [DONE]\n\n"]
+    app = create_app(lambda request: None, ServerConfig())  # type: ignore[arg-type,return-value]
+    runtime = get_runtime(app)
+    sends = 0
+
+    async def send(message: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await trio.lowlevel.checkpoint()
+
+    writer = StreamWriter(send, "sse")
+    record = begin_stream(runtime, "live", "/v1/stream", StreamRequest(messages=()))
+    t = time.perf_counter()
+    async with Pipeline(RecordedProducer(chunks)).events(policy=Policy.COALESCE) as events:
+        await pump(runtime, events, writer, record)
+    elapsed = time.perf_counter() - t
+    if record.text_chars != sum(len(f" w{i}:1234567890123") for i in range(tokens)):
+        raise SystemExit("text lost")
+    return elapsed / tokens * 1e6, sends
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tokens", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="2,000 tokens, 1 run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tokens, args.runs = 2_000, 1
+    results = [trio.run(one_run, args.tokens) for _ in range(args.runs)]
+    per_token = [r[0] for r in results]
+    print(
+        f"{args.tokens} tokens x {args.runs} runs: median {statistics.median(per_token):.1f} "
+        f"µs/token (min {min(per_token):.1f}), {results[-1][1]} ASGI sends in the last run"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
