@@ -140,7 +140,9 @@ class PipelineStatistics:
 
     ``time_to_first_event``/``time_to_first_text`` are measured from the start of the pipeline
     to the first event/text the producer emitted. ``producer_blocked_seconds`` is the time the
-    producer spent waiting for room (backpressure).
+    producer spent waiting for room (backpressure). ``source_channel`` is the channel between
+    the producer and the stage task; a pipeline without stages and heartbeat has no stage task
+    (the producer sends to the sinks' channels itself), and it stays empty.
     """
 
     reason: EndReason

@@ -22,6 +22,7 @@ from pipeline import (
     ToolCallDelta,
     ToolCallEnd,
     ToolCallStart,
+    Transform,
     Usage,
     Validate,
 )
@@ -294,3 +295,30 @@ async def test_sink_raising_consumer_gone_is_not_an_error() -> None:
     stats = await Pipeline(CountingProducer(), sinks=[leaves]).run()
     assert stats.reason == "consumer_gone"
     assert stats.sinks[0].error == "ConsumerGone: tab closed"
+
+
+@pytest.mark.parametrize("stages", [False, True])
+async def test_no_stage_task_without_stages(stages: bool, autojump_clock: trio.abc.Clock) -> None:
+    """Without stages and heartbeat the producer's task fans out itself (one hop fewer per
+    event); the events, their order and numbering are the same either way."""
+    names: set[str] = set()
+
+    async def sink(events: EventReceiver) -> None:
+        nursery = trio.lowlevel.current_task().parent_nursery
+        assert nursery is not None
+        names.update(task.name for task in nursery.child_tasks)
+        async for _ in events:
+            pass
+
+    recording = RecordingSink()
+    pipe = Pipeline(
+        # the first delta comes after a (virtual) second: every task is running by then
+        ScriptedProducer([Step(TextDelta("one "), delay=1), TextDelta("two three"), Done()]),
+        stages=[Transform(lambda text: text)] if stages else [],
+        sinks=[sink, recording],
+    )
+    await pipe.run()
+    assert ("llmpipe stages" in names) is stages
+    assert "llmpipe producer" in names
+    assert recording.text == "one two three"
+    assert [e.seq for e in recording.events] == list(range(1, len(recording.events) + 1))
