@@ -481,7 +481,8 @@ def create_app(
     global providers unless ``config.otel_tracer_provider``/``otel_meter_provider`` are given.
 
     Concurrency: any number of requests run at once, each in its own task; a stream's pipeline
-    runs in the request's task tree (live) or in the lifespan nursery (resumable).
+    runs in a task of the lifespan nursery, watched by its request's task (live; without a
+    running lifespan, in the request's task), or in the lifespan nursery on its own (resumable).
     """
     runtime = AppRuntime(producer_factory, config)
     otel = otel_observer(config.otel_tracer_provider, config.otel_meter_provider)
