@@ -158,22 +158,10 @@ class StreamWriter:
             raise ClientGone("the client went away")
         self.last_write_at = trio.current_time()
         message = {"type": "http.response.body", "body": data, "more_body": True}
-        if not self.headers_sent:
-            await self._raw(self._start_message(), message)
-        elif self._writing:
+        if self.headers_sent:
             await self._raw(message)
         else:
-            # The usual case, inlined (no other writer, headers sent): one coroutine frame
-            # fewer to resume each time the ASGI send yields, a few times per write.
-            self._writing = True
-            try:
-                await self._send(message)
-            except _SEND_ERRORS as exc:
-                self.gone = True
-                raise ClientGone(f"write failed: {exc!r}") from exc
-            finally:
-                self._writing = False
-                self._waiting.unpark()
+            await self._raw(self._start_message(), message)
         self.bytes_written += len(data)
 
     async def send_json(
