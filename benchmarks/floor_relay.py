@@ -31,6 +31,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from sinks.http._serve import GC_THRESHOLD
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -110,7 +112,7 @@ async def main(args: argparse.Namespace) -> None:
         binds = await nursery.start(serve, app, config)
         gc.collect()  # the collector set up as `llmpipe serve` sets it (sinks.http.serve)
         gc.freeze()
-        gc.set_threshold(10_000, 10, 10)
+        gc.set_threshold(*GC_THRESHOLD)
         print(f"floor serving on {binds[0]}", file=sys.stderr, flush=True)
 
 
