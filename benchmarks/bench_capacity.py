@@ -12,7 +12,7 @@ Three kinds of process (see ``CAPACITY.md`` for the numbers and the discussion):
   is ``" w<i>:<µs>"``: the upstream's ``CLOCK_MONOTONIC`` (system-wide on Linux) when it wrote
   it. So the load generator measures each token's *added delay* exactly: its arrival time minus
   the time the model sent it, whatever the upstream's own pacing error.
-  ``--upstream emulator`` uses llmpipe's provider emulator instead (``python -m pipeline.cli
+  ``--upstream emulator`` uses llmpipe's provider emulator instead (``python -m sinks.cli
   emulate``): there the delay can only be measured against the schedule (first arrival +
   ``i / rate``), which counts the emulator's own drift as delay.
 * **server under test** (pinned to core 1 with ``taskset -c 1``):
@@ -207,7 +207,7 @@ def start_upstream(kind: str, tokens: int, rate: float, core: int | None) -> Pro
         p = subprocess.Popen([*pin(core), *cmd], stdout=subprocess.PIPE, cwd=ROOT)
         return Proc(p, _read_url(p.stdout, rb"(http://\S+)"))
     text = "".join(f" w{i}" for i in range(tokens))
-    cmd = [sys.executable, "-m", "pipeline.cli", "emulate", "--port", "0", "--text", text,
+    cmd = [sys.executable, "-m", "sinks.cli", "emulate", "--port", "0", "--text", text,
            "--tokens-per-second", str(rate)]  # fmt: skip
     p = subprocess.Popen([*pin(core), *cmd], stderr=subprocess.PIPE, cwd=ROOT)
     return Proc(p, _read_url(p.stderr, rb"listening on (http://\S+)"))
@@ -222,7 +222,7 @@ def start_server(kind: str, upstream: str, core: int | None) -> Proc:
         wait_listening(port)
         return Proc(p, f"http://127.0.0.1:{port}")
     if kind == "llmpipe":
-        cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--provider", "openai",
+        cmd = [sys.executable, "-m", "sinks.cli", "serve", "--provider", "openai",
                "--base-url", upstream + "/v1", "--model", "m", "--port", "0",
                "--max-streams-per-client", "100000"]  # fmt: skip
     elif kind in ("floor", "floor-httpx"):

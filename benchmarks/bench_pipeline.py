@@ -86,17 +86,15 @@ import trio
 from _benchlib import command, load_average
 
 from pipeline import (
-    AdaptiveChunker,
     Emit,
     EventReceiver,
     Pipeline,
     PolicyName,
     Route,
-    SentenceBuffer,
-    SentenceStage,
     Stage,
     TextDelta,
 )
+from pipeline.text import AdaptiveChunker, SentenceBuffer, SentenceStage
 
 Mode: TypeAlias = Literal["per-item", "per-token", "coalesced"]
 MODES: Final[tuple[Mode, ...]] = ("per-item", "per-token", "coalesced")

@@ -8,7 +8,7 @@ Run from the repository root::
 What is measured
 ================
 
-The loopback provider emulator (``python -m pipeline.cli emulate --tokens-per-second 0``) runs
+The loopback provider emulator (``python -m sinks.cli emulate --tokens-per-second 0``) runs
 in a **separate process** and streams one answer of ``--tokens`` text deltas (default 5,000) per
 request, as fast as the socket takes them. This process sends the same request again and again
 and reads the answer in one of the ways below; ``time.process_time()`` of this process over the
@@ -90,13 +90,13 @@ import trio
 from _benchlib import command, load_average
 
 from pipeline import Event, EventReceiver, Pipeline, TextDelta
-from pipeline.emulator import split_tokens
 from pipeline.producers import (
     AnthropicProducer,
     OpenAIChatProducer,
     anthropic_client,
     openai_client,
 )
+from pipeline.testing.emulator import split_tokens
 
 RESULTS: Final = Path(__file__).resolve().parent / "PRODUCERS.md"
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -167,13 +167,13 @@ def make_text(n: int, seed: int = 1234) -> str:
 
 
 class EmulatorProcess:
-    """``python -m pipeline.cli emulate`` in a subprocess (its CPU is not this process's)."""
+    """``python -m sinks.cli emulate`` in a subprocess (its CPU is not this process's)."""
 
     def __init__(self, text: str) -> None:
         cmd = [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "sinks.cli",
             "emulate",
             "--port",
             "0",

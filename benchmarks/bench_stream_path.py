@@ -31,10 +31,10 @@ from bench_capacity import sse_event
 from pipeline import Pipeline, Policy
 from pipeline.producers._base import SSEProducer, StreamParser
 from pipeline.producers._openai import _Body, _ChatParser
-from sinks.http import ServerConfig, create_app, get_runtime
-from sinks.http._app import pump
-from sinks.http._context import StreamRequest
-from sinks.http._stream import StreamWriter, begin_stream
+from sinks.server import ServerConfig, create_app, get_runtime
+from sinks.server._app import pump
+from sinks.server._context import StreamRequest
+from sinks.server._stream import StreamWriter, begin_stream
 
 
 class RecordedProducer(SSEProducer):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import trio
 
-from pipeline import Done, Error, Pipeline, SentenceStage, TextDelta
+from pipeline import Done, Error, Pipeline, TextDelta
 from pipeline.producers import ScriptedProducer
+from pipeline.text import SentenceStage
 from sinks import EventLogSink
 
 

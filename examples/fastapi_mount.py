@@ -14,10 +14,10 @@ Three things to get right when mounting:
    So the parent's lifespan enters the child's: ``llm_app.router.lifespan_context(llm_app)``.
    Without it, ``/llm/v1/streams`` answers 503 "not_ready".
 2. **trio.** llmpipe's app runs on trio, so the whole service runs on hypercorn's trio worker
-   (here in-process with ``sinks.http.serve``; or ``hypercorn --worker-class trio
+   (here in-process with ``sinks.server.serve``; or ``hypercorn --worker-class trio
    examples.fastapi_mount:app``). FastAPI itself is anyio-based and runs on trio unchanged;
    ``async def`` routes must not use asyncio-only libraries.
-3. **Graceful shutdown.** ``sinks.http.serve`` finds llmpipe's runtime only on an app made by
+3. **Graceful shutdown.** ``sinks.server.serve`` finds llmpipe's runtime only on an app made by
    ``create_app``; with a parent app, call ``get_runtime(llm_app).begin_shutdown()`` yourself
    when the shutdown starts, so open streams end with a retryable ``shutdown`` error event
    instead of being cut (done below in ``until_signal``).
@@ -39,13 +39,13 @@ from fastapi import FastAPI
 
 from pipeline import Producer
 from pipeline.producers import ScriptedProducer
-from sinks.http import ServerConfig, StreamRequest, create_app, get_runtime, serve
+from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime, serve
 
 
 @asynccontextmanager
 async def scripted_factory(request: StreamRequest) -> AsyncIterator[Producer]:
     """One producer per request. A real service would return ``OpenAIChatProducer(client, ...)``
-    built on one shared SDK client (see ``pipeline.cli.open_backend``)."""
+    built on one shared SDK client (see ``sinks.cli.open_backend``)."""
     prompt = request.messages[-1]["content"]
     yield ScriptedProducer.from_text(
         f"You said: {prompt}. This answer streams word by word.", delay=0.01

@@ -9,8 +9,9 @@ import sys
 
 import trio
 
-from pipeline import AdaptiveChunker, Pipeline, Route
+from pipeline import Pipeline, Route
 from pipeline.producers import ScriptedProducer
+from pipeline.text import AdaptiveChunker
 from sinks import TerminalSink, TextFileSink
 
 TEXT = "Backpressure means the slowest reader sets the pace, unless its policy says otherwise. "

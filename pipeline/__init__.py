@@ -1,6 +1,9 @@
-"""llmpipe's core: events, bounded channels, stages, producers and the runner.
+"""llmpipe's core: events, errors, bounded channels, stages and the runner.
 
-Public names only; the code lives in the private modules.
+Public names only; the code lives in the private modules. The layers above the core are
+subpackages: :mod:`pipeline.text` (sentences, chunking), :mod:`pipeline.wire` (SSE, NDJSON),
+:mod:`pipeline.producers`, :mod:`pipeline.stores`, :mod:`pipeline.client` and
+:mod:`pipeline.testing`; the consumers are in the ``sinks`` package.
 """
 
 from ._channels import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
@@ -11,7 +14,6 @@ from ._channels import EventSender as EventSender
 from ._channels import Policy as Policy
 from ._channels import PolicyName as PolicyName
 from ._channels import open_event_channel as open_event_channel
-from ._chunker import AdaptiveChunker as AdaptiveChunker
 from ._errors import ChannelOverflowError as ChannelOverflowError
 from ._errors import ConfigError as ConfigError
 from ._errors import ConsumerGone as ConsumerGone
@@ -48,14 +50,12 @@ from ._pipeline import SinkStatistics as SinkStatistics
 from ._pipeline import error_event as error_event
 from ._producer import Emit as Emit
 from ._producer import Producer as Producer
-from ._sentences import SentenceBuffer as SentenceBuffer
 from ._stage import Stage as Stage
 from ._stage import StageContext as StageContext
 from ._stage import StageStatistics as StageStatistics
 from ._stage import TextStage as TextStage
 from ._stages import Accumulate as Accumulate
 from ._stages import AccumulatedTimings as AccumulatedTimings
-from ._stages import SentenceStage as SentenceStage
 from ._stages import Transform as Transform
 from ._stages import Validate as Validate
 
@@ -64,7 +64,6 @@ __all__ = [
     "DEFAULT_MAX_ITEMS",
     "Accumulate",
     "AccumulatedTimings",
-    "AdaptiveChunker",
     "ChannelOverflowError",
     "ChannelStatistics",
     "ConfigError",
@@ -91,8 +90,6 @@ __all__ = [
     "ProducerTimeout",
     "Route",
     "RunningPipeline",
-    "SentenceBuffer",
-    "SentenceStage",
     "Sink",
     "SinkStatistics",
     "Stage",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# --- emulator fixture (pipeline.emulator) --------------------------------------------------------
+# --- emulator fixture (pipeline.testing.emulator) -------------------------------------------------
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -10,7 +10,7 @@ import pytest
 import trio
 
 if TYPE_CHECKING:
-    from pipeline.emulator import Emulator, ReplySource
+    from pipeline.testing.emulator import Emulator, ReplySource
 
 EmulatorFactory = Callable[..., Awaitable["Emulator"]]
 
@@ -20,7 +20,7 @@ def emulator(nursery: trio.Nursery) -> EmulatorFactory:
     """A factory: ``emu = await emulator(Reply("Hi there"))`` starts a loopback provider
     emulator on a free port (default reply: ``DEFAULT_REPLY``); it serves until the end of the
     test (it runs in pytest-trio's ``nursery`` fixture)."""
-    from pipeline.emulator import DEFAULT_REPLY, serve_emulator
+    from pipeline.testing.emulator import DEFAULT_REPLY, serve_emulator
 
     async def start(reply: ReplySource = DEFAULT_REPLY) -> Emulator:
         started: Emulator = await nursery.start(serve_emulator, "127.0.0.1", 0, reply)
@@ -102,7 +102,7 @@ def redis_url() -> Iterator[str]:
 # --- end of redis fixture -----------------------------------------------------------------------
 
 
-# --- the heap freeze of sinks.http.serve ---------------------------------------------------------
+# --- the heap freeze of sinks.server.serve --------------------------------------------------------
 # ``serve`` freezes the heap once it listens (gc.freeze) and raises the collector's thresholds;
 # in a test process that would keep every cycle alive at that moment forever. Undo both after
 # each test.

@@ -13,7 +13,6 @@ import trio.lowlevel
 import trio.testing
 
 from pipeline import (
-    AdaptiveChunker,
     ConfigError,
     Done,
     Error,
@@ -24,6 +23,7 @@ from pipeline import (
     TextDelta,
 )
 from pipeline.testing import CountingProducer, RecordingSink, ScriptedProducer, Step
+from pipeline.text import AdaptiveChunker
 
 
 class Gate:

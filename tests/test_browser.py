@@ -1,4 +1,4 @@
-"""End to end: the web page (``sinks/http/static``) in headless Chromium against the real app.
+"""End to end: the web page (``sinks/server/static``) in headless Chromium against the real app.
 
 The app runs in-process on hypercorn (trio, 127.0.0.1, a free port) with scripted producers;
 ``tests/browser/e2e.mjs`` drives Debian's Chromium through playwright-core and prints JSON. The
@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.producers import ScriptedProducer
-from sinks.http import StreamRequest, create_app, serve
+from sinks.server import StreamRequest, create_app, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = ROOT / "tests" / "browser"

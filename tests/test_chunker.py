@@ -9,9 +9,10 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import AdaptiveChunker, ConfigError, Done, Pipeline, Route, StageContext, TextDelta
-from pipeline._graphemes import can_break
+from pipeline import ConfigError, Done, Pipeline, Route, StageContext, TextDelta
 from pipeline.testing import RecordingSink, ScriptedProducer, Step
+from pipeline.text import AdaptiveChunker
+from pipeline.text._graphemes import can_break
 
 
 def run_chunker(chunker: AdaptiveChunker, deltas: list[str], now: float = 0.0) -> list[str]:

@@ -30,7 +30,6 @@ from pipeline import (
     event_from_json,
     event_to_json,
 )
-from pipeline._sse import encode_comment, encode_event
 from pipeline.client import (
     Backoff,
     ReconnectsExhausted,
@@ -42,6 +41,7 @@ from pipeline.client import (
     start_stream,
     stream_events,
 )
+from pipeline.wire._sse import encode_comment, encode_event
 
 EVENTS: list[Event] = [
     Metadata(provider="test", model="m", seq=1),

@@ -17,8 +17,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-import pipeline.emulator as emulator_pkg
-from pipeline.emulator import (
+import pipeline.testing.emulator as emulator_pkg
+from pipeline.testing.emulator import (
     Emulator,
     Reply,
     RequestRecord,

@@ -34,7 +34,7 @@ def test_example_runs(example: Path, tmp_path: Path) -> None:
 def test_cli_stream_scripted_to_terminal_file_and_event_log(tmp_path: Path) -> None:
     out, events = tmp_path / "a.txt", tmp_path / "e.jsonl"
     result = run(
-        "-m", "pipeline.cli", "stream", "--scripted", "Hello big world.", "--rate", "0",
+        "-m", "sinks.cli", "stream", "--scripted", "Hello big world.", "--rate", "0",
         "--out", str(out), "--events", str(events),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -46,10 +46,10 @@ def test_cli_stream_scripted_to_terminal_file_and_event_log(tmp_path: Path) -> N
 
 
 def test_cli_rejects_bad_options() -> None:
-    result = run("-m", "pipeline.cli", "stream", "--scripted", "x", "--rate", "-1")
+    result = run("-m", "sinks.cli", "stream", "--scripted", "x", "--rate", "-1")
     assert result.returncode != 0
     assert "--rate" in result.stderr
-    result = run("-m", "pipeline.cli", "stream", "hi", "--max-tokens", "0")
+    result = run("-m", "sinks.cli", "stream", "hi", "--max-tokens", "0")
     assert result.returncode != 0
     assert "--max-tokens" in result.stderr
 
@@ -64,7 +64,7 @@ def test_benchmark_quick_smoke() -> None:
 def test_cli_streams_a_real_answer_from_the_embedded_local_model(tmp_path: Path) -> None:
     out, events = tmp_path / "a.txt", tmp_path / "e.jsonl"
     result = run(
-        "-m", "pipeline.cli", "stream", "What is the capital of France?", "--temperature", "0",
+        "-m", "sinks.cli", "stream", "What is the capital of France?", "--temperature", "0",
         "--max-tokens", "24", "--out", str(out), "--events", str(events), "--stats",
         timeout=120,
     )  # fmt: skip
@@ -82,7 +82,7 @@ def test_cli_streams_a_real_answer_from_the_embedded_local_model(tmp_path: Path)
 
 def _emulator_process(*extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "emulate", "--port", "0", *extra],
+        [sys.executable, "-m", "sinks.cli", "emulate", "--port", "0", *extra],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
@@ -102,7 +102,7 @@ def test_cli_streams_from_a_remote_provider(provider: str, suffix: str) -> None:
     try:
         env_key = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "stream", "hi", "--provider", provider,
+            [sys.executable, "-m", "sinks.cli", "stream", "hi", "--provider", provider,
              "--base-url", base + suffix, "--model", "test-model"],
             cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
             env={**__import__("os").environ, env_key: "sk-test-key-not-real"},

@@ -24,12 +24,12 @@ from pipeline import (
     TextDelta,
     event_from_json,
 )
-from pipeline.emulator import Reply
 from pipeline.producers import OpenAIChatProducer, RetryPolicy, openai_client
 from pipeline.stores import MemoryStore
 from pipeline.testing import CountingProducer, ScriptedProducer, Step
-from sinks.http import ServerConfig, StreamRequest, create_app, get_runtime, serve
-from sinks.sse import SSEDecoder, SSEEvent
+from pipeline.testing.emulator import Reply
+from pipeline.wire import SSEDecoder, SSEEvent
+from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime, serve
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
 

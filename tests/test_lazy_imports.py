@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 IMPORTS = (
-    "import pipeline, pipeline.producers, pipeline.stores, sinks.http, pipeline.cli; import sys"
+    "import pipeline, pipeline.producers, pipeline.stores, sinks.server, sinks.cli; import sys"
 )
 
 

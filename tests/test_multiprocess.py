@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from pipeline._sse import SSEDecoder, SSEEvent
+from pipeline.wire._sse import SSEDecoder, SSEEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = [f"w{i}" for i in range(120)]
@@ -24,7 +24,7 @@ TEXT = " ".join(WORDS)
 def start_server(redis_url: str, rate: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "pipeline.cli", "serve", "--port", "0", "--store", redis_url,
+            sys.executable, "-m", "sinks.cli", "serve", "--port", "0", "--store", redis_url,
             "--scripted", TEXT, "--rate", str(rate), "--shutdown-grace", "2",
         ],
         cwd=ROOT,

@@ -1,4 +1,4 @@
-"""OpenTelemetry spans and metrics per stream (``sinks/http/_otel.py``), on a real server.
+"""OpenTelemetry spans and metrics per stream (``sinks/server/_otel.py``), on a real server.
 
 Each test gets its own SDK providers (an in-memory span exporter and metric reader), passed to
 the app through ``ServerConfig``: the process's global providers are never touched. The SDK is a
@@ -27,8 +27,8 @@ from opentelemetry.trace import StatusCode
 
 from pipeline import Done, Event, Producer, ProducerConnectionError, TextDelta
 from pipeline.testing import CountingProducer, ScriptedProducer, Step
-from sinks.http import ServerConfig, StreamRequest, create_app, get_runtime, serve
-from sinks.http._otel import SPAN_NAME, otel_observer
+from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime, serve
+from sinks.server._otel import SPAN_NAME, otel_observer
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}], "model": "m1"}
 TEXT = "Hello there, streaming world"

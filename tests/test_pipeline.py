@@ -9,7 +9,6 @@ import trio.testing
 
 from pipeline import (
     Accumulate,
-    AdaptiveChunker,
     ConsumerGone,
     Done,
     Error,
@@ -27,6 +26,7 @@ from pipeline import (
     Validate,
 )
 from pipeline.testing import CountingProducer, RecordingSink, ScriptedProducer, Step
+from pipeline.text import AdaptiveChunker
 
 
 async def test_fan_out_keeps_order_and_stamps_seq() -> None:

@@ -35,7 +35,10 @@ from pipeline import (
     Usage,
     event_to_json,
 )
-from pipeline.emulator import (
+from pipeline.producers._anthropic import AnthropicParser, AnthropicProducer, anthropic_client
+from pipeline.producers._base import CostGuard, CostLimitError, RetryPolicy
+from pipeline.testing import RecordingSink
+from pipeline.testing.emulator import (
     Emulator,
     Reply,
     RequestRecord,
@@ -49,9 +52,6 @@ from pipeline.emulator import (
     stall_after,
     status,
 )
-from pipeline.producers._anthropic import AnthropicParser, AnthropicProducer, anthropic_client
-from pipeline.producers._base import CostGuard, CostLimitError, RetryPolicy
-from pipeline.testing import RecordingSink
 
 EmulatorFactory = Callable[..., Awaitable[Emulator]]  # the `emulator` fixture (conftest.py)
 SECRET = "sk-ant-api03-TOPSECRET0123456789abcdef"

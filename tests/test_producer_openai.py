@@ -38,7 +38,14 @@ from pipeline import (
     ToolCallStart,
     Usage,
 )
-from pipeline.emulator import (
+from pipeline.producers._base import CostGuard, CostLimitError, RetryPolicy
+from pipeline.producers._openai import (
+    OpenAIChatProducer,
+    OpenAIResponsesProducer,
+    openai_client,
+)
+from pipeline.testing import RecordingSink
+from pipeline.testing.emulator import (
     Emulator,
     Reply,
     RequestRecord,
@@ -51,13 +58,6 @@ from pipeline.emulator import (
     stall_after,
     status,
 )
-from pipeline.producers._base import CostGuard, CostLimitError, RetryPolicy
-from pipeline.producers._openai import (
-    OpenAIChatProducer,
-    OpenAIResponsesProducer,
-    openai_client,
-)
-from pipeline.testing import RecordingSink
 
 EmulatorFactory = Callable[..., Awaitable[Emulator]]  # the `emulator` fixture (conftest.py)
 KEY = "sk-llmpipe-test-DISTINCTIVE-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Tests for pipeline._sentences.SentenceBuffer: golden rules, properties, unit cases."""
+"""Tests for pipeline.text._sentences.SentenceBuffer: golden rules, properties, unit cases."""
 
 # ruff: noqa: RUF001  (full-width and typographic punctuation is the point of some cases)
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline._sentences import SentenceBuffer
+from pipeline.text._sentences import SentenceBuffer
 
 Segment = Callable[[str], list[str]]
 Case = tuple[str, list[str]]

@@ -14,8 +14,8 @@ import trio
 
 from pipeline import Producer
 from pipeline.testing import ScriptedProducer
-from sinks.http import StreamRequest, create_app, serve
-from sinks.http._serve import GC_THRESHOLD
+from sinks.server import StreamRequest, create_app, serve
+from sinks.server._serve import GC_THRESHOLD
 
 
 @asynccontextmanager

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pipeline._sse
-import sinks.sse
+import pipeline.wire
+import pipeline.wire._sse
 from pipeline import (
     Done,
     Error,
@@ -14,8 +14,14 @@ from pipeline import (
     event_from_json,
     event_to_json,
 )
-from sinks.ndjson import ndjson_line
-from sinks.sse import SSE_HEADERS, SSEDecoder, encode_comment, encode_event, event_frame
+from pipeline.wire import (
+    SSE_HEADERS,
+    SSEDecoder,
+    encode_comment,
+    encode_event,
+    event_frame,
+    ndjson_line,
+)
 
 EVENTS: list[Event] = [
     Metadata("openai", "m", "r1", seq=1),
@@ -29,10 +35,10 @@ EVENTS: list[Event] = [
 
 def test_codec_is_reexported() -> None:
     for name in ("encode_event", "encode_comment", "SSEDecoder", "SSEEvent"):
-        assert getattr(sinks.sse, name) is getattr(pipeline._sse, name)
-        assert name in sinks.sse.__all__
-    public = {n for n in vars(sinks.sse) if not n.startswith("_") and n != "annotations"}
-    assert public - {"Event", "Final", "event_to_json"} == set(sinks.sse.__all__)
+        assert getattr(pipeline.wire, name) is getattr(pipeline.wire._sse, name)
+        assert name in pipeline.wire.__all__
+    public = {n for n in vars(pipeline.wire) if not n.startswith("_") and n != "annotations"}
+    assert public - {"Event", "Final", "event_to_json"} == set(pipeline.wire.__all__)
 
 
 def test_event_frame_round_trip() -> None:

@@ -11,13 +11,13 @@ from pipeline import (
     Done,
     Error,
     Pipeline,
-    SentenceStage,
     TextDelta,
     Transform,
     Usage,
     Validate,
 )
 from pipeline.testing import RecordingSink, ScriptedProducer, Step
+from pipeline.text import SentenceStage
 
 
 def test_transform_maps_text_and_drops_empty() -> None:

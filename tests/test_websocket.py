@@ -1,4 +1,4 @@
-"""``WS /v1/ws`` (sinks/http/_ws.py): turns, interrupts, history, protocol errors, disconnects.
+"""``WS /v1/ws`` (sinks/server/_ws.py): turns, interrupts, history, protocol errors, disconnects.
 
 Everything runs for real on loopback: the endpoint in a small Starlette app served by hypercorn's
 trio worker, a trio-websocket client, and (for upstream cancellation) the provider emulator
@@ -27,11 +27,11 @@ from trio_websocket import (
 )
 
 from pipeline import Producer
-from pipeline.emulator import Emulator, Reply
 from pipeline.producers import OpenAIChatProducer, openai_client
 from pipeline.testing import ScriptedProducer
-from sinks.http._context import ServerConfig, StreamRequest
-from sinks.http._ws import WSContext, trim_history, websocket_endpoint
+from pipeline.testing.emulator import Emulator, Reply
+from sinks.server._context import ServerConfig, StreamRequest
+from sinks.server._ws import WSContext, trim_history, websocket_endpoint
 
 EmulatorFactory = Callable[..., Awaitable[Emulator]]
 Serve = Callable[..., Awaitable[str]]
@@ -363,17 +363,17 @@ def test_trim_history_drops_oldest_and_pins_system() -> None:
     assert kept == [assistant("y" * 50)]
 
 
-# --- mounted in the real app (sinks.http.create_app + serve) -------------------------------------
+# --- mounted in the real app (sinks.server.create_app + serve) ------------------------------------
 
 
 @asynccontextmanager
 async def running_app(
     context: WSContext, config: ServerConfig
 ) -> AsyncIterator[tuple[str, trio.Event]]:
-    """The app from ``create_app`` served by ``sinks.http.serve``; yields the WS URL and the
+    """The app from ``create_app`` served by ``sinks.server.serve``; yields the WS URL and the
     event that triggers a graceful shutdown (set at the end if the test did not)."""
-    from sinks.http import create_app
-    from sinks.http import serve as serve_app
+    from sinks.server import create_app
+    from sinks.server import serve as serve_app
 
     app = create_app(context.producer_factory, config)
     shutdown = trio.Event()

@@ -43,18 +43,20 @@ from typing import Any, Final
 import anthropic
 import httpx2
 
-from .._errors import ConfigError, ProducerError, ProducerProtocolError
-from .._events import (
+from .. import (
+    ConfigError,
     Done,
     Event,
     Metadata,
+    ProducerError,
+    ProducerProtocolError,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
     ToolCallStart,
     Usage,
 )
-from .._sse import SSEEvent
+from ..wire import SSEEvent
 from ._base import (
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,

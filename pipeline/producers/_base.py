@@ -42,17 +42,22 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .._errors import (
+from .. import (
     ConfigError,
+    Done,
+    Emit,
+    Error,
+    Event,
+    Metadata,
     ProducerConnectionError,
     ProducerError,
     ProducerProtocolError,
     ProducerStatusError,
     ProducerTimeout,
+    Usage,
+    is_terminal,
 )
-from .._events import Done, Error, Event, Metadata, Usage, is_terminal
-from .._producer import Emit
-from .._sse import SSEDecoder, SSEEvent
+from ..wire import SSEDecoder, SSEEvent
 
 __all__ = [
     "DEFAULT_FIRST_TOKEN_TIMEOUT",

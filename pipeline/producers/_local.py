@@ -32,7 +32,7 @@ import attrs
 import httpx
 import trio
 
-from .._errors import ConfigError, ProducerConnectionError
+from .. import ConfigError, ProducerConnectionError
 
 __all__ = [
     "DEFAULT_STARTUP_TIMEOUT",

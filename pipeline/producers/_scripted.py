@@ -7,9 +7,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 import trio
 
-from .._errors import ConfigError
-from .._events import Done, Event, TextDelta
-from .._producer import Emit
+from .. import ConfigError, Done, Emit, Event, TextDelta
 
 __all__ = ["ScriptedProducer", "Step"]
 

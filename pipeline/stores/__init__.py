@@ -15,7 +15,7 @@ from __future__ import annotations
 import typing as _typing
 from urllib.parse import urlsplit as _urlsplit
 
-from .._errors import ConfigError as _ConfigError
+from .. import ConfigError as _ConfigError
 from ._base import StoreError as StoreError
 from ._base import StoreFull as StoreFull
 from ._base import StreamInfo as StreamInfo

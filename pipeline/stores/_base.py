@@ -34,8 +34,7 @@ from typing import Final, Protocol, runtime_checkable
 
 import attrs
 
-from .._errors import LLMPipeError
-from .._events import Event
+from .. import Event, LLMPipeError
 
 __all__ = [
     "DEFAULT_WAIT_LIMIT",

@@ -12,8 +12,7 @@ from typing import Final
 import attrs
 import trio
 
-from .._errors import ConfigError
-from .._events import Event, event_nbytes, is_terminal
+from .. import ConfigError, Event, event_nbytes, is_terminal
 from ._base import DEFAULT_WAIT_LIMIT, StoreError, StoreFull, StreamInfo, StreamNotFound
 
 __all__ = ["EVENT_OVERHEAD", "MemoryStore"]

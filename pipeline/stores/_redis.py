@@ -13,8 +13,7 @@ import coredis
 import coredis.exceptions
 import trio
 
-from .._errors import ConfigError
-from .._events import Event, event_from_json, event_to_json, is_terminal
+from .. import ConfigError, Event, event_from_json, event_to_json, is_terminal
 from ._base import DEFAULT_WAIT_LIMIT, StoreError, StoreFull, StreamInfo, StreamNotFound
 from ._memory import check_batch, check_positive, check_read_args
 

@@ -7,9 +7,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from .._channels import EventReceiver
-from .._errors import ConfigError, ConsumerGone
-from .._events import Error, Event, is_terminal
+from .. import ConfigError, ConsumerGone, Error, Event, EventReceiver, is_terminal
 from ._base import StoreError, StoreFull, StreamNotFound, StreamStore
 
 __all__ = ["StoreSink"]

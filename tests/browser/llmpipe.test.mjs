@@ -1,10 +1,10 @@
-// Unit tests of sinks/http/static/llmpipe.js under Node (node --test): the SSE parser against
+// Unit tests of sinks/server/static/llmpipe.js under Node (node --test): the SSE parser against
 // the WHATWG rules, and followEvents' resume/dedup/abort against a throwaway local HTTP server.
 import assert from "node:assert/strict";
 import http from "node:http";
 import { test } from "node:test";
 
-import { SSEParser, followEvents, streamChat } from "../../sinks/http/static/llmpipe.js";
+import { SSEParser, followEvents, streamChat } from "../../sinks/server/static/llmpipe.js";
 
 const parse = (...chunks) => {
   const p = new SSEParser();

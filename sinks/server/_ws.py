@@ -80,7 +80,7 @@ The app context
 ---------------
 
 ``websocket.app.state.llmpipe`` must have ``producer_factory`` (:data:`ProducerFactory`; the
-name ``factory``, as on :class:`~sinks.http.AppRuntime`, is accepted too) and ``config``
+name ``factory``, as on :class:`~sinks.server.AppRuntime`, is accepted too) and ``config``
 (:class:`ServerConfig`: ``providers``, ``max_body_bytes``, ``heartbeat_interval`` are used).
 Optional, used when present: ``max_history_messages`` / ``max_history_chars`` (else the module
 defaults); ``check_auth(headers)``, called before the handshake is accepted (an exception

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from ._errors import ConfigError
-from ._events import TextDelta
+from .. import ConfigError, StageContext, TextDelta, TextStage
 from ._graphemes import can_break, last_safe_cut
-from ._stage import StageContext, TextStage
 
 __all__ = ["AdaptiveChunker"]
 

@@ -1,7 +1,7 @@
 """Server-sent events, exactly as the WHATWG HTML standard's "Parsing an event stream" says.
 
 Used in both directions: producers decode the providers' streams with :class:`SSEDecoder`, and
-the SSE sink encodes with :func:`encode_event` (``sinks.sse`` re-exports both).
+the server and the client encode and decode with the same code (:mod:`pipeline.wire`).
 
 Decoder, to the letter of the standard:
 

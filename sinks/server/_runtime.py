@@ -19,7 +19,7 @@ import attrs
 import trio
 from starlette.responses import JSONResponse
 
-from pipeline.stores._base import StreamStore
+from pipeline.stores import StreamStore
 
 from ._context import ProducerFactory, ServerConfig
 from ._metrics import Metrics
@@ -167,5 +167,5 @@ def get_runtime(app: Any) -> AppRuntime:
     """The :class:`AppRuntime` of an app built by :func:`create_app` (``LookupError`` if not)."""
     runtime = getattr(app.state, STATE_KEY, None)
     if not isinstance(runtime, AppRuntime):
-        raise LookupError("not an app built by sinks.http.create_app")
+        raise LookupError("not an app built by sinks.server.create_app")
     return runtime

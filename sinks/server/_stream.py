@@ -31,9 +31,15 @@ import trio
 from starlette.types import Receive, Send
 
 from pipeline import Error, Event, Heartbeat, event_to_json
+from pipeline.wire import (
+    NDJSON_CONTENT_TYPE,
+    SSE_HEADERS,
+    encode_comment,
+    encode_event,
+    event_frame,
+    ndjson_line,
+)
 
-from ..ndjson import NDJSON_CONTENT_TYPE, ndjson_line
-from ..sse import SSE_HEADERS, encode_comment, encode_event, event_frame
 from ._context import StreamRequest
 from ._metrics import StreamKind, StreamRecord
 from ._runtime import AppRuntime

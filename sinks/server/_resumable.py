@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from pipeline import (
+    Emit,
     Error,
     Event,
     Pipeline,
@@ -37,7 +38,6 @@ from pipeline import (
     error_event,
     is_terminal,
 )
-from pipeline._producer import Emit
 from pipeline.stores import StoreError, StoreSink, StreamNotFound, StreamStore
 
 from ._context import StreamRequest

@@ -1,7 +1,6 @@
-"""Server-sent events for llmpipe: the spec-exact codec and the frame of one llmpipe event.
+"""The SSE frame of one llmpipe event, and the headers of an event stream.
 
-The codec (:func:`encode_event`, :func:`encode_comment`, :class:`SSEDecoder`, :class:`SSEEvent`)
-is :mod:`pipeline._sse`, re-exported here. :func:`event_frame` encodes one pipeline event the way
+:func:`event_frame` encodes one pipeline event the way
 the HTTP app sends it: ``event:`` is the event's type, ``id:`` its ``seq`` (what a browser
 sends back as ``Last-Event-ID`` when it reconnects) and ``data:`` its JSON
 (:func:`pipeline.event_to_json`).
@@ -14,18 +13,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from pipeline import Event, event_to_json
-from pipeline._sse import SSEDecoder, SSEEvent, encode_comment, encode_event
+from .. import Event, event_to_json
 
-__all__ = [
-    "SSE_CONTENT_TYPE",
-    "SSE_HEADERS",
-    "SSEDecoder",
-    "SSEEvent",
-    "encode_comment",
-    "encode_event",
-    "event_frame",
-]
+__all__ = ["SSE_CONTENT_TYPE", "SSE_HEADERS", "event_frame"]
 
 SSE_CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
 """The stream's media type. The charset must be UTF-8: Chromium aborts a stream whose

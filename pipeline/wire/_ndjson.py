@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from pipeline import Event, event_to_json
+from .. import Event, event_to_json
 
 __all__ = ["NDJSON_CONTENT_TYPE", "ndjson_line"]
 

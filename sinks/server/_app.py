@@ -474,7 +474,7 @@ def create_app(
     lifespan opens the store (``open_store(config.store_url)`` unless ``store`` is given; a given
     store is not closed by the app) and a nursery that runs resumable generations; at the end of
     the lifespan those are cancelled (their stored events stay). Its state is reachable with
-    ``sinks.http.get_runtime(app)``.
+    ``sinks.server.get_runtime(app)``.
 
     Telemetry: Prometheus text at ``GET /metrics``; when the ``opentelemetry`` package (the
     ``otel`` extra) is installed, also a span and OTel metrics per stream (``_otel.py``), on the

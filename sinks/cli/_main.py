@@ -1,7 +1,4 @@
-"""The ``llmpipe`` command line.
-
-This is the one module that wires ``pipeline`` to ``sinks``.
-"""
+"""The ``llmpipe`` command line: the one place that wires producers, stores and sinks."""
 
 from __future__ import annotations
 
@@ -15,9 +12,9 @@ from typing import Any, Final
 import attrs
 import trio
 
-from . import AdaptiveChunker, Pipeline, PipelineStatistics, Producer, Route, Stage
-from ._errors import ConfigError, LLMPipeError
-from .producers import ScriptedProducer
+from pipeline import ConfigError, LLMPipeError, Pipeline, PipelineStatistics, Producer, Route, Stage
+from pipeline.producers import ScriptedProducer
+from pipeline.text import AdaptiveChunker
 
 __all__ = ["Backend", "main", "open_backend"]
 
@@ -189,12 +186,12 @@ async def open_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
         delay = 1.0 / rate if rate else 0.0
         yield Backend(name, lambda *_: ScriptedProducer.from_text(text, delay=delay))
         return
-    from .producers import OpenAIChatProducer, OpenAIResponsesProducer, openai_client
+    from pipeline.producers import OpenAIChatProducer, OpenAIResponsesProducer, openai_client
 
     default_max = args.max_tokens
     default_temp = args.temperature
     if name == "local":
-        from .producers._local import open_local_server
+        from pipeline.producers._local import open_local_server
 
         async with open_local_server() as server:
             local = openai_client(base_url=server.base_url, api_key="local")
@@ -218,7 +215,7 @@ async def open_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
     default_model = args.model or DEFAULT_MODELS[name]
     if name == "anthropic":
         # Only here: the anthropic SDK is a large import the other providers never need.
-        from .producers import AnthropicProducer, anthropic_client
+        from pipeline.producers import AnthropicProducer, anthropic_client
 
         aclient = anthropic_client(base_url=args.base_url)
         async with aclient:
@@ -276,7 +273,7 @@ def _summary(stats: PipelineStatistics) -> str:
 
 
 async def _stream(args: argparse.Namespace) -> int:
-    from sinks import EventLogSink, TerminalSink, TextFileSink
+    from .. import EventLogSink, TerminalSink, TextFileSink
 
     stages: list[Stage] = []
     if args.chunk_ms > 0:
@@ -295,7 +292,7 @@ async def _stream(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from sinks.http import ServerConfig, StreamRequest, create_app, serve
+    from ..server import ServerConfig, StreamRequest, create_app, serve
 
     async with open_backend(args) as backend:
 
@@ -345,11 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmpipe`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulate"]:
-        from .emulator import main_emulate
+        from pipeline.testing.emulator import main_emulate
 
         return main_emulate(argv[1:])
     if argv[:1] == ["client"]:
-        from .client import main_client
+        from pipeline.client import main_client
 
         return main_client(argv[1:])
     args = _build_parser().parse_args(argv)
@@ -364,7 +361,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)  # pragma: no cover
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -17,12 +17,19 @@ import attrs
 import trio
 import trio.testing
 
-from ._channels import EventReceiver
-from ._errors import ConsumerGone
-from ._events import Done, Error, Event, TextDelta
-from ._pipeline import Pipeline, Route, Sink
-from ._producer import Emit
-from .producers import ScriptedProducer, Step
+from .. import (
+    ConsumerGone,
+    Done,
+    Emit,
+    Error,
+    Event,
+    EventReceiver,
+    Pipeline,
+    Route,
+    Sink,
+    TextDelta,
+)
+from ..producers import ScriptedProducer, Step
 
 __all__ = ["CountingProducer", "RecordingSink", "ScriptedProducer", "Step", "check_sink"]
 

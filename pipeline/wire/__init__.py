@@ -1,0 +1,29 @@
+"""Wire formats: how llmpipe events and providers' streams look as bytes.
+
+Server-sent events (:class:`SSEDecoder`, :func:`encode_event`, :func:`encode_comment`, to the
+letter of the WHATWG standard; :func:`event_frame` for one llmpipe event) and newline-delimited
+JSON (:func:`ndjson_line`). Shared by the producers (decoding providers' streams), the server
+(encoding) and the client (decoding). Pure and synchronous: safe from any task or thread.
+"""
+
+from ._frames import SSE_CONTENT_TYPE as SSE_CONTENT_TYPE
+from ._frames import SSE_HEADERS as SSE_HEADERS
+from ._frames import event_frame as event_frame
+from ._ndjson import NDJSON_CONTENT_TYPE as NDJSON_CONTENT_TYPE
+from ._ndjson import ndjson_line as ndjson_line
+from ._sse import SSEDecoder as SSEDecoder
+from ._sse import SSEEvent as SSEEvent
+from ._sse import encode_comment as encode_comment
+from ._sse import encode_event as encode_event
+
+__all__ = [
+    "NDJSON_CONTENT_TYPE",
+    "SSE_CONTENT_TYPE",
+    "SSE_HEADERS",
+    "SSEDecoder",
+    "SSEEvent",
+    "encode_comment",
+    "encode_event",
+    "event_frame",
+    "ndjson_line",
+]
