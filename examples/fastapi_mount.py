@@ -45,7 +45,8 @@ from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime, s
 @asynccontextmanager
 async def scripted_factory(request: StreamRequest) -> AsyncIterator[Producer]:
     """One producer per request. A real service would return ``OpenAIChatProducer(client, ...)``
-    built on one shared SDK client (see ``sinks.cli.open_backend``)."""
+    built on one shared SDK client: ``pipeline.producers.open_backend`` gives one, and a
+    ``Backend`` is itself a factory: ``create_app(backend, config)``."""
     prompt = request.messages[-1]["content"]
     yield ScriptedProducer.from_text(
         f"You said: {prompt}. This answer streams word by word.", delay=0.01

@@ -58,6 +58,7 @@ from ._stages import Accumulate as Accumulate
 from ._stages import AccumulatedTimings as AccumulatedTimings
 from ._stages import Transform as Transform
 from ._stages import Validate as Validate
+from .packaging import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -113,3 +114,5 @@ __all__ = [
     "is_terminal",
     "open_event_channel",
 ]
+
+_fixup_module_metadata(__name__, globals())

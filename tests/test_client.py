@@ -36,12 +36,12 @@ from pipeline.client import (
     StreamConnectionError,
     StreamProtocolError,
     StreamStatusError,
-    main_client,
     open_event_stream,
     start_stream,
     stream_events,
 )
 from pipeline.wire._sse import encode_comment, encode_event
+from sinks.cli import main as cli_main
 
 EVENTS: list[Event] = [
     Metadata(provider="test", model="m", seq=1),
@@ -412,17 +412,19 @@ async def test_start_stream_error_carries_the_message(server: SSEServer) -> None
 async def test_cli(server: SSEServer) -> None:
     server.plan.extend([Conn(drop_after=3), Conn(drop_after=3)])
     out, err = io.StringIO(), io.StringIO()
-    code = await trio.to_thread.run_sync(partial(main_client, [server.url], stdout=out, stderr=err))
+    code = await trio.to_thread.run_sync(
+        partial(cli_main, ["client", server.url], stdout=out, stderr=err)
+    )
     assert (code, out.getvalue(), err.getvalue()) == (0, TEXT + "\n", "")
 
     out = io.StringIO()
-    argv = [server.url, "--json", "--last-event-id", "6"]
-    code = await trio.to_thread.run_sync(partial(main_client, argv, stdout=out))
+    argv = ["client", server.url, "--json", "--last-event-id", "6"]
+    code = await trio.to_thread.run_sync(partial(cli_main, argv, stdout=out))
     assert code == 0
     assert [event_from_json(line) for line in out.getvalue().splitlines()] == EVENTS[6:]
 
     server.plan.append(Conn(status=404, message="gone"))
     err = io.StringIO()
-    code = await trio.to_thread.run_sync(partial(main_client, [server.url], stderr=err))
+    code = await trio.to_thread.run_sync(partial(cli_main, ["client", server.url], stderr=err))
     assert code == 2
     assert "HTTP 404: gone" in err.getvalue()

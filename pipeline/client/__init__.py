@@ -48,6 +48,7 @@ Concurrency
     of streams; it is left open.
 """
 
+from ..packaging import fixup_module_metadata as _fixup_module_metadata
 from ._client import Backoff as Backoff
 from ._client import ClientError as ClientError
 from ._client import EventStream as EventStream
@@ -55,7 +56,6 @@ from ._client import ReconnectsExhausted as ReconnectsExhausted
 from ._client import StreamConnectionError as StreamConnectionError
 from ._client import StreamProtocolError as StreamProtocolError
 from ._client import StreamStatusError as StreamStatusError
-from ._client import main_client as main_client
 from ._client import open_event_stream as open_event_stream
 from ._client import start_stream as start_stream
 from ._client import stream_events as stream_events
@@ -68,8 +68,9 @@ __all__ = [
     "StreamConnectionError",
     "StreamProtocolError",
     "StreamStatusError",
-    "main_client",
     "open_event_stream",
     "start_stream",
     "stream_events",
 ]
+
+_fixup_module_metadata(__name__, globals())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import attrs
 import httpx
@@ -20,9 +18,7 @@ from .. import (
     Error,
     Event,
     LLMPipeError,
-    TextDelta,
     event_from_json,
-    event_to_json,
     is_terminal,
 )
 from ..wire import SSEDecoder, SSEEvent
@@ -35,7 +31,6 @@ __all__ = [
     "StreamConnectionError",
     "StreamProtocolError",
     "StreamStatusError",
-    "main_client",
     "open_event_stream",
     "start_stream",
     "stream_events",
@@ -493,80 +488,3 @@ async def stream_events(
             )
         )
         yield stream
-
-
-# --- command line -----------------------------------------------------------------------------
-
-
-def _client_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llmpipe client",
-        description="Follow an llmpipe event stream, reconnecting and resuming as needed.",
-    )
-    parser.add_argument(
-        "url",
-        help="the stream's events URL (.../v1/streams/<id>/events), or with --prompt the "
-        "server's base URL",
-    )
-    parser.add_argument("--prompt", help="start a new resumable stream with this user prompt")
-    parser.add_argument(
-        "--last-event-id", type=int, metavar="N", help="resume after event N (its seq)"
-    )
-    parser.add_argument("--json", action="store_true", help="print every event as one JSON line")
-    parser.add_argument(
-        "--max-reconnects", type=int, default=10, help="consecutive fruitless reconnects (10)"
-    )
-    return parser
-
-
-async def _run_client(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    options: dict[str, Any] = {"max_reconnects": args.max_reconnects}
-    async with AsyncExitStack() as stack:
-        if args.prompt is not None:
-            body = {"messages": [{"role": "user", "content": args.prompt}]}
-            events = await stack.enter_async_context(stream_events(args.url, body, **options))
-        else:
-            events = await stack.enter_async_context(
-                open_event_stream(args.url, last_event_id=args.last_event_id, **options)
-            )
-        status = 1  # ended without a terminal event (HTTP 204)
-        async for event in events:
-            if args.json:
-                out.write(event_to_json(event) + "\n")
-            elif isinstance(event, TextDelta):
-                out.write(event.text)
-            out.flush()
-            if isinstance(event, Error):
-                if not args.json:
-                    out.write("\n")
-                    print(f"llmpipe: stream failed ({event.kind}): {event.message}", file=err)
-                status = 1
-            elif is_terminal(event):
-                if not args.json:
-                    out.write("\n")
-                status = 0
-        out.flush()
-        return status
-
-
-def main_client(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
-) -> int:
-    """``llmpipe client URL [--last-event-id N] [--json] [--prompt TEXT]``.
-
-    Prints text deltas as they arrive (or, with ``--json``, every event as a JSON line). Returns
-    0 when the stream ended with ``done``, 1 when it ended with an ``error`` event, 2 when the
-    client failed (the reason goes to stderr), 130 when interrupted. Runs its own ``trio.run``.
-    """
-    out = sys.stdout if stdout is None else stdout
-    err = sys.stderr if stderr is None else stderr
-    args = _client_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return trio.run(_run_client, args, out, err)
-    except LLMPipeError as exc:
-        print(f"llmpipe: {exc}", file=err)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # the reader went away (| head): not our failure
-        return 0

@@ -14,6 +14,14 @@ from __future__ import annotations
 
 import typing as _typing
 
+from ..packaging import fixup_module_metadata as _fixup_module_metadata
+from ..packaging import lazy_attributes as _lazy_attributes
+from ._backend import DEFAULT_MODELS as DEFAULT_MODELS
+from ._backend import DEMO_TEXT as DEMO_TEXT
+from ._backend import PROVIDERS as PROVIDERS
+from ._backend import Backend as Backend
+from ._backend import ProducerRequest as ProducerRequest
+from ._backend import open_backend as open_backend
 from ._base import DEFAULT_FIRST_TOKEN_TIMEOUT as DEFAULT_FIRST_TOKEN_TIMEOUT
 from ._base import DEFAULT_STALL_TIMEOUT as DEFAULT_STALL_TIMEOUT
 from ._base import CostGuard as CostGuard
@@ -33,6 +41,12 @@ if _typing.TYPE_CHECKING:
     from ._anthropic import anthropic_client as anthropic_client
 
 __all__ = [
+    "DEFAULT_MODELS",
+    "DEMO_TEXT",
+    "PROVIDERS",
+    "Backend",
+    "ProducerRequest",
+    "open_backend",
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
     "DEFAULT_STALL_TIMEOUT",
     "AnthropicProducer",
@@ -57,6 +71,6 @@ _LAZY: dict[str, str] = {
 }
 
 if not _typing.TYPE_CHECKING:  # hidden from mypy, which would type every unknown name as Any
-    from .._lazy import lazy_attributes as _lazy_attributes
-
     __getattr__, __dir__ = _lazy_attributes(globals(), _LAZY, __all__)
+
+_fixup_module_metadata(__name__, globals())

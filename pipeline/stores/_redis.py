@@ -9,11 +9,16 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final
 
-import coredis
-import coredis.exceptions
 import trio
 
 from .. import ConfigError, Event, event_from_json, event_to_json, is_terminal
+from ..packaging import missing_extra
+
+try:
+    import coredis
+    import coredis.exceptions
+except ImportError as exc:  # the 'redis' extra is not installed
+    raise missing_extra("redis", "the Redis store (redis:// URLs)", exc) from exc
 from ._base import DEFAULT_WAIT_LIMIT, StoreError, StoreFull, StreamInfo, StreamNotFound
 from ._memory import check_batch, check_positive, check_read_args
 

@@ -10,6 +10,7 @@
   endpoints on a real loopback socket, with faults) for the real SDKs to talk to.
 """
 
+from ..packaging import fixup_module_metadata as _fixup_module_metadata
 from ._kit import CountingProducer as CountingProducer
 from ._kit import RecordingSink as RecordingSink
 from ._kit import ScriptedProducer as ScriptedProducer
@@ -17,3 +18,5 @@ from ._kit import Step as Step
 from ._kit import check_sink as check_sink
 
 __all__ = ["CountingProducer", "RecordingSink", "ScriptedProducer", "Step", "check_sink"]
+
+_fixup_module_metadata(__name__, globals())

@@ -6,8 +6,11 @@
 take their time from the ``now`` the runner gives them.
 """
 
+from ..packaging import fixup_module_metadata as _fixup_module_metadata
 from ._chunker import AdaptiveChunker as AdaptiveChunker
 from ._sentences import SentenceBuffer as SentenceBuffer
 from ._stages import SentenceStage as SentenceStage
 
 __all__ = ["AdaptiveChunker", "SentenceBuffer", "SentenceStage"]
+
+_fixup_module_metadata(__name__, globals())

@@ -6,6 +6,7 @@ JSON (:func:`ndjson_line`). Shared by the producers (decoding providers' streams
 (encoding) and the client (decoding). Pure and synchronous: safe from any task or thread.
 """
 
+from ..packaging import fixup_module_metadata as _fixup_module_metadata
 from ._frames import SSE_CONTENT_TYPE as SSE_CONTENT_TYPE
 from ._frames import SSE_HEADERS as SSE_HEADERS
 from ._frames import event_frame as event_frame
@@ -27,3 +28,5 @@ __all__ = [
     "event_frame",
     "ndjson_line",
 ]
+
+_fixup_module_metadata(__name__, globals())

@@ -1,7 +1,16 @@
-"""The ``llmpipe`` command line (the console script calls :func:`main`)."""
+"""The ``llmpipe`` command line: the one place that wires producers, stores and sinks together.
 
-from ._main import Backend as Backend
+:func:`main` is the console script; :class:`ExitCode` the exit codes of every subcommand.
+"""
+
+from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
+
+from ._main import HINTS as HINTS
+from ._main import IO as IO
+from ._main import ExitCode as ExitCode
+from ._main import build_parser as build_parser
 from ._main import main as main
-from ._main import open_backend as open_backend
 
-__all__ = ["Backend", "main", "open_backend"]
+__all__ = ["HINTS", "IO", "ExitCode", "build_parser", "main"]
+
+_fixup_module_metadata(__name__, globals())

@@ -7,6 +7,16 @@ Routes: ``POST /v1/stream`` (SSE or NDJSON), resumable ``POST /v1/streams`` +
 ``GET /health`` and ``GET /metrics``.
 """
 
+from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
+from pipeline.packaging import missing_extra as _missing_extra
+
+try:  # the server's own dependencies are the 'serve' extra
+    import hypercorn as _hypercorn  # noqa: F401
+    import prometheus_client as _prometheus_client  # noqa: F401
+    import starlette as _starlette  # noqa: F401
+except ImportError as _exc:
+    raise _missing_extra("serve", "llmpipe's HTTP server", _exc) from _exc
+
 from ._app import create_app as create_app
 from ._context import MAX_MESSAGES as MAX_MESSAGES
 from ._context import ProducerFactory as ProducerFactory
@@ -28,3 +38,5 @@ __all__ = [
     "get_runtime",
     "serve",
 ]
+
+_fixup_module_metadata(__name__, globals())

@@ -6,6 +6,7 @@ SDKs at ``emu.openai_base_url`` / ``emu.anthropic_base_url``. Each request is re
 ``emu.requests`` (path, body, redacted headers, bytes and events sent, disconnect time).
 """
 
+from ...packaging import fixup_module_metadata as _fixup_module_metadata
 from ._formats import Provider as Provider
 from ._script import ErrorEventAfter as ErrorEventAfter
 from ._script import Fault as Fault
@@ -32,7 +33,6 @@ from ._server import DEFAULT_REPLY as DEFAULT_REPLY
 from ._server import ConnectionRecord as ConnectionRecord
 from ._server import Emulator as Emulator
 from ._server import RequestRecord as RequestRecord
-from ._server import main_emulate as main_emulate
 from ._server import open_emulator as open_emulator
 from ._server import serve_emulator as serve_emulator
 
@@ -56,7 +56,6 @@ __all__ = [
     "StatusFault",
     "ToolCall",
     "error_event_after",
-    "main_emulate",
     "malformed_after",
     "open_emulator",
     "parse_fault",
@@ -67,3 +66,5 @@ __all__ = [
     "stall_after",
     "status",
 ]
+
+_fixup_module_metadata(__name__, globals())

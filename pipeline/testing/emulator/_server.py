@@ -15,12 +15,10 @@ the writer at once, even in the middle of a pacing sleep or a stall.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import socket
 import struct
-import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -49,7 +47,6 @@ from ._script import (
     SplitUtf8,
     StallAfter,
     StatusFault,
-    parse_fault,
 )
 
 __all__ = [
@@ -58,7 +55,6 @@ __all__ = [
     "ConnectionRecord",
     "Emulator",
     "RequestRecord",
-    "main_emulate",
     "open_emulator",
     "serve_emulator",
 ]
@@ -673,48 +669,3 @@ async def open_emulator(
             raise
         single.__suppress_context__ = True
         raise single  # noqa: B904 -- re-raising the one real exception, unwrapped
-
-
-def main_emulate(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``llmpipe emulate``: serve one reply until interrupted (Ctrl-C)."""
-    parser = argparse.ArgumentParser(
-        prog="llmpipe emulate",
-        description="Serve OpenAI/Anthropic-compatible streaming endpoints with a scripted reply.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--text", default=DEFAULT_REPLY.text, help="the reply text")
-    parser.add_argument("--tokens-per-second", type=float, default=20.0, help="0: no pacing")
-    parser.add_argument("--input-tokens", type=int, default=10)
-    parser.add_argument("--fault", default="none", help="e.g. reset_after:3, status:429:1:2")
-    args = parser.parse_args(argv)
-    try:
-        fault = parse_fault(args.fault)
-    except ValueError as exc:
-        parser.error(str(exc))
-    reply = Reply(
-        args.text,
-        input_tokens=args.input_tokens,
-        tokens_per_second=args.tokens_per_second,
-        fault=fault,
-    )
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            emulator: Emulator = await nursery.start(
-                partial(serve_emulator, args.host, args.port, reply)
-            )
-            print(
-                f"llmpipe emulator listening on {emulator.base_url}\n"
-                f"  OpenAI:    base_url={emulator.openai_base_url}\n"
-                f"  Anthropic: base_url={emulator.anthropic_base_url}",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    interrupted = False
-    try:
-        trio.run(run)
-    except* KeyboardInterrupt:
-        interrupted = True
-    return 130 if interrupted else 0
