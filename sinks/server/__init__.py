@@ -15,9 +15,11 @@ from ._context import ServerConfig as ServerConfig
 from ._context import StreamRequest as StreamRequest
 from ._runtime import AppRuntime as AppRuntime
 from ._runtime import get_runtime as get_runtime
+from ._serve import GC_THRESHOLD as GC_THRESHOLD
 from ._serve import serve as serve
 
 __all__ = [
+    "GC_THRESHOLD",
     "MAX_MESSAGES",
     "AppRuntime",
     "ProducerFactory",
