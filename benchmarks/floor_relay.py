@@ -31,7 +31,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from sinks.server._serve import GC_THRESHOLD
+from sinks.server import GC_THRESHOLD
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -110,7 +110,9 @@ async def main(args: argparse.Namespace) -> None:
     app = Floor(args.base_url, args.upstream_client)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve, app, config)
-        gc.collect()  # the collector set up as `llmpipe serve` sets it (sinks.server.serve)
+        # The collector set up as `llmpipe serve` sets it (sinks.server.serve with
+        # freeze_heap=True, gc_threshold=GC_THRESHOLD).
+        gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLD)
         print(f"floor serving on {binds[0]}", file=sys.stderr, flush=True)

@@ -100,18 +100,3 @@ def redis_url() -> Iterator[str]:
 
 
 # --- end of redis fixture -----------------------------------------------------------------------
-
-
-# --- the heap freeze of sinks.server.serve --------------------------------------------------------
-# ``serve`` freezes the heap once it listens (gc.freeze) and raises the collector's thresholds;
-# in a test process that would keep every cycle alive at that moment forever. Undo both after
-# each test.
-import gc  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _unfreeze_heap() -> Iterator[None]:
-    threshold = gc.get_threshold()
-    yield
-    gc.unfreeze()
-    gc.set_threshold(*threshold)

@@ -17,19 +17,41 @@ import pytest
 import trio
 
 from pipeline import (
+    ChannelOverflowError,
+    ConfigError,
+    ConsumerGone,
     Done,
     Error,
+    LLMPipeError,
     Producer,
     ProducerConnectionError,
+    ProducerStatusError,
     TextDelta,
     event_from_json,
 )
 from pipeline.producers import OpenAIChatProducer, RetryPolicy, openai_client
-from pipeline.stores import MemoryStore
+from pipeline.stores import MemoryStore, StoreError, StoreFull
 from pipeline.testing import CountingProducer, ScriptedProducer, Step
 from pipeline.testing.emulator import Reply
 from pipeline.wire import SSEDecoder, SSEEvent
-from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime, serve
+from sinks.server import (
+    RequestError,
+    ServerConfig,
+    StreamRequest,
+    create_app,
+    get_runtime,
+    serve,
+)
+from sinks.server._errors import (
+    ClientGone,
+    InvalidToken,
+    MissingToken,
+    NotFound,
+    Overloaded,
+    RateLimited,
+    ShuttingDown,
+    error_reply,
+)
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
 
@@ -91,6 +113,126 @@ async def stalled_client(port: int, body: bytes) -> trio.socket.SocketType:
 
 def payloads(events: list[SSEEvent]) -> list[dict[str, Any]]:
     return [json.loads(e.data) for e in events]
+
+
+# -- the error table ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "error", "headers"),
+    [
+        (
+            RequestError("messages", "expected a non-empty list"),
+            400,
+            {
+                "type": "invalid_request",
+                "field": "messages",
+                "message": "messages: expected a non-empty list",
+            },
+            {},
+        ),
+        (
+            RequestError("frame", "at most 10 bytes", status=413),
+            413,
+            {"type": "invalid_request", "field": "frame", "message": "frame: at most 10 bytes"},
+            {},
+        ),
+        (ConfigError("bad"), 400, {"type": "invalid_request", "message": "bad"}, {}),
+        (
+            MissingToken("missing"),
+            401,
+            {"type": "unauthorized", "message": "missing"},
+            {"WWW-Authenticate": 'Bearer realm="llmpipe"'},
+        ),
+        (
+            InvalidToken("invalid"),
+            401,
+            {"type": "unauthorized", "message": "invalid"},
+            {"WWW-Authenticate": 'Bearer realm="llmpipe", error="invalid_token"'},
+        ),
+        (
+            NotFound("no stream", id="abc"),
+            404,
+            {"type": "not_found", "message": "no stream", "id": "abc"},
+            {},
+        ),
+        (
+            RateLimited("too many", limit=2),
+            429,
+            {"type": "rate_limited", "message": "too many", "limit": 2, "retryable": True},
+            {"Retry-After": "1"},
+        ),
+        (
+            Overloaded("full"),
+            503,
+            {"type": "overloaded", "message": "full", "retryable": True},
+            {"Retry-After": "1"},
+        ),
+        (
+            ShuttingDown("bye"),
+            503,
+            {"type": "shutting_down", "message": "bye", "retryable": True},
+            {},
+        ),
+        (
+            StoreFull("budget"),
+            503,
+            {"type": "store_full", "message": "budget", "retryable": True},
+            {},
+        ),
+        (
+            StoreError("redis://secret@host down"),
+            503,
+            {"type": "store", "message": "the stream store is unavailable", "retryable": True},
+            {},
+        ),
+        (
+            ProducerConnectionError("refused"),
+            503,
+            {"type": "upstream", "kind": "connection", "message": "refused", "retryable": True},
+            {},
+        ),
+        (
+            ProducerStatusError("bad request", status_code=400),
+            502,
+            {"type": "upstream", "kind": "status", "message": "bad request", "retryable": False},
+            {},
+        ),
+        (
+            ChannelOverflowError("full"),
+            502,
+            {"type": "upstream", "kind": "overflow", "message": "full", "retryable": False},
+            {},
+        ),
+        (
+            RuntimeError("secret internals"),
+            500,
+            {"type": "internal", "kind": "internal", "message": "internal error"},
+            {},
+        ),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
+)
+def test_error_table(
+    exc: Exception, status: int, error: dict[str, Any], headers: dict[str, str]
+) -> None:
+    reply = error_reply(exc)
+    assert reply.status == status
+    assert reply.body == {"error": error}
+    assert dict(reply.headers) == headers
+    assert reply.retryable is error.get("retryable", False)
+    response = reply.response()
+    assert response.status_code == status
+    assert json.loads(response.body) == {"error": error}
+    event = reply.event()
+    assert (event.kind, event.message) == (error.get("kind", error["type"]), error["message"])
+    assert event.retryable is reply.retryable
+
+
+def test_server_errors_are_llmpipe_errors() -> None:
+    assert issubclass(ClientGone, ConsumerGone)
+    assert issubclass(RequestError, LLMPipeError)
+    assert issubclass(RateLimited, LLMPipeError)
 
 
 # -- the live stream -------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""``serve`` freezes the start-up heap (``gc.freeze``) so full collections skip it, and raises
-the collector's thresholds."""
+"""``serve`` leaves the collector alone unless asked; asked (as ``llmpipe serve`` does), it freezes
+the start-up heap (``gc.freeze``) so full collections skip it, and raises the collector's
+thresholds."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import trio
 
 from pipeline import Producer
 from pipeline.testing import ScriptedProducer
-from sinks.server import StreamRequest, create_app, serve
-from sinks.server._serve import GC_THRESHOLD
+from sinks.server import GC_THRESHOLD, StreamRequest, create_app, serve
 
 
 @asynccontextmanager
@@ -24,17 +24,21 @@ async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
 
 
 @pytest.fixture
-def unfrozen() -> Iterator[None]:
-    """Start with nothing frozen and leave nothing frozen for the tests that follow."""
+def collector() -> Iterator[None]:
+    """Start with nothing frozen; afterwards unfreeze and restore the thresholds, so the tests
+    that follow see the collector as it was."""
+    threshold = gc.get_threshold()
     gc.unfreeze()
     try:
         yield
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
-async def test_serve_freezes_heap_after_start(unfrozen: None) -> None:
-    assert gc.get_freeze_count() == 0
+async def test_serve_leaves_the_collector_alone_by_default(collector: None) -> None:
+    before = gc.get_threshold()
+    assert before != GC_THRESHOLD
     app = create_app(factory)
     stop = trio.Event()
     with trio.fail_after(10):
@@ -42,31 +46,36 @@ async def test_serve_freezes_heap_after_start(unfrozen: None) -> None:
             port = await nursery.start(
                 partial(serve, app, "127.0.0.1", 0, shutdown_trigger=stop.wait)
             )
-            assert gc.get_freeze_count() > 0
-            assert gc.get_threshold() == GC_THRESHOLD
+            assert gc.get_freeze_count() == 0
+            assert gc.get_threshold() == before
             async with httpx.AsyncClient() as client:
                 response = await client.get(f"http://127.0.0.1:{port}/health")
             assert response.status_code == 200
             stop.set()
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
 
 
-async def test_serve_freeze_heap_off(unfrozen: None) -> None:
-    before = gc.get_threshold()
+async def test_serve_freezes_heap_and_sets_thresholds_when_asked(collector: None) -> None:
+    assert gc.get_freeze_count() == 0
     app = create_app(factory)
     stop = trio.Event()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            await nursery.start(
+            port = await nursery.start(
                 partial(
                     serve,
                     app,
                     "127.0.0.1",
                     0,
                     shutdown_trigger=stop.wait,
-                    freeze_heap=False,
-                    gc_threshold=None,
+                    freeze_heap=True,
+                    gc_threshold=GC_THRESHOLD,
                 )
             )
-            assert gc.get_freeze_count() == 0
-            assert gc.get_threshold() == before
+            assert gc.get_freeze_count() > 0
+            assert gc.get_threshold() == GC_THRESHOLD
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"http://127.0.0.1:{port}/health")
+            assert response.status_code == 200
             stop.set()

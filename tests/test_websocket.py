@@ -1,8 +1,8 @@
 """``WS /v1/ws`` (sinks/server/_ws.py): turns, interrupts, history, protocol errors, disconnects.
 
-Everything runs for real on loopback: the endpoint in a small Starlette app served by hypercorn's
-trio worker, a trio-websocket client, and (for upstream cancellation) the provider emulator
-behind the OpenAI SDK.
+Everything runs for real on loopback: the app from ``create_app`` served by hypercorn's trio
+worker, a trio-websocket client, and (for upstream cancellation) the provider emulator behind the
+OpenAI SDK.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import trio
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
 from trio_websocket import (
     WebSocketConnection,
     open_websocket_url,
@@ -30,8 +28,9 @@ from pipeline import Producer
 from pipeline.producers import OpenAIChatProducer, openai_client
 from pipeline.testing import ScriptedProducer
 from pipeline.testing.emulator import Emulator, Reply
-from sinks.server._context import ServerConfig, StreamRequest
-from sinks.server._ws import WSContext, trim_history, websocket_endpoint
+from sinks.server import ProducerFactory, ServerConfig, StreamRequest, create_app
+from sinks.server import serve as serve_app
+from sinks.server._ws import trim_history
 
 EmulatorFactory = Callable[..., Awaitable[Emulator]]
 Serve = Callable[..., Awaitable[str]]
@@ -40,14 +39,18 @@ KEY = "sk-test-websocket"
 
 @pytest.fixture
 async def serve_ws() -> AsyncIterator[Serve]:
-    """``url = await serve_ws(context)``: the endpoint at ``/v1/ws`` of a minimal Starlette app,
-    served by hypercorn (trio) on 127.0.0.1, port 0; shut down gracefully after the test."""
+    """``url = await serve_ws(factory)``: ``/v1/ws`` of ``create_app(factory, config)``, served
+    by hypercorn (trio, with the given ``options`` of its config) on 127.0.0.1, port 0; shut
+    down gracefully after the test."""
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
 
-        async def start(context: WSContext, **options: Any) -> str:
-            app = Starlette(routes=[WebSocketRoute("/v1/ws", websocket_endpoint)])
-            app.state.llmpipe = context
+        async def start(
+            factory: ProducerFactory,
+            app_config: ServerConfig = ServerConfig(),  # noqa: B008 (frozen)
+            **options: Any,
+        ) -> str:
+            app = create_app(factory, app_config)
             config = Config()
             config.bind = ["127.0.0.1:0"]
             config.accesslog = None
@@ -65,15 +68,16 @@ async def serve_ws() -> AsyncIterator[Serve]:
         shutdown.set()
 
 
+MakeEmulated = Callable[..., Awaitable[tuple[Emulator, ProducerFactory, list[StreamRequest]]]]
+
+
 @pytest.fixture
-async def emulator_producers(
-    emulator: EmulatorFactory,
-) -> AsyncIterator[Callable[..., Awaitable[tuple[Emulator, WSContext, list[StreamRequest]]]]]:
-    """``emu, context, seen = await make(reply)``: an emulator and a context whose factory
-    builds an :class:`OpenAIChatProducer` against it and records every request."""
+async def emulator_producers(emulator: EmulatorFactory) -> AsyncIterator[MakeEmulated]:
+    """``emu, factory, seen = await make(reply)``: an emulator and a factory that builds an
+    :class:`OpenAIChatProducer` against it and records every request."""
     clients: list[Any] = []
 
-    async def make(reply: Any) -> tuple[Emulator, WSContext, list[StreamRequest]]:
+    async def make(reply: Any) -> tuple[Emulator, ProducerFactory, list[StreamRequest]]:
         emu = await emulator(reply)
         client = openai_client(base_url=emu.openai_base_url, api_key=KEY)
         clients.append(client)
@@ -89,17 +93,18 @@ async def emulator_producers(
                 max_tokens=request.max_tokens,
             )
 
-        return emu, WSContext(factory, ServerConfig()), seen
+        return emu, factory, seen
 
     yield make
     for client in clients:
         await client.close()
 
 
-def scripted_context(
+def scripted_factory(
     texts: list[str], *, delay: float = 0.0
-) -> tuple[WSContext, list[StreamRequest]]:
-    """A context whose factory answers request *i* with ``texts[i]``, one delta per word."""
+) -> tuple[ProducerFactory, list[StreamRequest]]:
+    """A factory that answers request *i* with ``texts[i]``, one delta per word, and the list of
+    the requests it saw."""
     seen: list[StreamRequest] = []
 
     @asynccontextmanager
@@ -107,7 +112,7 @@ def scripted_context(
         seen.append(request)
         yield ScriptedProducer.from_text(texts[len(seen) - 1], delay=delay)
 
-    return WSContext(factory, ServerConfig()), seen
+    return factory, seen
 
 
 async def send(ws: WebSocketConnection, obj: Any) -> None:
@@ -146,8 +151,8 @@ def assistant(text: str) -> dict[str, str]:
 
 
 async def test_full_turns_keep_history(serve_ws: Serve) -> None:
-    context, seen = scripted_context(["Hello there, friend.", "Fine, thanks."])
-    url = await serve_ws(context)
+    factory, seen = scripted_factory(["Hello there, friend.", "Fine, thanks."])
+    url = await serve_ws(factory)
     async with open_websocket_url(url) as ws:
         await send(ws, {"type": "request", "messages": [user("Hi")], "model": "m"})
         first = await read_turn(ws)
@@ -174,8 +179,8 @@ async def test_full_turns_keep_history(serve_ws: Serve) -> None:
 
 
 async def test_reset_starts_a_new_conversation(serve_ws: Serve) -> None:
-    context, seen = scripted_context(["One.", "Two."])
-    url = await serve_ws(context)
+    factory, seen = scripted_factory(["One.", "Two."])
+    url = await serve_ws(factory)
     async with open_websocket_url(url) as ws:
         await send(ws, {"type": "request", "prompt": "a"})
         await read_turn(ws)
@@ -186,11 +191,11 @@ async def test_reset_starts_a_new_conversation(serve_ws: Serve) -> None:
 
 async def test_interrupt_closes_upstream_and_keeps_only_delivered_text(
     serve_ws: Serve,
-    emulator_producers: Callable[..., Awaitable[tuple[Emulator, WSContext, list[StreamRequest]]]],
+    emulator_producers: MakeEmulated,
 ) -> None:
     long_reply = Reply(tuple(f" word{i}" for i in range(400)), tokens_per_second=200)
-    emu, context, seen = await emulator_producers([long_reply, Reply("Second answer.")])
-    url = await serve_ws(context)
+    emu, factory, seen = await emulator_producers([long_reply, Reply("Second answer.")])
+    url = await serve_ws(factory)
     async with open_websocket_url(url) as ws:
         await send(ws, {"type": "request", "messages": [user("Tell me a story")]})
         got: list[dict[str, Any]] = []
@@ -225,8 +230,8 @@ async def test_interrupt_closes_upstream_and_keeps_only_delivered_text(
 
 
 async def test_request_right_after_interrupt_waits_for_it(serve_ws: Serve) -> None:
-    context, seen = scripted_context(["a b c d e f g h i j k l m n o p", "Next."], delay=0.02)
-    url = await serve_ws(context)
+    factory, seen = scripted_factory(["a b c d e f g h i j k l m n o p", "Next."], delay=0.02)
+    url = await serve_ws(factory)
     async with open_websocket_url(url) as ws:
         await send(ws, {"type": "request", "prompt": "first"})
         got = [await receive(ws)]
@@ -242,8 +247,8 @@ async def test_request_right_after_interrupt_waits_for_it(serve_ws: Serve) -> No
 
 
 async def test_protocol_errors_keep_the_connection(serve_ws: Serve) -> None:
-    context, seen = scripted_context(["slow answer here"] * 2, delay=0.05)
-    url = await serve_ws(context)
+    factory, seen = scripted_factory(["slow answer here"] * 2, delay=0.05)
+    url = await serve_ws(factory)
     async with open_websocket_url(url) as ws:
         await ws.send_message("{not json")
         msg = await receive(ws)
@@ -287,10 +292,10 @@ async def test_protocol_errors_keep_the_connection(serve_ws: Serve) -> None:
 
 
 async def test_ping_pong_while_idle_and_during_a_turn(serve_ws: Serve) -> None:
-    context, _ = scripted_context(["a b c d e f"], delay=0.05)
+    factory, _ = scripted_factory(["a b c d e f"], delay=0.05)
     # A keep-alive timeout far shorter than the idle time: an open WebSocket is not idle for
     # hypercorn, and we set no receive deadline of our own.
-    url = await serve_ws(context, keep_alive_timeout=0.05)
+    url = await serve_ws(factory, keep_alive_timeout=0.05)
     async with open_websocket_url(url) as ws:
         await send(ws, {"type": "ping"})
         assert await receive(ws) == {"type": "pong"}
@@ -308,11 +313,11 @@ async def test_ping_pong_while_idle_and_during_a_turn(serve_ws: Serve) -> None:
 
 async def test_client_disconnect_mid_turn_closes_upstream(
     serve_ws: Serve,
-    emulator_producers: Callable[..., Awaitable[tuple[Emulator, WSContext, list[StreamRequest]]]],
+    emulator_producers: MakeEmulated,
 ) -> None:
     reply = Reply(tuple(f" t{i}" for i in range(400)), tokens_per_second=200)
-    emu, context, _ = await emulator_producers(reply)
-    url = await serve_ws(context)
+    emu, factory, _ = await emulator_producers(reply)
+    url = await serve_ws(factory)
     async with open_websocket_url(url) as ws:
         await send(ws, {"type": "request", "prompt": "stream"})
         while (await receive(ws))["type"] != "text":
@@ -337,7 +342,7 @@ async def test_factory_failure_is_a_turn_error(serve_ws: Serve) -> None:
             raise RuntimeError("no such model")
         yield ScriptedProducer.from_text("ok")
 
-    url = await serve_ws(WSContext(factory))
+    url = await serve_ws(factory)
     async with open_websocket_url(url) as ws:
         await send(ws, {"type": "request", "prompt": "first"})
         [err] = await read_turn(ws)
@@ -346,6 +351,34 @@ async def test_factory_failure_is_a_turn_error(serve_ws: Serve) -> None:
         assert "no such model" in err["message"]
         await send(ws, {"type": "request", "prompt": "retry"})
         assert text_of(await read_turn(ws)) == "ok"
+
+
+@pytest.mark.parametrize(("max_bytes", "overflows"), [(64, True), (1 << 20, False)])
+async def test_turn_honours_the_request_buffering(
+    serve_ws: Serve, max_bytes: int, overflows: bool
+) -> None:
+    """``buffering`` reaches the turn's channel as it does ``POST /v1/stream``'s: with policy
+    ``fail`` and a budget under two deltas, the producer's burst (no scheduling point between
+    deltas) overflows it and the turn ends with an ``overflow`` error; with room it does not.
+    (The default, ``coalesce``, would have made the producer wait: never an error.)"""
+    deltas = ["x" * 100] * 10
+
+    @asynccontextmanager
+    async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
+        yield ScriptedProducer.from_deltas(deltas)
+
+    url = await serve_ws(factory)
+    buffering = {"policy": "fail", "max_bytes": max_bytes}
+    async with open_websocket_url(url) as ws:
+        await send(ws, {"type": "request", "prompt": "burst", "buffering": buffering})
+        turn = await read_turn(ws)
+    end = turn[-1]
+    if overflows:
+        assert (end["type"], end["kind"], end["turn"]) == ("error", "overflow", 1)
+        assert len(text_of(turn)) < len("".join(deltas))
+    else:
+        assert end["type"] == "done"
+        assert text_of(turn) == "".join(deltas)
 
 
 def test_trim_history_drops_oldest_and_pins_system() -> None:
@@ -368,14 +401,11 @@ def test_trim_history_drops_oldest_and_pins_system() -> None:
 
 @asynccontextmanager
 async def running_app(
-    context: WSContext, config: ServerConfig
+    factory: ProducerFactory, config: ServerConfig
 ) -> AsyncIterator[tuple[str, trio.Event]]:
     """The app from ``create_app`` served by ``sinks.server.serve``; yields the WS URL and the
     event that triggers a graceful shutdown (set at the end if the test did not)."""
-    from sinks.server import create_app
-    from sinks.server import serve as serve_app
-
-    app = create_app(context.producer_factory, config)
+    app = create_app(factory, config)
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         port: int = await nursery.start(
@@ -386,9 +416,9 @@ async def running_app(
 
 
 async def test_mounted_in_app_with_auth() -> None:
-    context, seen = scripted_context(["Mounted and working.", "Again.", "By subprotocol."])
+    factory, seen = scripted_factory(["Mounted and working.", "Again.", "By subprotocol."])
     config = ServerConfig(auth_token="s3cret", shutdown_grace=1.0)
-    async with running_app(context, config) as (url, _):
+    async with running_app(factory, config) as (url, _):
         # (With plain httpx: trio-websocket leaks its socket when a handshake is refused.)
         handshake = {
             "Connection": "Upgrade",
@@ -422,9 +452,9 @@ async def test_mounted_in_app_with_auth() -> None:
 
 async def test_server_shutdown_ends_the_turn_and_closes() -> None:
     # httpx-ws here: trio-websocket's client leaks its socket when the server closes first.
-    context, _ = scripted_context([" ".join(["word"] * 200)], delay=0.02)
+    factory, _ = scripted_factory([" ".join(["word"] * 200)], delay=0.02)
     async with (
-        running_app(context, ServerConfig(shutdown_grace=2.0)) as (url, shutdown),
+        running_app(factory, ServerConfig(shutdown_grace=2.0)) as (url, shutdown),
         httpx.AsyncClient() as http,
         aconnect_ws(
             url.replace("ws://", "http://"), http, session_class=AsyncWebSocketSession
@@ -443,3 +473,29 @@ async def test_server_shutdown_ends_the_turn_and_closes() -> None:
         with trio.fail_after(2), pytest.raises(WebSocketDisconnect) as closed:
             await ws.receive_text()
         assert closed.value.code == 1001
+
+
+async def test_turn_refused_by_the_stream_limit() -> None:
+    """A turn the app's stream limits refuse ends with an ``error`` event made from the same
+    answer as the HTTP refusal (429 ``rate_limited``, retryable), and is counted as one."""
+    factory, _ = scripted_factory(["a b c d e f g h", "ok"], delay=0.05)
+    config = ServerConfig(max_streams_per_client=1, shutdown_grace=1.0)
+    async with (
+        running_app(factory, config) as (url, _),
+        open_websocket_url(url) as first,
+        open_websocket_url(url) as second,
+    ):
+        await send(first, {"type": "request", "prompt": "long"})
+        assert (await receive(first))["turn"] == 1  # its stream slot is taken
+        await send(second, {"type": "request", "prompt": "too many"})
+        [refused] = await read_turn(second)
+        assert refused["type"] == "error"
+        assert refused["kind"] == "rate_limited"
+        assert refused["retryable"] is True
+        assert "limit 1" in refused["message"]
+        assert (await read_turn(first))[-1]["type"] == "done"
+        async with httpx.AsyncClient() as http:
+            metrics = (
+                await http.get(url.replace("ws://", "http://")[: -len("/v1/ws")] + "/metrics")
+            ).text
+        assert 'llmpipe_requests_rejected_total{status="429"} 1.0' in metrics

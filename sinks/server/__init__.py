@@ -4,7 +4,8 @@
 in-process on hypercorn's trio worker (start it with ``nursery.start`` to learn the port).
 Routes: ``POST /v1/stream`` (SSE or NDJSON), resumable ``POST /v1/streams`` +
 ``GET /v1/streams/{id}/events`` + ``DELETE /v1/streams/{id}``, ``/v1/ws`` (WebSocket),
-``GET /health`` and ``GET /metrics``.
+``GET /health`` and ``GET /metrics``. A refused request raises a :class:`Refused` (or a
+:class:`RequestError`), answered from one table of statuses and JSON error bodies.
 """
 
 from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
@@ -20,17 +21,21 @@ except ImportError as _exc:
 from ._app import create_app as create_app
 from ._context import MAX_MESSAGES as MAX_MESSAGES
 from ._context import ProducerFactory as ProducerFactory
-from ._context import RequestError as RequestError
 from ._context import ServerConfig as ServerConfig
 from ._context import StreamRequest as StreamRequest
+from ._errors import Refused as Refused
+from ._errors import RequestError as RequestError
 from ._runtime import AppRuntime as AppRuntime
 from ._runtime import get_runtime as get_runtime
+from ._serve import GC_THRESHOLD as GC_THRESHOLD
 from ._serve import serve as serve
 
 __all__ = [
+    "GC_THRESHOLD",
     "MAX_MESSAGES",
     "AppRuntime",
     "ProducerFactory",
+    "Refused",
     "RequestError",
     "ServerConfig",
     "StreamRequest",

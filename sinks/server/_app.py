@@ -6,13 +6,15 @@ Routes (see :func:`create_app`)::
     POST   /v1/streams                start a resumable generation -> 201 {id, events_url}
     GET    /v1/streams/{id}/events    SSE of a stored stream from Last-Event-ID, then live
     DELETE /v1/streams/{id}           cancel a resumable generation -> 202 (204 if it had ended)
-    WS     /v1/ws                     the WebSocket endpoint (``_ws.py``, imported lazily)
+    WS     /v1/ws                     the WebSocket endpoint (``_ws.py``)
     GET    /health                    {"status": "ok"}
     GET    /metrics                   Prometheus text
 
-The app runs on trio (hypercorn's trio worker; see :func:`serve`). Streaming routes are plain
-ASGI callables that write with the raw ``send`` (see :mod:`._stream`): a client disconnect
-cancels the pipeline, and with it the upstream request, within milliseconds.
+The app runs on trio (hypercorn's trio worker; see :func:`serve`). Routes are plain ASGI
+callables given the app's :class:`AppRuntime`; streaming ones write with the raw ``send`` (see
+:mod:`._stream`): a client disconnect cancels the pipeline, and with it the upstream request,
+within milliseconds. A request a route refuses raises one of the server's errors, answered by
+:class:`_Endpoint` from the table in ``_errors.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import trio
@@ -37,31 +40,33 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from pipeline import (
-    DEFAULT_MAX_BYTES,
-    ConfigError,
     Error,
     EventReceiver,
     LLMPipeError,
     Pipeline,
     TextDelta,
-    error_event,
     is_terminal,
 )
-from pipeline.stores import (
-    StoreError,
-    StoreFull,
-    StreamInfo,
-    StreamNotFound,
-    StreamStore,
-    open_store,
-)
+from pipeline.stores import StoreError, StreamInfo, StreamNotFound, StreamStore, open_store
 
-from ._context import ProducerFactory, RequestError, ServerConfig, StreamRequest
+from ._context import ProducerFactory, ServerConfig, StreamRequest
+from ._errors import (
+    REFUSALS,
+    ClientGone,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    RequestError,
+    ShuttingDown,
+    UnsupportedMediaType,
+    error_reply,
+)
 from ._metrics import PROMETHEUS_CONTENT_TYPE, StreamReason, StreamRecord
 from ._otel import otel_observer
 from ._resumable import follow_stream, parse_last_event_id, run_generation
-from ._runtime import STATE_KEY, AppRuntime, HTTPError, json_error
-from ._stream import ClientGone, StreamWriter, begin_stream, choose_format, run_stream
+from ._runtime import STATE_KEY, AppRuntime
+from ._stream import StreamWriter, begin_stream, choose_format, run_stream
 from ._ws import websocket_endpoint
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -70,9 +75,6 @@ __all__ = ["STATIC_DIR", "create_app"]
 
 log = logging.getLogger("llmpipe.http")
 
-LIVE_MAX_SPILL_BYTES: Final = 16 * 1024 * 1024
-"""With ``buffering.policy == "spill"``, a live stream's client may lag this far (in a temporary
-file) before the pipeline waits for it."""
 BATCH_MAX_EVENTS: Final = 64
 """At most this many queued events are written with one ``send`` (fewer, larger writes when the
 client lags)."""
@@ -83,59 +85,46 @@ client lags)."""
 
 
 async def read_json_body(runtime: AppRuntime, request: Request) -> object:
-    """The request's JSON body. Raises :class:`HTTPError`: 415 (not JSON), 413 (larger than
-    ``max_body_bytes``, by ``Content-Length`` or by the bytes read), 400 (malformed)."""
+    """The request's JSON body. Raises :class:`UnsupportedMediaType` (not JSON),
+    :class:`PayloadTooLarge` (larger than ``max_body_bytes``, by ``Content-Length`` or by the
+    bytes read), :class:`RequestError` (malformed)."""
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        runtime.metrics.requests_rejected.labels("415").inc()
-        raise json_error(
-            415,
-            "unsupported_media_type",
+        raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {ctype or 'none'!r}",
             field="Content-Type",
         )
     limit = runtime.config.max_body_bytes
-    too_large = json_error(
-        413,
-        "payload_too_large",
-        f"the request body is larger than {limit} bytes",
-        field="body",
-        limit=limit,
-    )
+
+    def too_large() -> PayloadTooLarge:
+        message = f"the request body is larger than {limit} bytes"
+        return PayloadTooLarge(message, field="body", limit=limit)
+
     length = request.headers.get("content-length")
     if length is not None:
         try:
             declared = int(length)
         except ValueError:
-            raise HTTPError(
-                400, RequestError("Content-Length", "not an integer").to_json()
-            ) from None
+            raise RequestError("Content-Length", "not an integer") from None
         if declared > limit:
-            runtime.metrics.requests_rejected.labels("413").inc()
-            raise too_large
+            raise too_large()
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            runtime.metrics.requests_rejected.labels("413").inc()
-            raise too_large
+            raise too_large()
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        runtime.metrics.requests_rejected.labels("400").inc()
-        raise HTTPError(400, RequestError("body", f"malformed JSON ({exc})").to_json()) from None
+        raise RequestError("body", f"malformed JSON ({exc})") from None
 
 
 async def read_stream_request(runtime: AppRuntime, request: Request) -> StreamRequest:
     """Authenticate, read and validate a generation request (see :func:`read_json_body`)."""
     runtime.check_auth(request.headers)
     data = await read_json_body(runtime, request)
-    try:
-        return StreamRequest.from_json(data, providers=runtime.config.providers)
-    except RequestError as exc:
-        runtime.metrics.requests_rejected.labels(str(exc.status)).inc()
-        raise HTTPError(exc.status, exc.to_json()) from None
+    return StreamRequest.from_json(data, providers=runtime.config.providers)
 
 
 def client_key(scope: Scope) -> str:
@@ -144,40 +133,10 @@ def client_key(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+def _unwrap(exc: Exception) -> Exception:
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
-
-
-def failure_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """Status and JSON body for a generation that failed before its first event.
-
-    Request problems found by the factory keep their 4xx; provider failures are 503 when a
-    retry may work (connection refused, timeouts, overload) and 502 otherwise; anything else is
-    a 500 whose body does not echo internals."""
-    if isinstance(exc, RequestError):
-        return exc.status, exc.to_json()
-    if isinstance(exc, ConfigError):
-        return 400, {"error": {"type": "invalid_request", "message": str(exc)}}
-    if isinstance(exc, LLMPipeError):
-        ev = error_event(exc)
-        status = 503 if ev.retryable else 502
-        return status, {
-            "error": {
-                "type": "upstream",
-                "kind": ev.kind,
-                "message": ev.message,
-                "retryable": ev.retryable,
-            }
-        }
-    return 500, {"error": {"type": "internal", "kind": "internal", "message": "internal error"}}
-
-
-def _public_error(exc: BaseException) -> Error:
-    if isinstance(exc, LLMPipeError):
-        return error_event(exc)
-    return Error(kind="internal", message="internal error", retryable=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,33 +215,26 @@ async def _serve_live(
 
     async def body() -> None:
         try:
-            async with runtime.factory(request) as producer:
-                pipeline = Pipeline(producer)
-                max_bytes = request.max_buffer_bytes or DEFAULT_MAX_BYTES
-                async with pipeline.events(
-                    policy=request.policy,
-                    max_bytes=max_bytes,
-                    max_spill_bytes=LIVE_MAX_SPILL_BYTES,
-                ) as events:
-                    runtime.metrics.live.add(events)
-                    try:
-                        await pump(runtime, events, writer, record)
-                    finally:
-                        runtime.metrics.live.remove(events)
+            async with (
+                runtime.factory(request) as producer,
+                runtime.live_events(Pipeline(producer), request) as events,
+            ):
+                await pump(runtime, events, writer, record)
         except Exception as group:
             exc = _unwrap(group)
             if isinstance(exc, ClientGone):
                 raise exc from None
             if not isinstance(exc, LLMPipeError):
                 log.exception("stream failed", exc_info=exc)
+            # Failed before its first event: a real status (a request problem the factory
+            # found keeps its 4xx; provider failures are 503 when a retry may work, else 502).
+            # After it: an error event.
+            reply = error_reply(exc)
+            record.fail(reply.kind)
             if writer.headers_sent:
-                ev = _public_error(exc)
-                record.fail(ev.kind)
-                await writer.write(writer.error_frame(ev))
+                await writer.write(writer.error_frame(reply.event()))
             else:
-                status, payload = failure_response(exc)
-                record.fail(payload["error"].get("kind", payload["error"].get("type", "unknown")))
-                await writer.send_json(status, payload)
+                await writer.send_json(reply.status, reply.body, reply.headers)
 
     reason: StreamReason = "cancelled"
     try:
@@ -298,14 +250,21 @@ async def _serve_live(
 
 
 @attrs.frozen
-class _ASGIEndpoint:
-    """A raw ASGI endpoint (Starlette routes a non-function endpoint to it untouched)."""
+class _Endpoint:
+    """A route's raw ASGI endpoint (Starlette routes a non-function endpoint to it untouched):
+    the route's function, given the app's runtime. A refusal the function raises before it
+    answers (:data:`~._errors.REFUSALS`) is answered here, from the table in ``_errors.py``."""
 
     fn: Callable[[AppRuntime, Scope, Receive, Send], Awaitable[None]]
     runtime: AppRuntime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.fn(self.runtime, scope, receive, send)
+        try:
+            await self.fn(self.runtime, scope, receive, send)
+        except REFUSALS as exc:
+            if isinstance(exc, StoreError):
+                log.warning("%s %s: the store failed: %r", scope["method"], scope["path"], exc)
+            await self.runtime.refuse(exc).response()(scope, receive, send)
 
 
 async def _stream_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -316,8 +275,6 @@ async def _stream_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
         with runtime.admit(client_key(scope)):
             writer = StreamWriter(send, choose_format(request.headers.get("accept", "")))
             await _serve_live(runtime, parsed, writer, receive)
-    except HTTPError as exc:
-        await exc.response()(scope, receive, send)
     except ClientDisconnect:
         pass  # gone while sending the body
 
@@ -326,108 +283,75 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     """``GET /v1/streams/{id}/events``: replay from ``Last-Event-ID``, then follow live."""
     request = Request(scope, receive)
     stream_id = str(request.path_params["stream_id"])
+    runtime.check_auth(request.headers)
+    store = _store(runtime)
+    raw_after = request.headers.get("last-event-id")
+    if raw_after is None:
+        raw_after = request.query_params.get("last_event_id")
     try:
-        runtime.check_auth(request.headers)
-        store = _store(runtime)
-        raw_after = request.headers.get("last-event-id")
-        if raw_after is None:
-            raw_after = request.query_params.get("last_event_id")
-        try:
-            after = parse_last_event_id(raw_after)
-        except ValueError:
-            raise HTTPError(
-                400,
-                RequestError("Last-Event-ID", "expected a non-negative integer").to_json(),
-            ) from None
-        await _info_or_404(store, stream_id)
-        with runtime.admit(client_key(scope)):
-            writer = StreamWriter(send, "sse")
+        after = parse_last_event_id(raw_after)
+    except ValueError:
+        raise RequestError("Last-Event-ID", "expected a non-negative integer") from None
+    await _info_or_404(store, stream_id)
+    with runtime.admit(client_key(scope)):
+        writer = StreamWriter(send, "sse")
 
-            async def body() -> None:
-                try:
-                    await follow_stream(runtime, store, stream_id, after, writer)
-                except Exception as group:
-                    exc = _unwrap(group)
-                    if isinstance(exc, ClientGone):
-                        raise exc from None
-                    if isinstance(exc, StreamNotFound):
-                        event = Error(kind="not_found", message="the stream was deleted")
-                    elif isinstance(exc, StoreError):
-                        log.warning("stream %s: store failed: %r", stream_id, exc)
-                        event = Error(
-                            kind="store", message="the stream store failed", retryable=True
-                        )
-                    else:
-                        log.exception("stream %s: reader failed", stream_id, exc_info=exc)
-                        event = Error(kind="internal", message="internal error")
-                    await writer.write(writer.error_frame(event))
-
-            await run_stream(runtime, receive, writer, body)
-            runtime.metrics.streams_total.labels("resume").inc()
-    except HTTPError as exc:
-        await exc.response()(scope, receive, send)
-
-
-def _store(runtime: AppRuntime) -> StreamStore:
-    if runtime.store is None:
-        raise json_error(503, "not_ready", "the server is not started (no lifespan)")
-    return runtime.store
-
-
-async def _info_or_404(store: StreamStore, stream_id: str) -> StreamInfo:
-    try:
-        return await store.info(stream_id)
-    except StreamNotFound:
-        raise json_error(404, "not_found", "no stream with that id", id=stream_id) from None
-    except StoreError as exc:
-        log.warning("stream %s: store info failed: %r", stream_id, exc)
-        raise json_error(503, "store", "the stream store is unavailable") from None
-
-
-def _routes(runtime: AppRuntime) -> list[BaseRoute]:
-    async def create_stream(request: Request) -> Response:
-        """``POST /v1/streams``: start a resumable generation in the lifespan nursery."""
-        try:
-            parsed = await read_stream_request(runtime, request)
-            store = _store(runtime)
-            nursery = runtime.nursery
-            if nursery is None or runtime.shutting_down.is_set():
-                raise json_error(503, "shutting_down", "the server is not accepting generations")
-            client = client_key(request.scope)
-            runtime.check_generation_limit(client)
-            if len(runtime.generations) >= runtime.config.max_streams_total:
-                raise json_error(
-                    503, "overloaded", "too many generations", headers={"Retry-After": "1"}
-                )
-            stream_id = secrets.token_urlsafe(16)
+        async def body() -> None:
             try:
-                await store.create(stream_id)
-            except StoreFull as exc:
-                raise json_error(503, "store_full", str(exc), retryable=True) from None
-            except StoreError as exc:
-                log.warning("store create failed: %r", exc)
-                raise json_error(503, "store", "the stream store is unavailable") from None
-            await nursery.start(run_generation, runtime, store, stream_id, parsed, client)
-        except HTTPError as exc:
-            return exc.response()
-        events_url = f"/v1/streams/{stream_id}/events"
-        return JSONResponse(
-            {"id": stream_id, "events_url": events_url},
-            status_code=201,
-            headers={"Location": events_url},
-        )
+                await follow_stream(runtime, store, stream_id, after, writer)
+            except Exception as group:
+                exc = _unwrap(group)
+                if isinstance(exc, ClientGone):
+                    raise exc from None
+                if isinstance(exc, StreamNotFound):
+                    event = Error(kind="not_found", message="the stream was deleted")
+                elif isinstance(exc, StoreError):
+                    log.warning("stream %s: store failed: %r", stream_id, exc)
+                    event = Error(kind="store", message="the stream store failed", retryable=True)
+                else:
+                    log.exception("stream %s: reader failed", stream_id, exc_info=exc)
+                    event = Error(kind="internal", message="internal error")
+                await writer.write(writer.error_frame(event))
 
-    async def cancel_stream(request: Request) -> Response:
-        """``DELETE /v1/streams/{id}``: ask the generation to stop (202), 204 if it had ended."""
-        stream_id = str(request.path_params["stream_id"])
-        try:
-            runtime.check_auth(request.headers)
-            store = _store(runtime)
-            info = await _info_or_404(store, stream_id)
-        except HTTPError as exc:
-            return exc.response()
-        if info.ended:
-            return Response(status_code=204)
+        await run_stream(runtime, receive, writer, body)
+        runtime.metrics.streams_total.labels("resume").inc()
+
+
+async def _create_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /v1/streams``: start a resumable generation in the lifespan nursery."""
+    request = Request(scope, receive)
+    parsed = await read_stream_request(runtime, request)
+    store = _store(runtime)
+    nursery = runtime.nursery
+    if nursery is None or runtime.shutting_down.is_set():
+        raise ShuttingDown("the server is not accepting generations")
+    client = client_key(scope)
+    runtime.check_generation_limit(client)
+    if len(runtime.generations) >= runtime.config.max_streams_total:
+        raise Overloaded("too many generations")
+    stream_id = secrets.token_urlsafe(16)
+    await store.create(stream_id)
+    await nursery.start(run_generation, runtime, store, stream_id, parsed, client)
+    events_url = f"/v1/streams/{stream_id}/events"
+    response = JSONResponse(
+        {"id": stream_id, "events_url": events_url},
+        status_code=201,
+        headers={"Location": events_url},
+    )
+    await response(scope, receive, send)
+
+
+async def _cancel_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+    """``DELETE /v1/streams/{id}``: ask the generation to stop (202), 204 if it had ended."""
+    request = Request(scope, receive)
+    stream_id = str(request.path_params["stream_id"])
+    runtime.check_auth(request.headers)
+    store = _store(runtime)
+    info = await _info_or_404(store, stream_id)
+    response: Response
+    if info.ended:
+        response = Response(status_code=204)
+    else:
         try:
             await store.request_cancel(stream_id)
         except StoreError as exc:
@@ -435,8 +359,24 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
         gen = runtime.generations.get(stream_id)
         if gen is not None:
             gen.cancel("cancelled")
-        return JSONResponse({"id": stream_id, "status": "cancelling"}, status_code=202)
+        response = JSONResponse({"id": stream_id, "status": "cancelling"}, status_code=202)
+    await response(scope, receive, send)
 
+
+def _store(runtime: AppRuntime) -> StreamStore:
+    if runtime.store is None:
+        raise NotReady("the server is not started (no lifespan)")
+    return runtime.store
+
+
+async def _info_or_404(store: StreamStore, stream_id: str) -> StreamInfo:
+    try:
+        return await store.info(stream_id)
+    except StreamNotFound:
+        raise NotFound("no stream with that id", id=stream_id) from None
+
+
+def _routes(runtime: AppRuntime) -> list[BaseRoute]:
     async def health(request: Request) -> Response:
         if runtime.shutting_down.is_set():
             return JSONResponse({"status": "shutting_down"}, status_code=503)
@@ -446,15 +386,15 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
         return Response(runtime.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return [
-        Route("/v1/stream", _ASGIEndpoint(_stream_endpoint, runtime), methods=["POST"]),
-        Route("/v1/streams", create_stream, methods=["POST"]),
+        Route("/v1/stream", _Endpoint(_stream_endpoint, runtime), methods=["POST"]),
+        Route("/v1/streams", _Endpoint(_create_endpoint, runtime), methods=["POST"]),
         Route(
             "/v1/streams/{stream_id}/events",
-            _ASGIEndpoint(_events_endpoint, runtime),
+            _Endpoint(_events_endpoint, runtime),
             methods=["GET"],
         ),
-        Route("/v1/streams/{stream_id}", cancel_stream, methods=["DELETE"]),
-        WebSocketRoute("/v1/ws", websocket_endpoint),
+        Route("/v1/streams/{stream_id}", _Endpoint(_cancel_endpoint, runtime), methods=["DELETE"]),
+        WebSocketRoute("/v1/ws", partial(websocket_endpoint, runtime)),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         # Last, so it can never hide an API route: the web page and its ES module.

@@ -1,10 +1,11 @@
 """What the HTTP app's routes share: the parsed request, the producer factory, the config.
 
 ``StreamRequest.from_json`` validates a request body (HTTP ``POST /v1/stream``,
-``POST /v1/streams``, or a WebSocket turn) and raises :class:`RequestError` naming the field, which
-the routes turn into a 4xx with a JSON body. A :data:`ProducerFactory` turns a valid request
-into a running producer for as long as its ``async with`` block lasts (the CLI's ``serve``
-builds one from ``--provider``/``--base-url``/``--model``; tests pass their own).
+``POST /v1/streams``, or a WebSocket turn) and raises :class:`RequestError` naming the field,
+which the routes answer with a 400 and a JSON body (``_errors.py``). A :data:`ProducerFactory`
+turns a valid request into a running producer for as long as its ``async with`` block lasts
+(the CLI's ``serve`` builds one from ``--provider``/``--base-url``/``--model``; tests pass their
+own).
 """
 
 from __future__ import annotations
@@ -15,30 +16,19 @@ from typing import Any, Final, TypeAlias
 
 import attrs
 
-from pipeline import ConfigError, Policy, Producer
+from pipeline import Policy, Producer
+
+from ._errors import RequestError
 
 __all__ = [
     "MAX_MESSAGES",
     "ProducerFactory",
-    "RequestError",
     "ServerConfig",
     "StreamRequest",
 ]
 
 MAX_MESSAGES: Final = 256
 _ROLES: Final = frozenset({"system", "user", "assistant"})
-
-
-class RequestError(ConfigError):
-    """A request body is invalid. ``field`` names the problem; ``status`` is the HTTP status."""
-
-    def __init__(self, field: str, message: str, *, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.status = status
-
-    def to_json(self) -> dict[str, Any]:
-        return {"error": {"type": "invalid_request", "field": self.field, "message": str(self)}}
 
 
 @attrs.frozen

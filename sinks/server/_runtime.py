@@ -1,8 +1,8 @@
 """The state one HTTP app shares between its routes: config, producer factory, store, limits,
 metrics, the lifespan nursery, and the shutdown signal.
 
-:func:`get_runtime` finds it from any Starlette ``app`` built by :func:`create_app` (the
-WebSocket endpoint in ``_ws.py`` uses it to reach the factory, the config and the metrics).
+:func:`create_app` builds one :class:`AppRuntime` and hands it to every route, the WebSocket
+endpoint included; :func:`get_runtime` finds it from the app (for :func:`serve` and tests).
 Everything here lives in the app's trio thread; no locks are needed because nothing awaits
 between a check and the update it guards.
 """
@@ -11,49 +11,34 @@ from __future__ import annotations
 
 import collections
 import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
 import attrs
 import trio
-from starlette.responses import JSONResponse
 
+from pipeline import DEFAULT_MAX_BYTES, EventReceiver, Pipeline
 from pipeline.stores import StreamStore
 
-from ._context import ProducerFactory, ServerConfig
+from ._context import ProducerFactory, ServerConfig, StreamRequest
+from ._errors import (
+    ErrorReply,
+    InvalidToken,
+    MissingToken,
+    Overloaded,
+    RateLimited,
+    ShuttingDown,
+    error_reply,
+)
 from ._metrics import Metrics
 
-__all__ = ["AppRuntime", "HTTPError", "get_runtime", "json_error"]
+__all__ = ["LIVE_MAX_SPILL_BYTES", "AppRuntime", "get_runtime"]
 
 STATE_KEY: Final = "llmpipe"
-
-
-class HTTPError(Exception):
-    """A request is refused with ``status`` and the JSON ``payload`` (``{"error": {...}}``)."""
-
-    def __init__(
-        self, status: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(f"{status}: {payload}")
-        self.status = status
-        self.payload = payload
-        self.headers = dict(headers or {})
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.payload, status_code=self.status, headers=self.headers)
-
-
-def json_error(
-    status: int,
-    type_: str,
-    message: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    **extra: Any,
-) -> HTTPError:
-    """An :class:`HTTPError` with body ``{"error": {"type": type_, "message": ..., **extra}}``."""
-    return HTTPError(status, {"error": {"type": type_, "message": message, **extra}}, headers)
+LIVE_MAX_SPILL_BYTES: Final = 16 * 1024 * 1024
+"""With ``buffering.policy == "spill"``, a live stream's client may lag this far (in a temporary
+file) before the pipeline waits for it."""
 
 
 @attrs.define(eq=False)
@@ -91,65 +76,48 @@ class AppRuntime:
         called by :func:`serve` when its shutdown trigger fires, before hypercorn's grace."""
         self.shutting_down.set()
 
+    def refuse(self, exc: Exception) -> ErrorReply:
+        """The answer to a request refused before it streams (see ``_errors.py``), counted in
+        ``llmpipe_requests_rejected`` by status. Every route and the WebSocket (its handshake,
+        and a turn the stream limits refuse) answer refusals through here."""
+        reply = error_reply(exc)
+        self.metrics.requests_rejected.labels(str(reply.status)).inc()
+        return reply
+
     def check_auth(self, headers: Mapping[str, str]) -> None:
-        """Raise a 401 :class:`HTTPError` unless the request carries the bearer token (when one
-        is configured). The comparison takes constant time."""
+        """Raise :class:`MissingToken` or :class:`InvalidToken` (401) unless the request carries
+        the bearer token (when one is configured). The comparison takes constant time."""
         token = self.config.auth_token
         if token is None:
             return
         value = headers.get("authorization", "")
         scheme, _, given = value.partition(" ")
         if not value:
-            raise json_error(
-                401,
-                "unauthorized",
-                "missing bearer token (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": 'Bearer realm="llmpipe"'},
-            )
+            raise MissingToken("missing bearer token (Authorization: Bearer <token>)")
         if scheme.lower() != "bearer" or not secrets.compare_digest(
             given.strip().encode(), token.encode()
         ):
-            raise json_error(
-                401,
-                "unauthorized",
-                "invalid bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="llmpipe", error="invalid_token"'},
-            )
-
-    def _rate_limited(self, what: str, limit: int) -> HTTPError:
-        self.metrics.requests_rejected.labels("429").inc()
-        return json_error(
-            429,
-            "rate_limited",
-            f"too many {what} from this client (limit {limit})",
-            headers={"Retry-After": "1"},
-            limit=limit,
-        )
+            raise InvalidToken("invalid bearer token")
 
     def check_generation_limit(self, client: str) -> None:
-        """429 when ``client`` has ``max_generations_per_client`` generations running."""
+        """:class:`RateLimited` when ``client`` has ``max_generations_per_client`` generations
+        running."""
         limit = self.config.max_generations_per_client
         if sum(1 for g in self.generations.values() if g.client == client) >= limit:
-            raise self._rate_limited("running generations", limit)
+            raise _rate_limited("running generations", limit)
 
     @contextmanager
     def admit(self, client: str) -> Iterator[None]:
-        """Hold one stream slot of ``client`` for the block; 429 past the per-client limit, 503
-        past the server's total, 503 while shutting down."""
+        """Hold one stream slot of ``client`` for the block. Raises :class:`ShuttingDown` while
+        shutting down, :class:`RateLimited` past the per-client limit, :class:`Overloaded` past
+        the server's total."""
         if self.shutting_down.is_set():
-            raise json_error(503, "shutting_down", "the server is shutting down", retryable=True)
+            raise ShuttingDown("the server is shutting down")
         limit = self.config.max_streams_per_client
         if self.per_client[client] >= limit:
-            raise self._rate_limited("concurrent streams", limit)
+            raise _rate_limited("concurrent streams", limit)
         if self.active >= self.config.max_streams_total:
-            self.metrics.requests_rejected.labels("503").inc()
-            raise json_error(
-                503,
-                "overloaded",
-                "the server is at its stream limit",
-                headers={"Retry-After": "1"},
-                retryable=True,
-            )
+            raise Overloaded("the server is at its stream limit")
         self.per_client[client] += 1
         self.active += 1
         self.metrics.streams_active.inc()
@@ -161,6 +129,29 @@ class AppRuntime:
                 del self.per_client[client]
             self.active -= 1
             self.metrics.streams_active.dec()
+
+    @asynccontextmanager
+    async def live_events(
+        self, pipeline: Pipeline, request: StreamRequest
+    ) -> AsyncIterator[EventReceiver]:
+        """Run ``pipeline`` for a live stream (``POST /v1/stream``, a WebSocket turn) and hand
+        out its events through a channel with the request's ``buffering`` (policy and
+        ``max_bytes``; a ``spill`` file up to :data:`LIVE_MAX_SPILL_BYTES`), counted in the
+        buffer metrics while the block runs. See :meth:`pipeline.Pipeline.events`."""
+        async with pipeline.events(
+            policy=request.policy,
+            max_bytes=request.max_buffer_bytes or DEFAULT_MAX_BYTES,
+            max_spill_bytes=LIVE_MAX_SPILL_BYTES,
+        ) as events:
+            self.metrics.live.add(events)
+            try:
+                yield events
+            finally:
+                self.metrics.live.remove(events)
+
+
+def _rate_limited(what: str, limit: int) -> RateLimited:
+    return RateLimited(f"too many {what} from this client (limit {limit})", limit=limit)
 
 
 def get_runtime(app: Any) -> AppRuntime:

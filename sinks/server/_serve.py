@@ -15,13 +15,13 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._runtime import get_runtime
 
-__all__ = ["serve"]
+__all__ = ["GC_THRESHOLD", "serve"]
 
 log = logging.getLogger("llmpipe.http")
 
 GC_THRESHOLD: Final = (10_000, 10, 10)
-"""The collector's thresholds while serving (see :func:`serve`): young collections after
-10,000 net allocations instead of 700."""
+"""The collector's thresholds for a serving process (``serve(..., gc_threshold=GC_THRESHOLD)``,
+as ``llmpipe serve`` does): young collections after 10,000 net allocations instead of 700."""
 
 
 def _port_of(bind: str) -> int:
@@ -38,8 +38,8 @@ async def serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
-    freeze_heap: bool = True,
-    gc_threshold: tuple[int, int, int] | None = GC_THRESHOLD,
+    freeze_heap: bool = False,
+    gc_threshold: tuple[int, int, int] | None = None,
 ) -> None:
     """Serve ``app`` on ``host:port`` (``port=0``: any free port) until shut down.
 
@@ -55,27 +55,32 @@ async def serve(
     cancelled, no final events). Hypercorn shields its socket writes, so a client that stops
     reading can hold its connection open past the grace period until TCP gives up.
 
-    ``freeze_heap`` (default on): once the socket listens, just before the port is reported,
+    The collector is process-wide state, so by default ``serve`` leaves it alone; a program
+    that is the server (``llmpipe serve``) opts in to the two settings below, which the
+    capacity figures in ``benchmarks/CAPACITY.md`` were measured with.
+
+    ``freeze_heap`` (default off): once the socket listens, just before the port is reported,
     run ``gc.collect()`` then ``gc.freeze()``. Start-up leaves a large, long-lived heap (the
     imports alone hold over 200k GC-tracked objects: modules, classes, functions; the provider
     SDKs are the bulk of it), and every full (generation 2) collection traverses all of it:
     measured under load, pauses of 130-200 ms every few seconds, during which the trio event
     loop, and so every stream, stands still. Freezing moves everything alive at that point to
     the permanent generation, which collections skip (it is never freed, which is right for
-    import-time objects). Objects created later are collected as usual. Pass ``False`` when the
-    caller manages the collector itself, or when ``serve`` runs in a process (tests) whose heap
-    at start-up is not meant to live for ever; ``gc.unfreeze()`` undoes it.
+    import-time objects). Objects created later are collected as usual. Leave it off when the
+    caller manages the collector itself, or when ``serve`` runs in a process (tests, an app that
+    serves on the side) whose heap at start-up is not meant to live for ever;
+    ``gc.unfreeze()`` undoes it.
 
-    ``gc_threshold`` (default :data:`GC_THRESHOLD`, ``None``: leave the collector's settings
-    alone) is passed to ``gc.set_threshold`` at the same point. Streaming makes cyclic garbage
-    at a steady rate (trio's cancel scopes in httpcore's reads and hypercorn's writes, the
-    exceptions that end tasks), and with CPython's default ``(700, 10, 10)`` the collector runs
-    all the time and its older generations hold every live stream's objects: measured at 200
-    streams of 20 tokens/s, 1,635 young collections, 148 middle and 13 full ones in 35 s,
-    2.6 s in all, full pauses up to 96 ms (the p99 delay was 108 ms). With ``(10_000, 10,
-    10)`` at 250 streams: 37 young (pauses up to ~25 ms) and 2 middle ones (up to 55 ms), p99
-    delay 25 ms (``benchmarks/CAPACITY.md``). Garbage is still collected, in larger, rarer
-    batches (up to ~10,000 more objects wait for the next young collection).
+    ``gc_threshold`` (default ``None``: leave the collector's settings alone; a serving process
+    passes :data:`GC_THRESHOLD`) is passed to ``gc.set_threshold`` at the same point. Streaming
+    makes cyclic garbage at a steady rate (trio's cancel scopes in httpcore's reads and
+    hypercorn's writes, the exceptions that end tasks), and with CPython's default ``(700, 10,
+    10)`` the collector runs all the time and its older generations hold every live stream's
+    objects: measured at 200 streams of 20 tokens/s, 1,635 young collections, 148 middle and 13
+    full ones in 35 s, 2.6 s in all, full pauses up to 96 ms (the p99 delay was 108 ms). With
+    ``(10_000, 10, 10)`` at 250 streams: 37 young (pauses up to ~25 ms) and 2 middle ones (up to
+    55 ms), p99 delay 25 ms (``benchmarks/CAPACITY.md``). Garbage is still collected, in larger,
+    rarer batches (up to ~10,000 more objects wait for the next young collection).
     """
     try:
         runtime = get_runtime(app)

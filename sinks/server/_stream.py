@@ -41,11 +41,11 @@ from pipeline.wire import (
 )
 
 from ._context import StreamRequest
+from ._errors import ClientGone
 from ._metrics import StreamKind, StreamRecord
 from ._runtime import AppRuntime
 
 __all__ = [
-    "ClientGone",
     "Format",
     "StreamWriter",
     "begin_stream",
@@ -71,10 +71,6 @@ def begin_stream(
     providers = runtime.config.providers
     provider = request.provider or (providers[0] if providers else None)
     return runtime.metrics.begin_stream(kind, route, provider, request.model)
-
-
-class ClientGone(Exception):
-    """The client went away (``http.disconnect`` or a failed write)."""
 
 
 def choose_format(accept: str) -> Format:

@@ -61,14 +61,16 @@ Concurrency and cancellation
 
 The endpoint owns one nursery per connection. Its body reads client frames (so pings,
 interrupts and errors are answered while a turn streams); each turn runs in a task of that
-nursery, reading ``Pipeline(producer).events(policy="coalesce")``: when this client reads
-slower than the model writes, queued text deltas merge, so memory stays bounded and nothing is
-lost. Sends from both tasks are serialised by a lock, and each send is shielded, so a frame is
-either sent whole and counted as delivered or not sent at all. An interrupt cancels the turn's
-cancel scope, which covers the producer's task: the upstream request is closed in the same
-scheduling round (a few ms; measured < 50 ms with the OpenAI SDK), even while a send to a slow
-client is still in flight. When the client goes away, the read loop sees the disconnect and
-cancels the whole nursery: the turn, its pipeline and the upstream request are closed.
+nursery, reading the pipeline's events through a channel with the request's ``buffering``, as
+``POST /v1/stream`` does (:meth:`AppRuntime.live_events`). With the default policy,
+``coalesce``, when this client reads slower than the model writes, queued text deltas merge,
+so memory stays bounded and nothing is lost. Sends from both tasks are serialised by a lock,
+and each send is shielded, so a frame is either sent whole and counted as delivered or not sent
+at all. An interrupt cancels the turn's cancel scope, which covers the producer's task: the
+upstream request is closed in the same scheduling round (a few ms; measured < 50 ms with the
+OpenAI SDK), even while a send to a slow client is still in flight. When the client goes away,
+the read loop sees the disconnect and cancels the whole nursery: the turn, its pipeline and the
+upstream request are closed.
 
 Keepalive: the server never times out an idle connection (there is no receive deadline).
 WebSocket protocol pings from the client are answered by the server (hypercorn/wsproto) without
@@ -76,32 +78,37 @@ reaching the app; server-initiated protocol pings are hypercorn's ``websocket_pi
 (off by default). During a turn the pipeline sends ``heartbeat`` events after
 ``config.heartbeat_interval`` seconds of silence.
 
-The app context
----------------
+The app's runtime
+-----------------
 
-``websocket.app.state.llmpipe`` must have ``producer_factory`` (:data:`ProducerFactory`; the
-name ``factory``, as on :class:`~sinks.server.AppRuntime`, is accepted too) and ``config``
-(:class:`ServerConfig`: ``providers``, ``max_body_bytes``, ``heartbeat_interval`` are used).
-Optional, used when present: ``max_history_messages`` / ``max_history_chars`` (else the module
-defaults); ``check_auth(headers)``, called before the handshake is accepted (an exception
-refuses it: its ``response()`` as the HTTP denial response when the server supports that,
-else close code 1008, HTTP 403). A browser cannot set ``Authorization`` on a WebSocket, so a
-bearer token may also come as a subprotocol: ``new WebSocket(url, ["llmpipe",
-"bearer." + token])``; it counts as ``Authorization: Bearer <token>`` when that header is
-absent, and the server selects ``llmpipe`` (else, as browsers require one of the offered, the
-first one offered). ``admit(client_host)``, a context manager held for each turn
-(stream limits and metrics; when it refuses, the turn ends with an ``error`` event whose
-``kind`` is the refusal's error type); ``shutting_down`` (a ``trio.Event``): when set, a running
-turn ends with a retryable ``error`` event of kind ``"shutdown"``, new requests are refused and
-the connection is closed with code 1001. :class:`WSContext` is the minimal such object.
+The endpoint is given the app's :class:`~sinks.server.AppRuntime`, as every other route is
+(:func:`~sinks.server.create_app` mounts ``partial(websocket_endpoint, runtime)``). It uses:
+
+* ``factory`` and ``config`` (``providers``, ``max_body_bytes`` as the frame limit,
+  ``heartbeat_interval``);
+* ``check_auth(headers)`` before the handshake is accepted. A refusal is answered from the
+  server's error table (``_errors.py``): its HTTP response (401) as the denial response when the
+  server supports that, else close code 1008 (HTTP 403). A browser cannot set ``Authorization``
+  on a WebSocket, so a bearer token may also come as a subprotocol: ``new WebSocket(url,
+  ["llmpipe", "bearer." + token])``; it counts as ``Authorization: Bearer <token>`` when that
+  header is absent, and the server selects ``llmpipe`` (else, as browsers require one of the
+  offered, the first one offered);
+* ``admit(client_host)``, held for each turn (the stream limits). When it refuses, the turn ends
+  with an ``error`` event made from the same table: ``kind`` is the refusal's error type
+  (``rate_limited``, ``overloaded``, ``shutting_down``), ``retryable`` as the HTTP answer says;
+* ``live_events`` (the turn's channel, with the request's ``buffering``) and ``metrics`` (the
+  stream's telemetry, as for ``POST /v1/stream``);
+* ``shutting_down``: when set, a running turn ends with a retryable ``error`` event of kind
+  ``"shutdown"``, new requests are refused and the connection is closed with code 1001.
+
+The history is bounded by :data:`MAX_HISTORY_MESSAGES` and :data:`MAX_HISTORY_CHARS`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -109,23 +116,24 @@ import trio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pipeline import (
-    DEFAULT_MAX_BYTES,
     Error,
     Event,
     Pipeline,
-    Policy,
     TextDelta,
     error_event,
     event_to_dict,
     is_terminal,
 )
 
-from ._context import ProducerFactory, RequestError, ServerConfig, StreamRequest
+from ._context import StreamRequest
+from ._errors import ErrorReply, Refused, RequestError
+from ._metrics import StreamReason
+from ._runtime import AppRuntime
+from ._stream import begin_stream
 
 __all__ = [
     "MAX_HISTORY_CHARS",
     "MAX_HISTORY_MESSAGES",
-    "WSContext",
     "trim_history",
     "websocket_endpoint",
 ]
@@ -141,20 +149,6 @@ MAX_HISTORY_CHARS: Final = 200_000
 """Default bound on the characters of content a connection keeps (~800 KB at worst)."""
 
 Message = dict[str, str]
-
-
-@attrs.define(eq=False)
-class WSContext:
-    """What the endpoint reads from ``websocket.app.state.llmpipe``.
-
-    The HTTP app may set any object with the same attribute names; only ``producer_factory``
-    and ``config`` are required, the history bounds fall back to the module defaults.
-    """
-
-    producer_factory: ProducerFactory
-    config: ServerConfig = attrs.Factory(ServerConfig)
-    max_history_messages: int = MAX_HISTORY_MESSAGES
-    max_history_chars: int = MAX_HISTORY_CHARS
 
 
 def trim_history(
@@ -203,23 +197,6 @@ class _Turn:
     finished: trio.Event = attrs.Factory(trio.Event)
 
 
-def _error_event(exc: Exception) -> Error:
-    """The terminal event for a turn that failed before its pipeline produced one.
-
-    A refusal from the app (an exception with an HTTP ``status`` and a JSON ``payload``, such as
-    the per-client stream limit) keeps its error type and ``retryable`` flag.
-    """
-    payload = getattr(exc, "payload", None)
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        error = payload["error"]
-        return Error(
-            kind=str(error.get("type", "rejected")),
-            message=str(error.get("message", "")),
-            retryable=bool(error.get("retryable", getattr(exc, "status", 0) in (429, 503))),
-        )
-    return error_event(exc)
-
-
 def _dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
@@ -231,27 +208,13 @@ def _protocol_error(field: str, message: str, *, status: int = 400) -> dict[str,
 class _Session:
     """One connection: its history, its current turn, its send lock and its nursery."""
 
-    def __init__(self, websocket: WebSocket, context: Any) -> None:
+    def __init__(self, websocket: WebSocket, runtime: AppRuntime) -> None:
         self.ws = websocket
-        factory = getattr(context, "producer_factory", None) or getattr(context, "factory", None)
-        if factory is None:
-            raise LookupError("app.state.llmpipe has no producer_factory")
-        self.producer_factory: ProducerFactory = factory
-        self.config: ServerConfig = context.config
-        self.admit: Callable[[str], AbstractContextManager[object]] | None = getattr(
-            context, "admit", None
-        )
-        self.shutting_down: trio.Event | None = getattr(context, "shutting_down", None)
+        self.runtime = runtime
         self.client = websocket.client.host if websocket.client else "unknown"
         self.closing = False
-        self.max_messages = int(getattr(context, "max_history_messages", MAX_HISTORY_MESSAGES))
-        self.max_chars = int(getattr(context, "max_history_chars", MAX_HISTORY_CHARS))
-        self.max_frame = int(getattr(self.config, "max_body_bytes", 1 << 20))
-        # The app's telemetry (Prometheus and, when installed, OpenTelemetry), if any.
-        self.metrics = getattr(context, "metrics", None)
-        heartbeat = getattr(self.config, "heartbeat_interval", None)
-        self.heartbeat: float | None = float(heartbeat) if heartbeat else None
-        self.providers: Sequence[str] = tuple(getattr(self.config, "providers", ("default",)))
+        self.max_frame = runtime.config.max_body_bytes
+        self.heartbeat: float | None = runtime.config.heartbeat_interval or None
         self.history: list[Message] = []
         self.turns = 0
         self.turn: _Turn | None = None  # the latest turn until it has finished
@@ -261,8 +224,7 @@ class _Session:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            if self.shutting_down is not None:
-                nursery.start_soon(self._close_on_shutdown, self.shutting_down)
+            nursery.start_soon(self._close_on_shutdown, self.runtime.shutting_down)
             await self._read_loop()
             nursery.cancel_scope.cancel()  # the client went away: end the turn and upstream
 
@@ -379,7 +341,7 @@ class _Session:
             await self._send(_protocol_error("reset", "expected true or false"))
             return
         try:
-            request = StreamRequest.from_json(fields, providers=self.providers)
+            request = StreamRequest.from_json(fields, providers=self.runtime.config.providers)
         except RequestError as exc:
             await self._send({"type": "error", **exc.to_json()})
             return
@@ -428,48 +390,43 @@ class _Session:
 
     async def _stream(self, turn: _Turn, request: StreamRequest) -> None:
         """Run the pipeline and send its events; inside ``turn.scope``."""
-        admit = self.admit(self.client) if self.admit is not None else nullcontext()
-        record = None
-        if self.metrics is not None:
-            providers = getattr(self.config, "providers", ())
-            provider = request.provider or (providers[0] if providers else None)
-            record = self.metrics.begin_stream("live", "/v1/ws", provider, request.model)
-        reason = "consumer_gone"
+        runtime = self.runtime
+        record = begin_stream(runtime, "live", "/v1/ws", request)
+        reason: StreamReason = "consumer_gone"
         try:
-            with admit:  # the app's stream slot (per-client and total limits, metrics)
-                async with self.producer_factory(request) as producer:
-                    pipeline = Pipeline(producer, heartbeat_interval=self.heartbeat)
-                    max_bytes = request.max_buffer_bytes or DEFAULT_MAX_BYTES
-                    async with pipeline.events(
-                        policy=Policy.COALESCE, max_bytes=max_bytes
-                    ) as events:
-                        async for event in events:
-                            if is_terminal(event):
-                                turn.ending = True
-                                self._remember(turn, failed=isinstance(event, Error))
-                                reason = "error" if isinstance(event, Error) else "done"
-                                if record is not None and isinstance(event, Error):
-                                    record.fail(event.kind)
-                            await self._send_event(turn, event)
-                            if record is not None and self.metrics is not None:
-                                if isinstance(event, TextDelta):
-                                    self.metrics.sent(record, 1, 1, len(event.text))
-                                else:
-                                    self.metrics.sent(record, 1, 0, 0)
+            with runtime.admit(self.client):  # the app's stream slot (per-client and total limits)
+                async with (
+                    runtime.factory(request) as producer,
+                    runtime.live_events(
+                        Pipeline(producer, heartbeat_interval=self.heartbeat), request
+                    ) as events,
+                ):
+                    async for event in events:
+                        if is_terminal(event):
+                            turn.ending = True
+                            self._remember(turn, failed=isinstance(event, Error))
+                            reason = "error" if isinstance(event, Error) else "done"
+                            if isinstance(event, Error):
+                                record.fail(event.kind)
+                        await self._send_event(turn, event)
+                        if isinstance(event, TextDelta):
+                            runtime.metrics.sent(record, 1, 1, len(event.text))
+                        else:
+                            runtime.metrics.sent(record, 1, 0, 0)
         except Exception as exc:
             if turn.ending:
                 return  # interrupted, shut down, or the terminal event already went out
             turn.ending = True
             self._remember(turn, failed=True)
             reason = "error"
-            if record is not None:
-                record.fail(_error_event(exc).kind)
-            await self._send_event(turn, _error_event(exc))
+            # A refusal (the stream limits) is answered from the server's error table.
+            end = runtime.refuse(exc).event() if isinstance(exc, Refused) else error_event(exc)
+            record.fail(end.kind)
+            await self._send_event(turn, end)
         finally:
-            if record is not None and self.metrics is not None:
-                if turn.interrupted:
-                    reason = "cancelled"
-                self.metrics.end_stream(record, reason)
+            if turn.interrupted:
+                reason = "cancelled"
+            runtime.metrics.end_stream(record, reason)
 
     def _remember(self, turn: _Turn, *, failed: bool = False) -> None:
         """Append the turn and the answer as delivered to the history, then bound it."""
@@ -479,28 +436,23 @@ class _Session:
         self.history.extend(dict(m) for m in turn.request.messages)
         if answer:
             self.history.append({"role": "assistant", "content": answer})
-        self.history = trim_history(
-            self.history, max_messages=self.max_messages, max_chars=self.max_chars
-        )
+        self.history = trim_history(self.history)
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    """The ``/v1/ws`` endpoint (mount with ``WebSocketRoute("/v1/ws", websocket_endpoint)``).
+async def websocket_endpoint(runtime: AppRuntime, websocket: WebSocket) -> None:
+    """The ``/v1/ws`` endpoint of the app whose runtime is ``runtime`` (mount it with
+    ``WebSocketRoute("/v1/ws", partial(websocket_endpoint, runtime))``).
 
-    Reads its dependencies from ``websocket.app.state.llmpipe`` (see :class:`WSContext`),
-    accepts the connection and serves turns until the client disconnects; see the module
-    docstring for the protocol. Returns when the client has gone and every task of the
-    connection (the turn, its pipeline, the upstream request) has been closed.
+    Checks the bearer token, accepts the connection and serves turns until the client
+    disconnects; see the module docstring for the protocol. Returns when the client has gone and
+    every task of the connection (the turn, its pipeline, the upstream request) has been closed.
     """
-    context = websocket.app.state.llmpipe
-    check_auth = getattr(context, "check_auth", None)
-    if check_auth is not None:
-        try:
-            check_auth(_auth_headers(websocket))
-        except Exception as exc:
-            await _deny(websocket, exc)
-            return
-    session = _Session(websocket, context)
+    try:
+        runtime.check_auth(_auth_headers(websocket))
+    except Refused as exc:
+        await _deny(websocket, runtime.refuse(exc))
+        return
+    session = _Session(websocket, runtime)
     offered = list(websocket.scope.get("subprotocols") or ())
     chosen = SUBPROTOCOL if SUBPROTOCOL in offered else (offered[0] if offered else None)
     await websocket.accept(subprotocol=chosen)
@@ -519,11 +471,10 @@ def _auth_headers(websocket: WebSocket) -> Mapping[str, str]:
     return websocket.headers
 
 
-async def _deny(websocket: WebSocket, exc: Exception) -> None:
-    """Refuse the handshake: the app's HTTP error response (e.g. 401) when the server supports
-    WebSocket denial responses, else a close before accept (HTTP 403)."""
-    response = getattr(exc, "response", None)
-    if callable(response) and "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(response())
+async def _deny(websocket: WebSocket, reply: ErrorReply) -> None:
+    """Refuse the handshake: the HTTP answer (e.g. 401) when the server supports WebSocket
+    denial responses, else a close before accept (HTTP 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(reply.response())
     else:
         await websocket.close(code=1008)
