@@ -16,10 +16,7 @@ from ._providers import add_provider_options, backend_from_args
 if TYPE_CHECKING:
     from ._main import IO
 
-__all__ = ["GC_THRESHOLD", "add_parser", "run"]
-
-GC_THRESHOLD = (10_000, 10, 10)
-"""The collector thresholds ``llmpipe serve`` sets while serving (see ``--gc-tuning``)."""
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -55,7 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="once listening, freeze the start-up heap (gc.freeze) and set the collector's "
-        f"thresholds to {GC_THRESHOLD}: full collections otherwise pause every stream for "
+        "thresholds (sinks.server.GC_THRESHOLD): full collections otherwise pause every stream for "
         "100+ ms under load (on by default in this command; the library leaves the collector "
         "alone)",
     )
@@ -69,7 +66,7 @@ async def _until_signal() -> None:
 
 
 async def run(args: argparse.Namespace, io: IO) -> int:
-    from ..server import ServerConfig, create_app, serve
+    from ..server import GC_THRESHOLD, ServerConfig, create_app, serve
 
     store = open_store(args.store)  # before anything starts: a bad URL or extra fails here
     async with store, backend_from_args(args) as backend:
