@@ -17,10 +17,13 @@ that is llmpipe's own derives from one base class::
 
 Each carries ``kind`` (a short machine-readable word used in :class:`pipeline.Error` events)
 and ``retryable``. Foreign exceptions are translated at the boundary with
-``raise ProducerError(...) from exc``.
+``raise ProducerError(...) from exc`` (the producers map each SDK's exception classes with a
+table); :func:`error_event` is the one place where an exception becomes an ``Error`` event.
 """
 
 from __future__ import annotations
+
+from ._events import Error
 
 __all__ = [
     "ChannelOverflowError",
@@ -33,6 +36,7 @@ __all__ = [
     "ProducerStatusError",
     "ProducerTimeout",
     "StageError",
+    "error_event",
 ]
 
 
@@ -97,19 +101,39 @@ class ProducerTimeout(ProducerError):
 
 
 class ProducerStatusError(ProducerError):
-    """The provider answered with an HTTP error status."""
+    """The provider answered with an HTTP error status.
+
+    ``retry_after`` is how long the provider asked us to wait (seconds, from its
+    ``Retry-After`` header), or ``None``.
+    """
 
     kind = "status"
 
-    def __init__(self, message: str, *, status_code: int, retryable: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         if retryable is None:
             # As the SDKs do: timeouts, conflicts, rate limits and server errors.
             retryable = status_code in (408, 409, 429) or status_code >= 500
         super().__init__(message, retryable=retryable)
         self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class ProducerProtocolError(ProducerError):
     """The provider sent a stream we could not parse."""
 
     kind = "protocol"
+
+
+def error_event(exc: BaseException) -> Error:
+    """The :class:`Error` event that reports ``exc`` (secrets never come from here: messages
+    of llmpipe's own errors are written to leave them out)."""
+    if isinstance(exc, LLMPipeError):
+        return Error(kind=exc.kind, message=str(exc), retryable=exc.retryable)
+    return Error(kind="internal", message=f"{type(exc).__name__}: {exc}", retryable=False)

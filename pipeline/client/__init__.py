@@ -48,7 +48,7 @@ Concurrency
     of streams; it is left open.
 """
 
-from ._client import Backoff as Backoff
+from .. import Backoff as Backoff
 from ._client import ClientError as ClientError
 from ._client import EventStream as EventStream
 from ._client import ReconnectsExhausted as ReconnectsExhausted

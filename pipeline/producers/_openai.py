@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 import attrs
 import httpx
@@ -36,8 +36,11 @@ from .. import (
     Done,
     Event,
     Metadata,
+    ProducerConnectionError,
     ProducerError,
     ProducerProtocolError,
+    ProducerStatusError,
+    ProducerTimeout,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -48,7 +51,9 @@ from ..wire import SSEEvent
 from ._base import (
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
+    TRANSPORT_ERRORS,
     CostGuard,
+    ErrorMap,
     RetryPolicy,
     SSEProducer,
     StreamParser,
@@ -56,6 +61,7 @@ from ._base import (
 )
 
 __all__ = [
+    "OPENAI_ERRORS",
     "OpenAIChatProducer",
     "OpenAIResponsesProducer",
     "openai_client",
@@ -83,6 +89,16 @@ RETRYABLE_ERROR_TYPES: Final = frozenset(
     }
 )
 """In-stream error ``type``/``code`` values that a new request may not hit again."""
+
+OPENAI_ERRORS: Final[ErrorMap] = {
+    openai.APIStatusError: ProducerStatusError,
+    openai.APIResponseValidationError: ProducerStatusError,
+    openai.APITimeoutError: ProducerTimeout,
+    openai.APIConnectionError: ProducerConnectionError,
+    openai.WebSocketConnectionClosedError: ProducerConnectionError,
+}
+"""The ``openai`` SDK's exceptions (see :data:`~pipeline.producers._base.ErrorMap`); any
+other ``openai.OpenAIError`` becomes a plain, non-retryable ``ProducerError``."""
 
 _RESPONSES_STOP: Final = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
@@ -203,6 +219,7 @@ class _OpenAIProducer(SSEProducer):
     """What both OpenAI producers share: the client and the end-aware body."""
 
     provider = PROVIDER
+    errors: ClassVar[ErrorMap] = {**TRANSPORT_ERRORS, **OPENAI_ERRORS}
 
     def __init__(
         self,
