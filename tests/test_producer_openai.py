@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 from pipeline import (
+    Backoff,
     ConfigError,
     Done,
     Error,
@@ -70,7 +71,7 @@ TOOLS_REPLY = Reply(
     input_tokens=21,
     output_tokens=34,
 )
-FAST = RetryPolicy(max_attempts=3, initial_delay=0.1, jitter=False)
+FAST = RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.1, jitter=False))
 
 
 @asynccontextmanager

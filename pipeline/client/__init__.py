@@ -48,8 +48,8 @@ Concurrency
     of streams; it is left open.
 """
 
+from .. import Backoff as Backoff
 from ..packaging import fixup_module_metadata as _fixup_module_metadata
-from ._client import Backoff as Backoff
 from ._client import ClientError as ClientError
 from ._client import EventStream as EventStream
 from ._client import ReconnectsExhausted as ReconnectsExhausted

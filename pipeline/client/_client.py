@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import random
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
-import attrs
 import httpx
 import trio
 
 from .. import (
+    Backoff,
     ConfigError,
     Error,
     Event,
@@ -21,10 +20,9 @@ from .. import (
     event_from_json,
     is_terminal,
 )
-from ..wire import SSEDecoder, SSEEvent
+from ..wire import SSEDecoder, SSEEvent, retry_after_seconds
 
 __all__ = [
-    "Backoff",
     "ClientError",
     "EventStream",
     "ReconnectsExhausted",
@@ -41,6 +39,7 @@ RETRY_STATUSES: Final = frozenset({408, 429})
 _CONNECT_TIMEOUT: Final = 10.0
 _CLOSE_TIMEOUT: Final = 5.0
 _MAX_ERROR_BODY: Final = 64 * 1024
+_BACKOFF: Final = Backoff()
 # Failures worth a reconnect; other transport errors (unsupported scheme, our own protocol
 # mistakes) would fail the same way again.
 _TRANSIENT: Final = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -95,44 +94,6 @@ class StreamProtocolError(ClientError):
     kind = "protocol"
 
 
-@attrs.frozen
-class Backoff:
-    """How long to wait before reconnect number ``attempt`` (0 for the first one).
-
-    The ceiling grows as ``initial * multiplier ** attempt`` up to ``maximum`` seconds; with
-    ``jitter`` (full jitter) the wait is uniform in ``[0, ceiling]``, else the ceiling itself.
-    A server hint (the SSE ``retry:`` field, a ``Retry-After`` header) is a lower bound, itself
-    capped at ``max_hint`` seconds so a confused server cannot park the client for hours.
-    """
-
-    initial: float = 0.25
-    maximum: float = 8.0
-    multiplier: float = 2.0
-    jitter: bool = True
-    max_hint: float = 60.0
-
-    def __attrs_post_init__(self) -> None:
-        if not (0 <= self.initial <= self.maximum):
-            raise ConfigError(f"backoff: need 0 <= initial <= maximum, got {self}")
-        if self.multiplier < 1 or self.max_hint < 0:
-            raise ConfigError(f"backoff: need multiplier >= 1 and max_hint >= 0, got {self}")
-
-    def delay(
-        self, attempt: int, hint: float | None = None, *, rng: random.Random | None = None
-    ) -> float:
-        """Seconds to wait before reconnect ``attempt`` (>= 0), at least ``hint`` (seconds)."""
-        ceiling = self.maximum
-        if attempt < 64:  # beyond that the power only overflows
-            ceiling = min(self.maximum, self.initial * self.multiplier**attempt)
-        wait = (rng or _RANDOM).uniform(0.0, ceiling) if self.jitter else ceiling
-        if hint is not None:
-            wait = max(wait, min(hint, self.max_hint))
-        return wait
-
-
-_RANDOM: Final = random.Random()
-
-
 def _server_message(response: httpx.Response, body: bytes) -> str:
     """The error message in a server's answer: ``{"error": {"message": ...}}`` (llmpipe,
     OpenAI), ``{"error": "..."}``, ``{"message": ...}`` or ``{"detail": ...}``, else the text."""
@@ -161,13 +122,6 @@ async def _read_limited(response: httpx.Response, limit: int = _MAX_ERROR_BODY) 
         if len(buf) >= limit:
             break
     return bytes(buf[:limit])
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "").strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    return None  # HTTP dates are not worth the parsing here
 
 
 class EventStream:
@@ -327,7 +281,7 @@ class EventStream:
             status = response.status_code
             if status in RETRY_STATUSES or status >= 500:
                 body = await _read_limited(response)
-                self._hint = _retry_after(response)
+                self._hint = retry_after_seconds(response.headers)
                 self._reason = StreamStatusError(self.url, status, _server_message(response, body))
                 await _close(conn)
                 return
@@ -393,7 +347,7 @@ async def open_event_stream(
     client: httpx.AsyncClient | None = None,
     last_event_id: int | None = None,
     max_reconnects: int = 10,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = _BACKOFF,
     headers: Mapping[str, str] | None = None,
     read_timeout: float | None = 60.0,
 ) -> AsyncIterator[EventStream]:
@@ -466,7 +420,7 @@ async def stream_events(
     *,
     client: httpx.AsyncClient | None = None,
     max_reconnects: int = 10,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = _BACKOFF,
     headers: Mapping[str, str] | None = None,
     read_timeout: float | None = 60.0,
 ) -> AsyncIterator[EventStream]:

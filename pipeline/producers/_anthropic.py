@@ -38,7 +38,7 @@ import os
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import anthropic
 import httpx2
@@ -48,8 +48,11 @@ from .. import (
     Done,
     Event,
     Metadata,
+    ProducerConnectionError,
     ProducerError,
     ProducerProtocolError,
+    ProducerStatusError,
+    ProducerTimeout,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -60,14 +63,16 @@ from ..wire import SSEEvent
 from ._base import (
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
+    TRANSPORT_ERRORS,
     CostGuard,
+    ErrorMap,
     RetryPolicy,
     SSEProducer,
     StreamParser,
     redact,
 )
 
-__all__ = ["DEFAULT_MAX_TOKENS", "AnthropicProducer", "anthropic_client"]
+__all__ = ["ANTHROPIC_ERRORS", "DEFAULT_MAX_TOKENS", "AnthropicProducer", "anthropic_client"]
 
 DEFAULT_MAX_TOKENS: Final = 1024
 """``max_tokens`` when none is given (the Messages API requires one)."""
@@ -76,6 +81,15 @@ _RETRYABLE_ERROR_TYPES: Final = frozenset(
     {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 )
 
+
+ANTHROPIC_ERRORS: Final[ErrorMap] = {
+    anthropic.APIStatusError: ProducerStatusError,  # 429, 5xx, 529 overloaded, ...
+    anthropic.APIResponseValidationError: ProducerStatusError,
+    anthropic.APITimeoutError: ProducerTimeout,
+    anthropic.APIConnectionError: ProducerConnectionError,
+}
+"""The ``anthropic`` SDK's exceptions (see :data:`~pipeline.producers._base.ErrorMap`); any
+other ``anthropic.AnthropicError`` becomes a plain, non-retryable ``ProducerError``."""
 
 _NO_RETRY_CLIENTS: Final[weakref.WeakKeyDictionary[Any, anthropic.AsyncAnthropic]] = (
     weakref.WeakKeyDictionary()
@@ -313,6 +327,7 @@ class AnthropicProducer(SSEProducer):
     """
 
     provider = "anthropic"
+    errors: ClassVar[ErrorMap] = {**TRANSPORT_ERRORS, **ANTHROPIC_ERRORS}
 
     def __init__(
         self,

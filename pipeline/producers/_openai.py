@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, TypedDict, Unpack, cast
 
 import attrs
 import httpx
@@ -36,8 +36,11 @@ from .. import (
     Done,
     Event,
     Metadata,
+    ProducerConnectionError,
     ProducerError,
     ProducerProtocolError,
+    ProducerStatusError,
+    ProducerTimeout,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -48,7 +51,9 @@ from ..wire import SSEEvent
 from ._base import (
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
+    TRANSPORT_ERRORS,
     CostGuard,
+    ErrorMap,
     RetryPolicy,
     SSEProducer,
     StreamParser,
@@ -56,7 +61,9 @@ from ._base import (
 )
 
 __all__ = [
+    "OPENAI_ERRORS",
     "OpenAIChatProducer",
+    "OpenAIOptions",
     "OpenAIResponsesProducer",
     "openai_client",
 ]
@@ -83,6 +90,16 @@ RETRYABLE_ERROR_TYPES: Final = frozenset(
     }
 )
 """In-stream error ``type``/``code`` values that a new request may not hit again."""
+
+OPENAI_ERRORS: Final[ErrorMap] = {
+    openai.APIStatusError: ProducerStatusError,
+    openai.APIResponseValidationError: ProducerStatusError,
+    openai.APITimeoutError: ProducerTimeout,
+    openai.APIConnectionError: ProducerConnectionError,
+    openai.WebSocketConnectionClosedError: ProducerConnectionError,
+}
+"""The ``openai`` SDK's exceptions (see :data:`~pipeline.producers._base.ErrorMap`); any
+other ``openai.OpenAIError`` becomes a plain, non-retryable ``ProducerError``."""
 
 _RESPONSES_STOP: Final = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
@@ -164,10 +181,53 @@ class _ToolCall:
         return ToolCallEnd(self.index, self.id, self.name, full)
 
 
-class _EndAwareParser(StreamParser):
-    """A parser that knows when the provider's end marker arrived (see :class:`_Body`)."""
+def _limit(value: int | None, extra: Mapping[str, Any], *keys: str) -> int | None:
+    """The output-token limit a request asks for: ``value``, else the first int in ``extra``
+    under one of ``keys``."""
+    if value is not None:
+        return value
+    for key in keys:
+        found = extra.get(key)
+        if isinstance(found, int):
+            return found
+    return None
 
-    ended: bool = False
+
+class _EndAwareParser(StreamParser):
+    """What both OpenAI parsers share: the tool calls being streamed, the stop reason and
+    usage kept for the end, and knowing when the end marker arrived (see :class:`_Body`).
+
+    ``finish`` raises a retryable :class:`~pipeline.ProducerProtocolError` saying
+    ``incomplete`` unless :meth:`_complete`; else it ends the open tool calls and emits the
+    usage (if any) and ``Done``.
+    """
+
+    incomplete: ClassVar[str]
+
+    def __init__(self, secrets: Sequence[str | None]) -> None:
+        self._secrets = secrets
+        self._calls: dict[int, _ToolCall] = {}
+        self._stop: str | None = None
+        self._usage: Usage | None = None
+        self.ended = False
+
+    def _complete(self) -> bool:
+        return self.ended
+
+    def _end_calls(self, out: list[Event]) -> None:
+        for call in self._calls.values():
+            if not call.ended:
+                out.append(call.end())
+
+    def finish(self) -> Sequence[Event]:
+        if not self._complete():
+            raise ProducerProtocolError(f"{PROVIDER}: {self.incomplete}", retryable=True)
+        out: list[Event] = []
+        self._end_calls(out)
+        if self._usage is not None:
+            out.append(self._usage)
+        out.append(Done(self._stop))
+        return out
 
 
 class _Body:
@@ -199,20 +259,47 @@ class _Body:
         return await self._chunks.__anext__()
 
 
+class OpenAIOptions(TypedDict, total=False):
+    """The keyword options both OpenAI producers take besides their prompt and output limit.
+
+    ``temperature`` and ``tools`` are sent as the API takes them; ``extra`` is merged into the
+    JSON body (``extra_body``), so it can carry any parameter, standard or server-specific.
+    ``retry`` (:class:`~pipeline.producers.RetryPolicy`), ``first_token_timeout`` and
+    ``stall_timeout`` (seconds or ``None``; 60 and 30 by default) and ``cost_guard`` configure
+    the shared loop (:class:`~pipeline.producers.SSEProducer`).
+    """
+
+    temperature: float | None
+    tools: list[dict[str, Any]] | None
+    extra: dict[str, Any] | None
+    retry: RetryPolicy | None
+    first_token_timeout: float | None
+    stall_timeout: float | None
+    cost_guard: CostGuard | None
+
+
 class _OpenAIProducer(SSEProducer):
-    """What both OpenAI producers share: the client and the end-aware body."""
+    """What both OpenAI producers share: the client, the :class:`OpenAIOptions`, the request
+    and the end-aware body."""
 
     provider = PROVIDER
+    errors: ClassVar[ErrorMap] = {**TRANSPORT_ERRORS, **OPENAI_ERRORS}
 
     def __init__(
         self,
         client: openai.AsyncOpenAI,
         *,
-        retry: RetryPolicy | None,
-        first_token_timeout: float | None,
-        stall_timeout: float | None,
-        cost_guard: CostGuard | None,
+        model: str,
+        temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+        first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        cost_guard: CostGuard | None = None,
     ) -> None:
+        if not model:
+            raise ConfigError("model: a model name is required")
         super().__init__(
             retry=retry,
             first_token_timeout=first_token_timeout,
@@ -225,6 +312,10 @@ class _OpenAIProducer(SSEProducer):
         # redo the SDK's per-client set-up (its platform probe runs in a worker thread).
         self._client = client if client.max_retries == 0 else client.with_options(max_retries=0)
         self._current: _EndAwareParser | None = None
+        self.model = model
+        self.temperature = temperature
+        self.tools = tools
+        self.extra = dict(extra or {})
 
     def _new_parser(self) -> _EndAwareParser:
         raise NotImplementedError
@@ -236,6 +327,27 @@ class _OpenAIProducer(SSEProducer):
     def _request(self) -> Any:
         """The SDK's ``with_streaming_response.create(...)`` context manager."""
         raise NotImplementedError
+
+    def _with_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` (the API's own fields) and the options both APIs take alike."""
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        if self.tools:
+            kwargs["tools"] = self.tools
+        if self.extra:
+            kwargs["extra_body"] = self.extra
+        return kwargs
+
+    def _prompt(self) -> list[Any]:
+        """What the prompt is made of (messages, input items, strings), for the cost guard."""
+        raise NotImplementedError
+
+    def _prompt_texts(self) -> Sequence[str]:
+        out: list[str] = []
+        _texts_of(self._prompt(), out)
+        if self.tools:
+            out.append(json.dumps(self.tools))
+        return out
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -265,13 +377,11 @@ class _OpenAIProducer(SSEProducer):
 class _ChatParser(_EndAwareParser):
     """``chat.completion.chunk`` events -> llmpipe events. Only ``choices[0]`` is read."""
 
+    incomplete = "the stream ended before its finish_reason and [DONE]"
+
     def __init__(self, secrets: Sequence[str | None]) -> None:
-        self._secrets = secrets
+        super().__init__(secrets)
         self._meta = False
-        self._calls: dict[int, _ToolCall] = {}
-        self._stop: str | None = None
-        self._usage: Usage | None = None
-        self.ended = False
 
     def feed(self, sse: SSEEvent) -> Sequence[Event]:
         if self.ended:
@@ -338,23 +448,8 @@ class _ChatParser(_EndAwareParser):
                 call.parts.append(arguments)
                 out.append(ToolCallDelta(index, arguments))
 
-    def _end_calls(self, out: list[Event]) -> None:
-        for call in self._calls.values():
-            if not call.ended:
-                out.append(call.end())
-
-    def finish(self) -> Sequence[Event]:
-        if not self.ended and self._stop is None:
-            raise ProducerProtocolError(
-                f"{PROVIDER}: the stream ended before its finish_reason and [DONE]",
-                retryable=True,
-            )
-        out: list[Event] = []
-        self._end_calls(out)
-        if self._usage is not None:
-            out.append(self._usage)
-        out.append(Done(self._stop))
-        return out
+    def _complete(self) -> bool:
+        return self.ended or self._stop is not None
 
 
 class OpenAIChatProducer(_OpenAIProducer):
@@ -369,8 +464,9 @@ class OpenAIChatProducer(_OpenAIProducer):
     ``Done`` is emitted after ``data: [DONE]`` once the body has ended (or after a short drain).
 
     ``max_tokens`` is sent as ``max_tokens`` (what every compatible server accepts); for models
-    that want ``max_completion_tokens`` pass it in ``extra``. ``extra`` is merged into the JSON
-    body (``extra_body``), so it can carry any parameter, standard or server-specific.
+    that want ``max_completion_tokens`` pass it in ``extra``. The other keyword arguments are
+    the :class:`OpenAIOptions` (``temperature``, ``tools``, ``extra``, ``retry``, the
+    timeouts, ``cost_guard``).
     An error object inside the stream raises :class:`~pipeline.ProducerError`, retryable for
     ``server_error``/overload/rate-limit types (see :data:`RETRYABLE_ERROR_TYPES`).
     ``refusal`` deltas and choices other than the first are ignored.
@@ -387,33 +483,15 @@ class OpenAIChatProducer(_OpenAIProducer):
         model: str,
         messages: list[dict[str, Any]],
         max_tokens: int | None = None,
-        temperature: float | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        extra: dict[str, Any] | None = None,
-        retry: RetryPolicy | None = None,
-        first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT,
-        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
-        cost_guard: CostGuard | None = None,
+        **options: Unpack[OpenAIOptions],
     ) -> None:
-        if not model:
-            raise ConfigError("model: a model name is required")
+        super().__init__(client, model=model, **options)
         if not messages:
             raise ConfigError("messages: at least one message is required")
         if max_tokens is not None and max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
-        super().__init__(
-            client,
-            retry=retry,
-            first_token_timeout=first_token_timeout,
-            stall_timeout=stall_timeout,
-            cost_guard=cost_guard,
-        )
-        self.model = model
         self.messages = messages
         self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.tools = tools
-        self.extra = dict(extra or {})
 
     def __repr__(self) -> str:
         return f"<OpenAIChatProducer model={self.model!r} messages={len(self.messages)}>"
@@ -430,30 +508,14 @@ class OpenAIChatProducer(_OpenAIProducer):
         }
         if self.max_tokens is not None:
             kwargs["max_tokens"] = self.max_tokens
-        if self.temperature is not None:
-            kwargs["temperature"] = self.temperature
-        if self.tools:
-            kwargs["tools"] = self.tools
-        if self.extra:
-            kwargs["extra_body"] = self.extra
-        return self._client.chat.completions.with_streaming_response.create(**kwargs)
+        create = self._client.chat.completions.with_streaming_response.create
+        return create(**self._with_options(kwargs))
 
-    def _prompt_texts(self) -> Sequence[str]:
-        out: list[str] = []
-        for message in self.messages:
-            _texts_of(message, out)
-        if self.tools:
-            out.append(json.dumps(self.tools))
-        return out
+    def _prompt(self) -> list[Any]:
+        return self.messages
 
     def _max_tokens(self) -> int | None:
-        if self.max_tokens is not None:
-            return self.max_tokens
-        for key in ("max_completion_tokens", "max_tokens"):
-            value = self.extra.get(key)
-            if isinstance(value, int):
-                return value
-        return None
+        return _limit(self.max_tokens, self.extra, "max_completion_tokens", "max_tokens")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,12 +525,7 @@ class OpenAIChatProducer(_OpenAIProducer):
 class _ResponsesParser(_EndAwareParser):
     """Responses API stream events -> llmpipe events."""
 
-    def __init__(self, secrets: Sequence[str | None]) -> None:
-        self._secrets = secrets
-        self._calls: dict[int, _ToolCall] = {}
-        self._stop: str | None = None
-        self._usage: Usage | None = None
-        self.ended = False
+    incomplete = "the stream ended before response.completed"
 
     def feed(self, sse: SSEEvent) -> Sequence[Event]:
         if self.ended:
@@ -549,20 +606,7 @@ class _ResponsesParser(_EndAwareParser):
             )
             self._stop = "tool_calls" if has_call else "stop"
         out: list[Event] = []
-        for call in self._calls.values():
-            if not call.ended:
-                out.append(call.end())
-        return out
-
-    def finish(self) -> Sequence[Event]:
-        if not self.ended:
-            raise ProducerProtocolError(
-                f"{PROVIDER}: the stream ended before response.completed", retryable=True
-            )
-        out: list[Event] = []
-        if self._usage is not None:
-            out.append(self._usage)
-        out.append(Done(self._stop))
+        self._end_calls(out)
         return out
 
 
@@ -582,7 +626,8 @@ class OpenAIResponsesProducer(_OpenAIProducer):
     ``response.incomplete`` the ``incomplete_details.reason`` mapped ``max_output_tokens`` ->
     ``"length"`` (``content_filter`` and other reasons as given). ``response.failed`` and
     ``error`` events raise :class:`~pipeline.ProducerError` (retryable for ``server_error``,
-    rate limits and overload). Concurrency and cancellation as for :class:`OpenAIChatProducer`.
+    rate limits and overload). The other keyword arguments are the :class:`OpenAIOptions`.
+    Concurrency and cancellation as for :class:`OpenAIChatProducer`.
     """
 
     def __init__(
@@ -593,34 +638,16 @@ class OpenAIResponsesProducer(_OpenAIProducer):
         input: str | list[dict[str, Any]],  # the API's own name
         instructions: str | None = None,
         max_output_tokens: int | None = None,
-        temperature: float | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        extra: dict[str, Any] | None = None,
-        retry: RetryPolicy | None = None,
-        first_token_timeout: float | None = DEFAULT_FIRST_TOKEN_TIMEOUT,
-        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
-        cost_guard: CostGuard | None = None,
+        **options: Unpack[OpenAIOptions],
     ) -> None:
-        if not model:
-            raise ConfigError("model: a model name is required")
+        super().__init__(client, model=model, **options)
         if not input:
             raise ConfigError("input: a prompt or at least one input item is required")
         if max_output_tokens is not None and max_output_tokens < 1:
             raise ConfigError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
-        super().__init__(
-            client,
-            retry=retry,
-            first_token_timeout=first_token_timeout,
-            stall_timeout=stall_timeout,
-            cost_guard=cost_guard,
-        )
-        self.model = model
         self.input = input
         self.instructions = instructions
         self.max_output_tokens = max_output_tokens
-        self.temperature = temperature
-        self.tools = tools
-        self.extra = dict(extra or {})
 
     def __repr__(self) -> str:
         return f"<OpenAIResponsesProducer model={self.model!r}>"
@@ -634,28 +661,13 @@ class OpenAIResponsesProducer(_OpenAIProducer):
             kwargs["instructions"] = self.instructions
         if self.max_output_tokens is not None:
             kwargs["max_output_tokens"] = self.max_output_tokens
-        if self.temperature is not None:
-            kwargs["temperature"] = self.temperature
-        if self.tools:
-            kwargs["tools"] = self.tools
-        if self.extra:
-            kwargs["extra_body"] = self.extra
-        return self._client.responses.with_streaming_response.create(**kwargs)
+        return self._client.responses.with_streaming_response.create(**self._with_options(kwargs))
 
-    def _prompt_texts(self) -> Sequence[str]:
-        out: list[str] = []
-        if self.instructions:
-            out.append(self.instructions)
-        _texts_of(self.input, out)
-        if self.tools:
-            out.append(json.dumps(self.tools))
-        return out
+    def _prompt(self) -> list[Any]:
+        return [self.instructions or None, self.input]
 
     def _max_tokens(self) -> int | None:
-        if self.max_output_tokens is not None:
-            return self.max_output_tokens
-        value = self.extra.get("max_output_tokens")
-        return value if isinstance(value, int) else None
+        return _limit(self.max_output_tokens, self.extra, "max_output_tokens")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Server-sent events (:class:`SSEDecoder`, :func:`encode_event`, :func:`encode_comment`, to the
 letter of the WHATWG standard; :func:`event_frame` for one llmpipe event) and newline-delimited
-JSON (:func:`ndjson_line`). Shared by the producers (decoding providers' streams), the server
+JSON (:func:`ndjson_line`); the ``Retry-After`` header (:func:`parse_retry_after`,
+:func:`retry_after_seconds`). Shared by the producers (decoding providers' streams), the server
 (encoding) and the client (decoding). Pure and synchronous: safe from any task or thread.
 """
 
@@ -12,6 +13,8 @@ from ._frames import SSE_HEADERS as SSE_HEADERS
 from ._frames import event_frame as event_frame
 from ._ndjson import NDJSON_CONTENT_TYPE as NDJSON_CONTENT_TYPE
 from ._ndjson import ndjson_line as ndjson_line
+from ._retry_after import parse_retry_after as parse_retry_after
+from ._retry_after import retry_after_seconds as retry_after_seconds
 from ._sse import SSEDecoder as SSEDecoder
 from ._sse import SSEEvent as SSEEvent
 from ._sse import encode_comment as encode_comment
@@ -27,6 +30,8 @@ __all__ = [
     "encode_event",
     "event_frame",
     "ndjson_line",
+    "parse_retry_after",
+    "retry_after_seconds",
 ]
 
 _fixup_module_metadata(__name__, globals())

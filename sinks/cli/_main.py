@@ -20,11 +20,11 @@ import trio
 from pipeline import (
     ConfigError,
     LLMPipeError,
+    MissingExtraError,
     ProducerConnectionError,
     ProducerStatusError,
     ProducerTimeout,
 )
-from pipeline.packaging import MissingExtraError
 
 from . import _client, _emulate, _serve, _stream
 

@@ -1,0 +1,155 @@
+"""The producers' error maps: SDK and transport exceptions become ProducerErrors by type.
+
+The end-to-end tests (test_producer_openai.py, test_producer_anthropic.py) pin what real
+failures against the emulator become; these pin the tables themselves, class by class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+import trio
+
+from pipeline import Error, LLMPipeError, ProducerError, ProducerStatusError, error_event
+from pipeline.producers._anthropic import AnthropicProducer
+from pipeline.producers._base import TRANSPORT_ERRORS, ErrorMap, translate_error
+from pipeline.producers._openai import OpenAIChatProducer, OpenAIResponsesProducer
+
+KEY = "sk-test-DISTINCTIVE-0123456789abcdef"
+REQUEST = httpx2.Request("POST", "https://api.example/v1/x")
+
+
+def response(status: int, **headers: str) -> httpx2.Response:
+    return httpx2.Response(status, request=REQUEST, headers=headers, json={})
+
+
+def sdk_error(cls: type[Exception], status: int = 429, **headers: str) -> Exception:
+    """An SDK exception as the SDK raises it (status errors carry their response)."""
+    if issubclass(cls, openai.APIStatusError | anthropic.APIStatusError):
+        return cls(f"boom {KEY}", response=response(status, **headers), body=None)
+    if issubclass(cls, openai.APITimeoutError | anthropic.APITimeoutError):
+        return cls(request=REQUEST)
+    return cls(message=f"boom {KEY}", request=REQUEST)  # type: ignore[call-arg]
+
+
+def summary(exc: BaseException, errors: ErrorMap) -> tuple[str, bool, int | None]:
+    err = translate_error(exc, [KEY], errors)
+    assert KEY not in str(err)
+    return err.kind, err.retryable, getattr(err, "status_code", None)
+
+
+OPENAI = OpenAIChatProducer.errors
+ANTHROPIC = AnthropicProducer.errors
+
+
+def test_both_openai_producers_share_one_table() -> None:
+    assert OpenAIResponsesProducer.errors is OPENAI
+
+
+@pytest.mark.parametrize(("sdk", "errors"), [(openai, OPENAI), (anthropic, ANTHROPIC)])
+@pytest.mark.parametrize(
+    ("name", "status", "expected"),
+    [
+        ("RateLimitError", 429, ("status", True, 429)),
+        ("InternalServerError", 503, ("status", True, 503)),
+        ("ConflictError", 409, ("status", True, 409)),
+        ("BadRequestError", 400, ("status", False, 400)),
+        ("AuthenticationError", 401, ("status", False, 401)),
+        ("APITimeoutError", None, ("timeout", True, None)),
+        ("APIConnectionError", None, ("connection", True, None)),
+    ],
+)
+def test_sdk_errors(
+    sdk: Any, errors: ErrorMap, name: str, status: int | None, expected: tuple[str, bool, int]
+) -> None:
+    assert summary(sdk_error(getattr(sdk, name), status or 0), errors) == expected
+
+
+def test_status_error_message_and_retry_after() -> None:
+    exc = sdk_error(anthropic.OverloadedError, 529, **{"retry-after": "2.5"})
+    err = translate_error(exc, [KEY], ANTHROPIC)
+    assert isinstance(err, ProducerStatusError)
+    assert (err.status_code, err.retryable, err.retry_after) == (529, True, 2.5)
+    assert str(err) == "HTTP 529: boom <redacted>"
+    exc = sdk_error(openai.RateLimitError, 429, **{"retry-after-ms": "1500", "retry-after": "9"})
+    err = translate_error(exc, [KEY], OPENAI)
+    assert isinstance(err, ProducerStatusError)
+    assert err.retry_after == 1.5
+    err = translate_error(sdk_error(openai.RateLimitError), [KEY], OPENAI)
+    assert isinstance(err, ProducerStatusError)
+    assert err.retry_after is None
+
+
+@pytest.mark.parametrize("hx", [httpx, httpx2])
+@pytest.mark.parametrize(
+    ("name", "kind", "retryable"),
+    [
+        ("ConnectTimeout", "timeout", True),
+        ("ReadTimeout", "timeout", True),
+        ("PoolTimeout", "timeout", True),
+        ("ConnectError", "connection", True),
+        ("ReadError", "connection", True),
+        ("WriteError", "connection", True),
+        ("CloseError", "connection", True),
+        ("RemoteProtocolError", "connection", True),
+        ("LocalProtocolError", "protocol", False),
+        ("UnsupportedProtocol", "protocol", False),
+        ("DecodingError", "protocol", False),
+        ("ProxyError", "producer", False),
+        ("TooManyRedirects", "producer", False),
+    ],
+)
+def test_transport_errors(hx: Any, name: str, kind: str, retryable: bool) -> None:
+    exc = getattr(hx, name)(f"boom {KEY}")
+    for errors in (TRANSPORT_ERRORS, OPENAI, ANTHROPIC):
+        assert summary(exc, errors) == (kind, retryable, None)
+    assert str(translate_error(exc, [KEY])) == f"{name}: boom <redacted>"
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ConnectionResetError("reset"), "connection"),
+        (OSError("no route"), "connection"),
+        (TimeoutError("slow"), "timeout"),  # an OSError, but the nearer entry wins
+        (trio.BrokenResourceError(), "connection"),
+        (ValueError("odd"), "producer"),
+    ],
+)
+def test_runtime_errors(exc: Exception, kind: str) -> None:
+    assert translate_error(exc).kind == kind
+
+
+def test_by_type_not_by_name() -> None:
+    class SocketConnectionTimeout(Exception):
+        """Named like a transport error, but no table lists it."""
+
+    class Hiccup(openai.APIConnectionError):
+        """A subclass of a listed class, whatever its name."""
+
+    odd = translate_error(SocketConnectionTimeout("x"), (), OPENAI)
+    assert (type(odd), odd.kind, odd.retryable) == (ProducerError, "producer", False)
+    assert str(odd) == "SocketConnectionTimeout: x"
+    assert translate_error(Hiccup(request=REQUEST), (), OPENAI).kind == "connection"
+    # A table is per SDK: the other SDK's classes are not in it.
+    assert translate_error(sdk_error(openai.APITimeoutError), (), ANTHROPIC).kind == "producer"
+
+
+def test_our_own_errors_pass_through() -> None:
+    err = ProducerStatusError("HTTP 500", status_code=500)
+    assert translate_error(err, (), OPENAI) is err
+
+
+def test_error_event() -> None:
+    assert error_event(ProducerStatusError("HTTP 503: x", status_code=503)) == Error(
+        kind="status", message="HTTP 503: x", retryable=True
+    )
+    assert error_event(KeyError("k")) == Error(
+        kind="internal", message="KeyError: 'k'", retryable=False
+    )
+    assert issubclass(ProducerError, LLMPipeError)
