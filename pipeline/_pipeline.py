@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
@@ -640,11 +640,11 @@ class Pipeline:
                 max_spill_bytes=route.max_spill_bytes,
             )
             name = route.name or f"{i}:{getattr(sink, 'name', type(sink).__name__)}"
-            states.append(_RouteState(name, route, sink, send, recv))
+            external = i >= len(self.sinks)
+            states.append(_RouteState(name, route, sink, send, recv, external=external))
         return states
 
-    @asynccontextmanager
-    async def open(self, *, _extra: Sequence[Route] = ()) -> AsyncIterator[RunningPipeline]:
+    def open(self) -> AbstractAsyncContextManager[RunningPipeline]:
         """Start the pipeline; exiting the block waits for it to end.
 
         If the block raises, the pipeline is cancelled first. After the block, an exception
@@ -652,10 +652,16 @@ class Pipeline:
         with ``on_failure="cancel"``) is raised. Raises ``RuntimeError`` if this pipeline was
         already run.
         """
+        return self._open(())
+
+    @asynccontextmanager
+    async def _open(self, extra: Sequence[Route]) -> AsyncIterator[RunningPipeline]:
+        """:meth:`open`, with ``extra`` routes after ``sinks`` that the caller reads (their
+        receivers stay open when the pipeline ends: the caller closes them)."""
         if self._used:
             raise RuntimeError("a Pipeline runs once; build a new one for the next stream")
         self._used = True
-        routes = self._routes(_extra)
+        routes = self._routes(extra)
         src_send, src_recv = open_event_channel(max_items=self.source_buffer)
         running = RunningPipeline(self, routes, src_send, src_recv, trio.current_time())
         running._direct = not self.stages and self.heartbeat_interval is None
@@ -665,8 +671,6 @@ class Pipeline:
             running._counters.append(_StageCounter(stage))
             if running._accumulate is None and isinstance(stage, Accumulate):
                 running._accumulate = stage
-        for route in routes[len(routes) - len(_extra) :]:
-            route.external = True
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(running._supervise)
@@ -719,7 +723,7 @@ class Pipeline:
             max_spill_bytes=max_spill_bytes,
             name="caller",
         )
-        async with self.open(_extra=[route]) as running:
+        async with self._open([route]) as running:
             receiver = running._routes[-1].receiver
             try:
                 yield receiver
