@@ -8,7 +8,9 @@ Tasks (all in one nursery owned by :meth:`Pipeline.open`)::
 
 The stage task runs every stage and the fan-out; it stamps ``seq`` on each event it sends out.
 Without stages and heartbeat there is no stage task: the producer's ``emit`` stamps and fans out
-itself (one hop fewer per event; same order, ending and errors).
+itself (one hop fewer per event). Both schedules run the same code for each event and for the
+ending below (``RunningPipeline._produce`` and ``_admit``), so the sinks see the same events,
+numbers and ending either way.
 A sink's channel policy decides what happens when that sink lags (see :class:`Policy`): with
 ``block`` the whole pipeline waits for it; with the other policies the others go on.
 
@@ -16,6 +18,8 @@ Ending:
 
 * The producer returns -> the stages are flushed, a ``Done`` is added if none came, every sink
   reads to the end, the pipeline finishes.
+* A terminal event (``Done`` or ``Error``, from the producer or a stage) ends the stream: the
+  producer is cancelled, and what it emits after a terminal event of its own is ignored.
 * The producer fails before its first event -> the pipeline is cancelled and the exception is
   raised from :meth:`Pipeline.open` / :meth:`Pipeline.run`. After its first event -> an
   ``Error`` event reaches every sink and the pipeline finishes normally.
@@ -31,10 +35,9 @@ Ending:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
@@ -348,10 +351,8 @@ class RunningPipeline:
                 async with trio.open_nursery() as nursery:
                     for route in self._routes:
                         nursery.start_soon(self._run_sink, route, name=f"llmpipe sink {route.name}")
-                    if self._direct:
-                        nursery.start_soon(self._run_direct, name="llmpipe producer")
-                    else:
-                        nursery.start_soon(self._run_producer, name="llmpipe producer")
+                    nursery.start_soon(self._run_producer, name="llmpipe producer")
+                    if not self._direct:
                         nursery.start_soon(self._run_stages, name="llmpipe stages")
                     task_status.started()
         finally:
@@ -391,82 +392,93 @@ class RunningPipeline:
                     # Returned before the end of the stream: its reader is gone.
                     self._consumer_gone(route, "gone")
 
+    # The rules of a stream's events exist once, in two parts:
+    #
+    # * the producer's side, :meth:`_produce`: what ``emit`` accepts (nothing after the end),
+    #   what a producer exception becomes (before the first event: the pipeline fails; after it:
+    #   an ``Error`` event), that a stream the producer left open gets its ``Done``;
+    # * the fan-out side, :meth:`_admit` for each event, then :meth:`_close_fan_out`: partial
+    #   text on errors, the stages, ``seq``, the sinks, the end at a terminal event.
+    #
+    # Two schedules run them. Direct (no stages, no heartbeat): the producer's task calls
+    # ``_admit`` from ``emit``. Staged: ``emit`` sends into the source channel and the stage task
+    # calls ``_admit`` for each event it receives (and wakes the stages' timers, sends
+    # heartbeats). Either way the sinks see the same events, numbers and ending.
+
     async def _run_producer(self) -> None:
-        send = self._source_send
-        started = False
-
-        async def emit(event: Event) -> None:
-            nonlocal started
-            started = True
-            self._count_in(event)
-            await send.send(event)
-
-        emit_: Emit = emit
+        """The producer's task, in either schedule."""
+        deliver: Callable[[Event], Awaitable[bool]]
+        if self._direct:
+            deliver, close = self._admit, self._close_fan_out
+        else:
+            deliver, close = self._to_stage_task, self._source_send.close
         try:
-            with self._producer_scope:
-                try:
-                    await self._pipeline.producer.stream(emit_)
-                except trio.BrokenResourceError:
-                    if not self._source_recv.statistics().receiver_closed:
-                        raise
-                except Exception as exc:
-                    if not started:
-                        self._fail(exc)
-                        return
-                    # The error must reach the sinks; the stage task is reading (it may also
-                    # have ended already, after a terminal event).
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await send.send(error_event(exc))
+            await self._produce(deliver)
         finally:
-            send.close()
+            close()
 
-    async def _run_direct(self) -> None:
-        # The fast path (no stages, no heartbeat): ``emit`` stamps and fans out in the
-        # producer's own task, one scheduling hop per event fewer than producer -> stage task ->
-        # sinks. The order, the terminal handling and the errors are the stage task's.
+    async def _produce(self, deliver: Callable[[Event], Awaitable[bool]]) -> None:
+        """Run the producer, handing each event it emits to ``deliver`` (True: the stream ended)."""
         started = False
         ended = False
 
         async def emit(event: Event) -> None:
             nonlocal started, ended
-            # Raises Cancelled once the pipeline is cancelled, even when no sink is left to
-            # send to (then nothing below would checkpoint); yields only then.
+            # Raises Cancelled once the producer is cancelled, even when nothing below would
+            # checkpoint (no sink left to send to); yields only then.
             await trio.lowlevel.checkpoint_if_cancelled()
             if ended:
                 return  # after a terminal event: ignored (the producer is being cancelled)
             started = True
             self._count_in(event)
-            if isinstance(event, Error):
-                event = self._with_partial(event)
-            if await self._dispatch((event,)):
+            if await deliver(event):
                 ended = True
                 self._producer_scope.cancel()
 
         emit_: Emit = emit
+        with self._producer_scope:
+            try:
+                await self._pipeline.producer.stream(emit_)
+            except Exception as exc:
+                if not started:
+                    self._fail(exc)
+                    return
+                if not ended:
+                    await deliver(error_event(exc))
+            else:
+                if not ended:
+                    await deliver(Done())  # through the stages: they flush first
+
+    async def _to_stage_task(self, event: Event) -> bool:
+        """``deliver`` of the staged schedule: into the source channel (backpressure)."""
         try:
-            with self._producer_scope:
-                try:
-                    await self._pipeline.producer.stream(emit_)
-                except Exception as exc:
-                    if not started:
-                        self._fail(exc)
-                        return
-                    if not ended:
-                        ended = True
-                        await self._dispatch((self._with_partial(error_event(exc)),))
-                else:
-                    if not ended:
-                        ended = True
-                        await self._finish_stream()
-        finally:
-            for route in self._routes:
-                route.sender.close()
+            await self._source_send.send(event)
+        except trio.BrokenResourceError:
+            return True  # the stage task has ended the stream; the producer is being cancelled
+        return is_terminal(event)
+
+    async def _admit(self, event: Event) -> bool:
+        """One event from the producer through the stages to the sinks; True once the stream
+        has ended (a terminal event went out)."""
+        if isinstance(event, Error):
+            event = self._with_partial(event)
+        if not self._counters:
+            return await self._dispatch((event,))
+        out = self._push([event], 0, trio.current_time())
+        return bool(out) and await self._dispatch(out)
+
+    def _close_fan_out(self) -> None:
+        """The fan-out is over (the stream ended, or the pipeline is being cancelled): the
+        sinks read to the end of their channels, the producer is cancelled."""
+        self._source_recv.close()
+        self._producer_scope.cancel()
+        for route in self._routes:
+            route.sender.close()
 
     async def _run_stages(self) -> None:
-        p = self._pipeline
         recv = self._source_recv
         stages = self._counters
-        heartbeat = p.heartbeat_interval
+        heartbeat = self._pipeline.heartbeat_interval
         last_out = trio.current_time()
         try:
             while True:
@@ -477,11 +489,12 @@ class RunningPipeline:
                         deadline = d
                 hb_at = last_out + heartbeat if heartbeat is not None else math.inf
                 wake = min(deadline, hb_at)
+                # EndOfChannel: the producer's task ended without delivering the end of the
+                # stream, which happens only when the pipeline is being cancelled (_produce).
                 if wake == math.inf:
                     try:
                         event = await recv.receive()
                     except trio.EndOfChannel:
-                        await self._finish_stream()
                         return
                 else:
                     got: Event | None = None
@@ -489,7 +502,6 @@ class RunningPipeline:
                         try:
                             got = await recv.receive()
                         except trio.EndOfChannel:
-                            await self._finish_stream()
                             return
                     if got is None:
                         now = trio.current_time()
@@ -501,28 +513,19 @@ class RunningPipeline:
                         last_out = trio.current_time()
                         continue
                     event = got
-                if isinstance(event, Error):
-                    event = self._with_partial(event)
-                out = self._push([event], 0, trio.current_time())
-                if out and await self._dispatch(out):
+                sent = self._events_out
+                if await self._admit(event):
                     return
-                if out:
+                if self._events_out != sent:
                     last_out = trio.current_time()
         finally:
-            recv.close()
-            self._producer_scope.cancel()
-            for route in self._routes:
-                route.sender.close()
+            self._close_fan_out()
 
     def _with_partial(self, event: Error) -> Error:
         if event.partial_chars or event.partial_text is not None:
             return event
         text = self._accumulate.text if self._accumulate is not None else None
         return attrs.evolve(event, partial_chars=self._chars_out, partial_text=text)
-
-    async def _finish_stream(self) -> None:
-        """The producer returned without a terminal event: flush and add ``Done``."""
-        await self._dispatch(self._push([Done()], 0, trio.current_time()))
 
     def _push(self, events: list[Event], start: int, now: float) -> list[Event]:
         for c in self._counters[start:]:
@@ -629,11 +632,11 @@ class Pipeline:
                 max_spill_bytes=route.max_spill_bytes,
             )
             name = route.name or f"{i}:{getattr(sink, 'name', type(sink).__name__)}"
-            states.append(_RouteState(name, route, sink, send, recv))
+            external = i >= len(self.sinks)
+            states.append(_RouteState(name, route, sink, send, recv, external=external))
         return states
 
-    @asynccontextmanager
-    async def open(self, *, _extra: Sequence[Route] = ()) -> AsyncIterator[RunningPipeline]:
+    def open(self) -> AbstractAsyncContextManager[RunningPipeline]:
         """Start the pipeline; exiting the block waits for it to end.
 
         If the block raises, the pipeline is cancelled first. After the block, an exception
@@ -641,10 +644,16 @@ class Pipeline:
         with ``on_failure="cancel"``) is raised. Raises ``RuntimeError`` if this pipeline was
         already run.
         """
+        return self._open(())
+
+    @asynccontextmanager
+    async def _open(self, extra: Sequence[Route]) -> AsyncIterator[RunningPipeline]:
+        """:meth:`open`, with ``extra`` routes after ``sinks`` that the caller reads (their
+        receivers stay open when the pipeline ends: the caller closes them)."""
         if self._used:
             raise RuntimeError("a Pipeline runs once; build a new one for the next stream")
         self._used = True
-        routes = self._routes(_extra)
+        routes = self._routes(extra)
         src_send, src_recv = open_event_channel(max_items=self.source_buffer)
         running = RunningPipeline(self, routes, src_send, src_recv, trio.current_time())
         running._direct = not self.stages and self.heartbeat_interval is None
@@ -654,8 +663,6 @@ class Pipeline:
             running._counters.append(_StageCounter(stage))
             if running._accumulate is None and isinstance(stage, Accumulate):
                 running._accumulate = stage
-        for route in routes[len(routes) - len(_extra) :]:
-            route.external = True
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(running._supervise)
@@ -708,7 +715,7 @@ class Pipeline:
             max_spill_bytes=max_spill_bytes,
             name="caller",
         )
-        async with self.open(_extra=[route]) as running:
+        async with self._open([route]) as running:
             receiver = running._routes[-1].receiver
             try:
                 yield receiver

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import trio
 import trio.lowlevel
@@ -12,11 +15,15 @@ from pipeline import (
     ConsumerGone,
     Done,
     Error,
+    Event,
     EventReceiver,
     Heartbeat,
     Pipeline,
+    PipelineStatistics,
+    ProducerConnectionError,
     ProducerStatusError,
     Route,
+    Stage,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -322,3 +329,158 @@ async def test_no_stage_task_without_stages(stages: bool, autojump_clock: trio.a
     assert "llmpipe producer" in names
     assert recording.text == "one two three"
     assert [e.seq for e in recording.events] == list(range(1, len(recording.events) + 1))
+
+
+# -- The two schedules (no stage task / a stage task) follow one set of rules ----------------
+
+_Case = tuple[list[Step | Event], Callable[[], list[RecordingSink]], Callable[[], list[Route]]]
+
+
+def _case(
+    script: list[Step | Event], *on_failure: str | None, stop_after: int | None = None
+) -> _Case:
+    """A script and its sinks: one RecordingSink per entry of ``on_failure``; those with a
+    policy stop reading after ``stop_after`` events (``None``: read to the end)."""
+    sinks: list[RecordingSink] = []
+
+    def make_sinks() -> list[RecordingSink]:
+        sinks[:] = [
+            RecordingSink(stop_after=None if how is None else stop_after) for how in on_failure
+        ]
+        return sinks
+
+    def routes() -> list[Route]:
+        return [
+            Route(sink, on_failure="detach" if how == "detach" else "cancel")
+            for sink, how in zip(sinks, on_failure, strict=True)
+        ]
+
+    return script, make_sinks, routes
+
+
+_WORDS = [Step(TextDelta(w), delay=1) for w in ("one ", "two ", "three ", "four ", "five")]
+_SCHEDULE_CASES: dict[str, _Case] = {
+    "error_event_mid_stream": _case(
+        [
+            Step(TextDelta("a "), delay=1),
+            TextDelta("b"),
+            Step(Error(kind="status", message="overloaded", retryable=True), delay=1),
+            TextDelta("late"),
+            Done("stop"),
+        ],
+        None,
+        None,
+    ),
+    "raises_after_first_event": _case(
+        [TextDelta("a"), Step(delay=1, raise_=ProducerConnectionError("reset by peer"))], None
+    ),
+    "raises_before_first_event": _case(
+        [Step(delay=1, raise_=ProducerConnectionError("refused"))], None
+    ),
+    "returns_without_done": _case([TextDelta("a"), Step(TextDelta("b"), delay=1)], None),
+    "emits_after_done": _case(
+        [TextDelta("a"), Done("stop"), TextDelta("late"), Error(kind="x", message="late")], None
+    ),
+    "sink_leaves_cancel": _case([*_WORDS, Done("stop")], "cancel", None, stop_after=2),
+    "sink_leaves_detach": _case([*_WORDS, Done("stop")], "detach", None, stop_after=2),
+}
+
+
+async def _run_schedule(case: _Case, *, staged: bool) -> dict[str, Any]:
+    """Run ``case`` without (direct) or with (a pass-through stage) a stage task; what the
+    sinks, the producer and the statistics saw."""
+    script, make_sinks, routes = case
+    producer = ScriptedProducer(script)
+    sinks = make_sinks()
+    pipe = Pipeline(producer, stages=[Stage()] if staged else [], sinks=routes())
+    raised = None
+    started_at = trio.current_time()
+    opened = pipe.open()
+    try:
+        async with opened as running:
+            pass
+    except Exception as exc:
+        raised = f"{type(exc).__name__}: {exc}"
+    stats: PipelineStatistics = running.statistics()
+    assert len(stats.stages) == int(staged)
+    assert stats.ended_at is not None
+    return {
+        "events": [sink.events for sink in sinks],
+        "raised": raised,
+        "producer": (
+            producer.emitted,
+            producer.cancelled,
+            None if producer.closed_at is None else producer.closed_at - started_at,
+        ),
+        "reason": stats.reason,
+        "error": stats.error,
+        "counts": (stats.events_in, stats.events_out, stats.last_seq),
+        "text": (stats.text_chars_out, stats.text_bytes_out),
+        "times": (
+            stats.started_at - started_at,
+            stats.ended_at - started_at,
+            stats.time_to_first_event,
+            stats.time_to_first_text,
+        ),
+        "sinks": [
+            (s.name, s.state, s.error, s.channel.items_sent, s.channel.items_received)
+            for s in stats.sinks
+        ],
+    }
+
+
+@pytest.mark.parametrize("name", list(_SCHEDULE_CASES))
+async def test_both_schedules_give_the_same_stream(
+    name: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    case = _SCHEDULE_CASES[name]
+    direct = await _run_schedule(case, staged=False)
+    staged = await _run_schedule(case, staged=True)
+    assert direct == staged
+    # ... and it is the stream the rules promise (the same wrong answer twice would pass above).
+    events = direct["events"][-1]  # the last sink reads to the end, or until cancelled
+    kinds = [type(e).__name__ for e in events]
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(1, len(events) + 1))
+    if name == "error_event_mid_stream":
+        assert kinds == ["TextDelta", "TextDelta", "Error"]
+        assert events[-1].partial_chars == 3
+        assert direct["reason"] == "error"
+        assert direct["error"] == "status: overloaded"
+        assert direct["counts"] == (3, 3, 3)
+        assert direct["producer"][1], "the producer was not cancelled after its Error"
+        assert direct["events"][0] == events
+    elif name == "raises_after_first_event":
+        assert kinds == ["TextDelta", "Error"]
+        assert (events[-1].kind, events[-1].partial_chars) == ("connection", 1)
+        assert direct["reason"] == "error"
+        assert direct["counts"] == (1, 2, 2)
+    elif name == "raises_before_first_event":
+        assert events == []
+        assert direct["raised"] == "ProducerConnectionError: refused"
+        assert direct["reason"] == "failed"
+        assert direct["counts"] == (0, 0, 0)
+        assert direct["sinks"][0][1] == "cancelled"
+    elif name == "returns_without_done":
+        assert events == [TextDelta("a", seq=1), TextDelta("b", seq=2), Done(None, seq=3)]
+        assert (direct["reason"], direct["counts"]) == ("done", (2, 3, 3))
+        assert direct["times"][1] == 1.0
+    elif name == "emits_after_done":
+        assert events == [TextDelta("a", seq=1), Done("stop", seq=2)]
+        assert direct["counts"] == (2, 2, 2)  # what came after Done was not taken in
+        assert direct["producer"][:2] == (2, True)
+    elif name == "sink_leaves_cancel":
+        assert direct["reason"] == "consumer_gone"
+        assert [s[1] for s in direct["sinks"]] == ["gone", "cancelled"]
+        assert direct["counts"] == (2, 2, 2)
+        assert direct["producer"][1:] == (True, 2.0)  # cancelled in its next wait
+    elif name == "sink_leaves_detach":
+        assert direct["reason"] == "done"
+        assert [s[1] for s in direct["sinks"]] == ["gone", "finished"]
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == (
+            "one two three four five"
+        )
+        assert direct["counts"] == (6, 6, 6)
+        assert not direct["producer"][1]
+    else:  # pragma: no cover
+        raise AssertionError(name)
