@@ -69,7 +69,6 @@ __all__ = [
     "RunningPipeline",
     "Sink",
     "SinkStatistics",
-    "error_event",
 ]
 
 OnFailure: TypeAlias = Literal["cancel", "detach"]
