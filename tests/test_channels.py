@@ -281,3 +281,43 @@ async def test_fill_ratio_tracks_the_larger_budget() -> None:
     send.send_nowait(Done())
     assert send.fill_ratio() == send.statistics().fill_ratio == 1.0
     recv.close()
+
+
+async def test_coalesce_accounts_the_merged_bytes() -> None:
+    send, recv = open_event_channel(max_items=2, max_bytes=100, policy="coalesce")
+    for text in ["é", "ab", "€"]:
+        send.send_nowait(TextDelta(text))
+    assert send.statistics().bytes_queued == 2 + 2 + 3
+    send.send_nowait(Done())
+    assert drain(recv) == [TextDelta("éab€"), Done()]
+    stats = recv.statistics()
+    assert (stats.items_queued, stats.bytes_queued, stats.bytes_sent) == (0, 0, 7)
+
+
+async def test_spill_reads_back_non_text_events_and_unicode_text() -> None:
+    send, recv = open_event_channel(max_items=1, max_bytes=6, policy="spill")
+    sent: list[Event] = [
+        TextDelta("a", seq=1),
+        TextDelta("é", seq=2),
+        TextDelta("€", seq=3),
+        TextDelta("ü", seq=4),
+        ToolCallStart(0, "c", "f", seq=5),
+        TextDelta("x", seq=6),
+        Error("timeout", "slow", partial_text="aé€üx", seq=7),
+    ]
+    for ev in sent:
+        send.send_nowait(ev)
+    assert send.statistics().spill_queued_items == 6
+    send.close()
+    got = drain(recv)
+    # Merged up to max_bytes (6) of UTF-8 text, never across another event.
+    assert got == [
+        TextDelta("a", seq=1),
+        TextDelta("é€", seq=3),
+        TextDelta("ü", seq=4),
+        ToolCallStart(0, "c", "f", seq=5),
+        TextDelta("x", seq=6),
+        Error("timeout", "slow", partial_text="aé€üx", seq=7),
+    ]
+    stats = recv.statistics()
+    assert (stats.spill_queued_items, stats.spill_file_bytes, stats.bytes_queued) == (0, 0, 0)
