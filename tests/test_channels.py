@@ -321,3 +321,48 @@ async def test_spill_reads_back_non_text_events_and_unicode_text() -> None:
     ]
     stats = recv.statistics()
     assert (stats.spill_queued_items, stats.spill_file_bytes, stats.bytes_queued) == (0, 0, 0)
+
+
+async def test_receive_batch_takes_what_is_ready_up_to_max_items() -> None:
+    send, recv = open_event_channel(max_items=10)
+    for i in range(5):
+        send.send_nowait(TextDelta(str(i), seq=i + 1))
+    assert [e.seq for e in await recv.receive_batch(3)] == [1, 2, 3]
+    assert [e.seq for e in await recv.receive_batch()] == [4, 5]
+    with trio.move_on_after(0.01) as scope:  # nothing ready: waits for one
+        await recv.receive_batch()
+    assert scope.cancelled_caught
+    send.send_nowait(Done(seq=6))
+    send.close()
+    assert await recv.receive_batch() == [Done(seq=6)]
+    assert await recv.receive_batch() == []
+    assert await recv.receive_batch() == []
+
+
+async def test_receive_batch_includes_the_channel_notices() -> None:
+    send, recv = open_event_channel(max_items=2, policy="drop_oldest")
+    for i in range(4):
+        send.send_nowait(TextDelta("x", seq=i + 1))
+    assert await recv.receive_batch() == [
+        Dropped(items=2, text_bytes=2, text_chars=2, first_seq=1, last_seq=2),
+        TextDelta("x", seq=3),
+        TextDelta("x", seq=4),
+    ]
+    send, recv = open_event_channel(max_items=1, policy="fail")
+    send.send_nowait(TextDelta("a"))
+    with pytest.raises(ChannelOverflowError):
+        send.send_nowait(TextDelta("b"))
+    batch = await recv.receive_batch()
+    assert [type(e) for e in batch] == [TextDelta, Error]
+    assert await recv.receive_batch() == []
+
+
+async def test_receive_batch_reads_the_spill_file() -> None:
+    send, recv = open_event_channel(max_items=1, max_bytes=1, policy="spill")
+    for i in range(5):
+        send.send_nowait(TextDelta("x", seq=i + 1))
+    send.close()
+    batch = await recv.receive_batch()
+    assert texts(batch) == "xxxxx"
+    assert batch[-1].seq == 5
+    assert await recv.receive_batch() == []
