@@ -8,7 +8,8 @@ the budget is full, the channel's :class:`Policy` decides:
     ``send`` waits until the consumer makes room: backpressure to the producer.
 ``coalesce``
     a text delta sent while the newest queued item is an unread text delta is merged into it, so a
-    lagging consumer receives fewer, larger chunks and loses nothing. This happens whenever the
+    lagging consumer receives fewer, larger chunks and loses nothing (this holds for every event
+    class with the ``mergeable`` trait; text deltas are the only one). This happens whenever the
     consumer is behind (the queue is not empty), not only when the budget is full; the merged
     text still counts against the byte budget, and when it would exceed it ``send`` blocks.
     Events that are not text are queued as usual (and block when the item budget is full).
@@ -21,9 +22,10 @@ the budget is full, the channel's :class:`Policy` decides:
     File writes are plain buffered writes of 64 KiB from the event loop (to the page cache;
     a worker thread per write would cost more than the write).
 ``drop_oldest``
-    the oldest queued droppable events (text deltas, tool-call argument deltas, heartbeats) are
-    discarded to make room; the consumer then receives a :class:`pipeline.Dropped` event, before
-    the events that follow, saying how many events and how much text it missed. Terminal events
+    the oldest queued droppable events (the ``droppable`` trait: text deltas, tool-call argument
+    deltas, heartbeats) are discarded to make room; the consumer then receives a
+    :class:`pipeline.Dropped` event, before the events that follow, saying how many events and
+    how much text it missed. Terminal events
     and tool-call boundaries are never dropped (if only those are queued, ``send`` blocks).
 ``fail``
     ``send`` raises :class:`pipeline.ChannelOverflowError`; the consumer receives what was queued,
@@ -34,6 +36,9 @@ Choosing a budget: ``max_items`` bounds the scheduling work the consumer can fal
 engine that consumes far slower than the model produces, use ``coalesce`` (it only ever needs the
 text) or ``spill`` (when each event must be kept as it was).
 
+Each policy is a small strategy object (``_Block``, ``_Coalesce``, ...) whose ``put`` decides
+where an event goes; the sender only calls it. The spill file is :mod:`pipeline._spill`.
+
 Cost: a send or receive that need not wait does not yield to the scheduler every time; it checks
 for cancellation on every call and yields at least once every :data:`YIELD_EVERY` calls, so other
 tasks keep running during a long burst. This batching is what makes a hop cheap.
@@ -42,27 +47,15 @@ tasks keep running during a long burst. This batching is what makes a hop cheap.
 from __future__ import annotations
 
 import enum
-import os
-import struct
-import tempfile
 from collections import deque
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import attrs
 import trio
 
 from ._errors import ChannelOverflowError, ConfigError
-from ._events import (
-    Dropped,
-    Error,
-    Event,
-    Heartbeat,
-    TextDelta,
-    ToolCallDelta,
-    event_from_json,
-    event_nbytes,
-    event_to_json,
-)
+from ._events import Dropped, Error, Event, TextDelta, event_nbytes
+from ._spill import Spill
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -79,7 +72,6 @@ __all__ = [
 DEFAULT_MAX_ITEMS: Final = 64
 DEFAULT_MAX_BYTES: Final = 64 * 1024
 YIELD_EVERY: Final = 32
-_SPILL_CHUNK: Final = 64 * 1024
 
 
 class Policy(enum.Enum):
@@ -130,157 +122,40 @@ class ChannelStatistics:
         )
 
 
-class _TextRun:
-    """A queued text delta that later deltas may still be merged into (policy coalesce).
+class _Run:
+    """Queued mergeable events (see :mod:`pipeline._events`) that later ones of the same class
+    may still be merged into (policy coalesce). Made when the second one arrives.
 
     Appending is one ``list.append``; every 64 parts are joined into one piece, so the run holds
-    O(n / 64) small objects (not one per delta) and merging stays linear.
+    O(n / 64) small objects (not one per event) and merging stays linear.
     """
 
-    __slots__ = ("nbytes", "parts", "pieces", "seq")
+    __slots__ = ("cls", "field", "parts", "pieces", "seq")
 
-    def __init__(self, event: TextDelta, nbytes: int) -> None:
+    def __init__(self, first: Event, field: str) -> None:
+        self.cls: type[Any] = type(first)
+        self.field = field
         self.pieces: list[str] = []
-        self.parts = [event.text]
-        self.seq = event.seq
-        self.nbytes = nbytes
+        self.parts: list[str] = [getattr(first, field)]
+        self.seq = first.seq
 
-    def append(self, text: str, seq: int, nbytes: int) -> None:
+    def append(self, event: Event) -> None:
         parts = self.parts
-        parts.append(text)
+        parts.append(getattr(event, self.field))
         if len(parts) >= 64:
             self.pieces.append("".join(parts))
             parts.clear()
-        self.seq = seq
-        self.nbytes += nbytes
+        self.seq = event.seq
 
-    def materialize(self) -> TextDelta:
-        if not self.pieces and len(self.parts) == 1:
-            return TextDelta(self.parts[0], seq=self.seq)
+    def materialize(self) -> Event:
+        """One event: the text of all of them, the last one's ``seq`` (a mergeable class has
+        no other fields)."""
         self.pieces.extend(self.parts)
-        return TextDelta("".join(self.pieces), seq=self.seq)
-
-
-_Item: TypeAlias = "Event | _TextRun"
-
-# Spill records: a header (kind, seq, payload length) then the payload: UTF-8 text for text
-# deltas (the common case, no JSON), the event's JSON for anything else.
-_HEADER = struct.Struct("<BQI")
-_REC_TEXT = 1
-_REC_JSON = 2
-
-
-class _Spill:
-    """An append-only temporary file of event records, read back in order."""
-
-    def __init__(self, max_bytes: int | None) -> None:
-        self._file = tempfile.TemporaryFile(prefix="llmpipe-spill-")  # noqa: SIM115
-        self._fd = self._file.fileno()
-        self.max_bytes = max_bytes
-        self._wbuf = bytearray()
-        self._written = 0  # bytes on disk
-        self._read_pos = 0  # next file offset to read
-        self._rbuf = bytearray()
-        self._rstart = 0
-        self.items = 0
-        self.item_bytes = 0  # text bytes of the spilled events
-        self._peeked: Event | None = None
-        self.closed = False
-
-    @property
-    def file_bytes(self) -> int:
-        return self._written + len(self._wbuf)
-
-    def has_room(self) -> bool:
-        return self.max_bytes is None or self.file_bytes < self.max_bytes
-
-    def append(self, event: Event, nbytes: int) -> None:
-        if isinstance(event, TextDelta):
-            payload = event.text.encode("utf-8")
-            kind = _REC_TEXT
-        else:
-            payload = event_to_json(event).encode("utf-8")
-            kind = _REC_JSON
-        self._wbuf += _HEADER.pack(kind, event.seq, len(payload))
-        self._wbuf += payload
-        self.items += 1
-        self.item_bytes += nbytes
-        if len(self._wbuf) >= _SPILL_CHUNK:
-            os.pwrite(self._fd, self._wbuf, self._written)
-            self._written += len(self._wbuf)
-            self._wbuf.clear()
-
-    def pop_merged(self, max_bytes: int) -> Event:
-        """The oldest spilled event; consecutive spilled text deltas are merged into one, up to
-        ``max_bytes`` of text (the merged delta has the last one's ``seq``)."""
-        event = self._pop()
-        if not isinstance(event, TextDelta):
-            return event
-        merged: bytearray | None = None
-        total = event_nbytes(event)
-        seq = event.seq
-        while self.items:
-            nxt = self._peek()
-            if not isinstance(nxt, TextDelta):
-                break
-            n = event_nbytes(nxt)
-            if total + n > max_bytes:
-                break
-            self._pop()
-            if merged is None:
-                merged = bytearray(event.text.encode("utf-8"))
-            merged += nxt.text.encode("utf-8")
-            total += n
-            seq = nxt.seq
-        if merged is None:
-            return event
-        return TextDelta(merged.decode("utf-8"), seq=seq)
-
-    def _peek(self) -> Event:
-        if self._peeked is None:
-            self._peeked = self._read()
-        return self._peeked
-
-    def _pop(self) -> Event:
-        event = self._peek()
-        self._peeked = None
-        self.items -= 1
-        self.item_bytes -= event_nbytes(event)
+        event: Event = self.cls(**{self.field: "".join(self.pieces), "seq": self.seq})
         return event
 
-    def _fill(self, need: int) -> None:
-        """Make ``need`` unread bytes available in the read buffer."""
-        while len(self._rbuf) - self._rstart < need:
-            if self._rstart > _SPILL_CHUNK:
-                del self._rbuf[: self._rstart]
-                self._rstart = 0
-            if self._read_pos < self._written:
-                data = os.pread(self._fd, max(_SPILL_CHUNK, need), self._read_pos)
-                self._read_pos += len(data)
-            else:
-                # Everything on disk was read: take the write buffer directly. The file offset
-                # moves on as if it had been written (the hole is never read).
-                data = bytes(self._wbuf)
-                self._read_pos += len(data)
-                self._written += len(data)
-                self._wbuf.clear()
-            self._rbuf += data
 
-    def _read(self) -> Event:
-        self._fill(_HEADER.size)
-        kind, seq, length = _HEADER.unpack_from(self._rbuf, self._rstart)
-        self._rstart += _HEADER.size
-        self._fill(length)
-        payload = bytes(self._rbuf[self._rstart : self._rstart + length])
-        self._rstart += length
-        if kind == _REC_TEXT:
-            return TextDelta(payload.decode("utf-8"), seq=seq)
-        return event_from_json(payload)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._file.close()
+_Item: TypeAlias = "Event | _Run"
 
 
 def _coerce_policy(policy: Policy | str) -> Policy:
@@ -301,13 +176,16 @@ def _check_budget(name: str, value: object, *, minimum: int) -> int:
 
 @attrs.define(eq=False)
 class _State:
+    """What the two ends of one channel share."""
+
     policy: Policy
+    strategy: _Strategy
     max_items: int
     max_bytes: int
     max_spill_bytes: int | None
     queue: deque[_Item] = attrs.Factory(deque)
     nbytes: int = 0
-    spill: _Spill | None = None
+    spill: Spill | None = None
     notice: Event | None = None  # a Dropped or overflow Error to deliver before/after the queue
     notice_first: bool = True
     sender_closed: bool = False
@@ -340,61 +218,6 @@ class _State:
         if self.nbytes > self.high_bytes:
             self.high_bytes = self.nbytes
 
-    def try_coalesce(self, event: TextDelta, nbytes: int) -> bool:
-        if not self.queue:
-            return False
-        tail = self.queue[-1]
-        if not isinstance(tail, _TextRun) or self.nbytes + nbytes > self.max_bytes:
-            return False
-        tail.append(event.text, event.seq, nbytes)
-        self.nbytes += nbytes
-        self.coalesced += 1
-        if self.nbytes > self.high_bytes:
-            self.high_bytes = self.nbytes
-        return True
-
-    def drop_for(self, nbytes: int) -> bool:
-        """Drop oldest droppable items until ``nbytes`` fits; False if it cannot be made to."""
-        kept: deque[_Item] = deque()
-        items = bytes_ = chars = 0
-        first = last = 0
-        while self.queue and not (
-            len(self.queue) + len(kept) < self.max_items and self.nbytes + nbytes <= self.max_bytes
-        ):
-            item = self.queue.popleft()
-            ev = item.materialize() if isinstance(item, _TextRun) else item
-            if isinstance(ev, (TextDelta, ToolCallDelta, Heartbeat)):
-                n = event_nbytes(ev)
-                self.nbytes -= n
-                items += 1
-                bytes_ += n
-                if isinstance(ev, TextDelta):
-                    chars += len(ev.text)
-                first = first or ev.seq
-                last = ev.seq
-            else:
-                kept.append(item)
-        kept.extend(self.queue)
-        self.queue = kept
-        if items:
-            self.dropped += items
-            self.bytes_dropped += bytes_
-            prev = self.notice
-            if isinstance(prev, Dropped):
-                self.notice = Dropped(
-                    items=prev.items + items,
-                    text_bytes=prev.text_bytes + bytes_,
-                    text_chars=prev.text_chars + chars,
-                    first_seq=prev.first_seq or first,
-                    last_seq=last or prev.last_seq,
-                )
-            else:
-                self.notice = Dropped(
-                    items=items, text_bytes=bytes_, text_chars=chars, first_seq=first, last_seq=last
-                )
-            self.notice_first = True
-        return len(self.queue) < self.max_items and self.nbytes + nbytes <= self.max_bytes
-
     def statistics(self) -> ChannelStatistics:
         spill = self.spill
         return ChannelStatistics(
@@ -419,6 +242,164 @@ class _State:
             sender_closed=self.sender_closed,
             receiver_closed=self.receiver_closed,
         )
+
+
+class _Strategy(Protocol):
+    """One overflow policy: where an event goes, given the channel's state."""
+
+    def put(self, st: _State, value: Event, nbytes: int, /) -> None:
+        """Queue ``value`` (``nbytes`` of text) in ``st``, or raise ``trio.WouldBlock`` if the
+        sender must wait for the receiver (nothing changed then)."""
+
+
+class _Block:
+    """``block``: an event that does not fit waits."""
+
+    __slots__ = ()
+
+    def put(self, st: _State, value: Event, nbytes: int, /) -> None:
+        if not st.fits(nbytes):
+            raise trio.WouldBlock
+        st.push(value, nbytes)
+
+
+class _Coalesce:
+    """``coalesce``: a mergeable event joins the newest queued one of its class while the
+    budget allows, before it is even checked whether it fits; anything else blocks."""
+
+    __slots__ = ()
+
+    def put(self, st: _State, value: Event, nbytes: int, /) -> None:
+        queue = st.queue
+        if value.mergeable and queue and st.nbytes + nbytes <= st.max_bytes:
+            tail = queue[-1]
+            if type(tail) is _Run:
+                if tail.cls is type(value):
+                    tail.append(value)
+                    self._merged(st, nbytes)
+                    return
+            elif type(tail) is type(value):
+                run = _Run(tail, value.text_field or "")
+                run.append(value)
+                queue[-1] = run
+                self._merged(st, nbytes)
+                return
+        if not st.fits(nbytes):
+            raise trio.WouldBlock
+        st.push(value, nbytes)
+
+    @staticmethod
+    def _merged(st: _State, nbytes: int) -> None:
+        st.nbytes += nbytes
+        st.coalesced += 1
+        if st.nbytes > st.high_bytes:
+            st.high_bytes = st.nbytes
+
+
+class _SpillPolicy:
+    """``spill``: an event that does not fit goes to the spill file, and so does every event
+    after it until the receiver emptied the file (order is kept); a full file blocks."""
+
+    __slots__ = ()
+
+    def put(self, st: _State, value: Event, nbytes: int, /) -> None:
+        spill = st.spill
+        if spill is None or not spill.items:
+            if st.fits(nbytes):
+                st.push(value, nbytes)
+                return
+            if spill is None:
+                spill = st.spill = Spill(st.max_spill_bytes)
+        if not spill.has_room():
+            raise trio.WouldBlock
+        spill.append(value, nbytes)
+        st.spilled += 1
+        st.bytes_spilled += nbytes
+
+
+class _DropOldest:
+    """``drop_oldest``: to make room, the oldest queued droppable events are discarded and
+    counted in a :class:`Dropped` notice; if that cannot make room, the event blocks."""
+
+    __slots__ = ()
+
+    def put(self, st: _State, value: Event, nbytes: int, /) -> None:
+        if not st.fits(nbytes) and not self._drop_for(st, nbytes):
+            raise trio.WouldBlock
+        st.push(value, nbytes)
+
+    @staticmethod
+    def _drop_for(st: _State, nbytes: int) -> bool:
+        """Drop oldest droppable items until ``nbytes`` fits; False if it cannot be made to."""
+        kept: deque[_Item] = deque()
+        items = bytes_ = chars = 0
+        first = last = 0
+        while st.queue and not (
+            len(st.queue) + len(kept) < st.max_items and st.nbytes + nbytes <= st.max_bytes
+        ):
+            item = st.queue.popleft()
+            ev = item.materialize() if isinstance(item, _Run) else item
+            if ev.droppable:
+                n = event_nbytes(ev)
+                st.nbytes -= n
+                items += 1
+                bytes_ += n
+                if isinstance(ev, TextDelta):
+                    chars += len(ev.text)
+                first = first or ev.seq
+                last = ev.seq
+            else:
+                kept.append(item)
+        kept.extend(st.queue)
+        st.queue = kept
+        if items:
+            st.dropped += items
+            st.bytes_dropped += bytes_
+            prev = st.notice
+            if isinstance(prev, Dropped):
+                st.notice = Dropped(
+                    items=prev.items + items,
+                    text_bytes=prev.text_bytes + bytes_,
+                    text_chars=prev.text_chars + chars,
+                    first_seq=prev.first_seq or first,
+                    last_seq=last or prev.last_seq,
+                )
+            else:
+                st.notice = Dropped(
+                    items=items, text_bytes=bytes_, text_chars=chars, first_seq=first, last_seq=last
+                )
+            st.notice_first = True
+        return len(st.queue) < st.max_items and st.nbytes + nbytes <= st.max_bytes
+
+
+class _Fail:
+    """``fail``: an event that does not fit ends the channel: the sender gets
+    :class:`ChannelOverflowError`, the receiver an ``overflow`` :class:`Error` after the queue."""
+
+    __slots__ = ()
+
+    def put(self, st: _State, value: Event, nbytes: int, /) -> None:
+        if st.fits(nbytes):
+            st.push(value, nbytes)
+            return
+        st.sender_closed = True
+        message = (
+            f"consumer fell behind: channel full ({len(st.queue)} items, "
+            f"{st.nbytes} bytes; budget {st.max_items} items, {st.max_bytes} bytes)"
+        )
+        st.notice = Error(kind="overflow", message=message, retryable=False)
+        st.notice_first = False
+        st.recv_lot.unpark_all()
+        raise ChannelOverflowError(message)
+
+
+_STRATEGIES: Final[dict[Policy, _Strategy]] = {
+    Policy.BLOCK: _Block(),
+    Policy.COALESCE: _Coalesce(),
+    Policy.SPILL: _SpillPolicy(),
+    Policy.DROP_OLDEST: _DropOldest(),
+    Policy.FAIL: _Fail(),
+}
 
 
 @attrs.define(eq=False, repr=False)
@@ -462,59 +443,11 @@ class EventSender(trio.abc.SendChannel[Event]):
         if st.receiver_closed:
             raise trio.BrokenResourceError("the receiver of this channel went away")
         nbytes = event_nbytes(value)
-        policy = st.policy
-        if st.spill is not None and st.spill.items:
-            # Keep order: once anything is in the spill file, everything goes there.
-            if not st.spill.has_room():
-                raise trio.WouldBlock
-            self._spill(value, nbytes)
-        elif (
-            policy is Policy.COALESCE
-            and isinstance(value, TextDelta)
-            and st.try_coalesce(value, nbytes)
-        ):
-            pass
-        elif st.fits(nbytes):
-            item: _Item = (
-                _TextRun(value, nbytes)
-                if (policy is Policy.COALESCE and isinstance(value, TextDelta))
-                else value
-            )
-            st.push(item, nbytes)
-        elif policy is Policy.SPILL:
-            if st.spill is None:
-                st.spill = _Spill(st.max_spill_bytes)
-            if not st.spill.has_room():
-                raise trio.WouldBlock
-            self._spill(value, nbytes)
-        elif policy is Policy.DROP_OLDEST and st.drop_for(nbytes):
-            st.push(value, nbytes)
-        elif policy is Policy.FAIL:
-            st.sender_closed = True
-            st.notice = Error(
-                kind="overflow",
-                message=(
-                    f"consumer fell behind: channel full ({len(st.queue)} items, "
-                    f"{st.nbytes} bytes; budget {st.max_items} items, {st.max_bytes} bytes)"
-                ),
-                retryable=False,
-            )
-            st.notice_first = False
-            st.recv_lot.unpark_all()
-            raise ChannelOverflowError(st.notice.message)
-        else:
-            raise trio.WouldBlock
+        st.strategy.put(st, value, nbytes)
         st.sent += 1
         st.bytes_sent += nbytes
         if st.recv_lot:
             st.recv_lot.unpark_all()
-
-    def _spill(self, value: Event, nbytes: int) -> None:
-        st = self._state
-        assert st.spill is not None
-        st.spill.append(value, nbytes)
-        st.spilled += 1
-        st.bytes_spilled += nbytes
 
     async def send(self, value: Event) -> None:
         """Queue ``value``, waiting while the policy says the channel is full.
@@ -598,12 +531,8 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
             return event
         if st.queue:
             item = st.queue.popleft()
-            if isinstance(item, _TextRun):
-                event = item.materialize()
-                st.nbytes -= item.nbytes
-            else:
-                event = item
-                st.nbytes -= event_nbytes(item)
+            event = item.materialize() if isinstance(item, _Run) else item
+            st.nbytes -= event_nbytes(event)
         elif st.spill is not None and st.spill.items:
             event = st.spill.pop_merged(max(st.max_bytes, 1))
             if not st.spill.items:
@@ -645,6 +574,24 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
                     continue
         finally:
             self._busy = False
+
+    async def receive_batch(self, max_items: int = 256) -> list[Event]:
+        """Wait for one event, then take whatever else is ready without waiting, up to
+        ``max_items`` events in all; an empty list at the end of the stream.
+
+        For a consumer that does I/O per batch (a file, a socket, a store): one that lags makes
+        fewer, larger writes, and a batch is bounded by ``max_items`` and by what the channel's
+        own budget let in. Cancel-safe like :meth:`receive`: if cancelled, no event was taken.
+        """
+        try:
+            batch = [await self.receive()]
+        except trio.EndOfChannel:
+            return []
+        st = self._state
+        # Take only what is ready (queued, spilled or a pending notice): no WouldBlock raised.
+        while len(batch) < max_items and (st.queue or st.notice is not None or _spilled(st)):
+            batch.append(self.receive_nowait())
+        return batch
 
     def close(self) -> None:
         """Stop receiving: drop what is queued and release the spill file. Idempotent."""
@@ -693,5 +640,5 @@ def open_event_channel(
     _check_budget("max_bytes", max_bytes, minimum=0)
     if max_spill_bytes is not None:
         _check_budget("max_spill_bytes", max_spill_bytes, minimum=1)
-    state = _State(pol, max_items, max_bytes, max_spill_bytes)
+    state = _State(pol, _STRATEGIES[pol], max_items, max_bytes, max_spill_bytes)
     return EventSender(state), EventReceiver(state)

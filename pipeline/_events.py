@@ -9,12 +9,17 @@ last delta it contains, so numbers seen by one consumer still only go up.
 
 A stream ends with exactly one terminal event, :class:`Done` or :class:`Error`; the runner adds
 a ``Done`` if a producer returns without one and delivers nothing after it.
+
+What the plumbing may do with an event is a property of its class, not a list kept elsewhere:
+each class states its traits (``terminal``, ``droppable``, ``mergeable``, ``text_field``; see
+:class:`_Traits`) and channels, stores and sinks ask the event. A new event class must state all
+of them.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 import attrs
 
@@ -38,10 +43,52 @@ __all__ = [
     "is_terminal",
 ]
 
+#: The traits every event class must state (see :class:`_Traits`).
+_TRAITS: Final = ("terminal", "droppable", "mergeable", "text_field")
+
+
+class _Traits:
+    """What the plumbing may do with an event, stated by each event class (never inherited).
+
+    ``terminal``
+        The event ends its stream (:class:`Done`, :class:`Error`); nothing follows it.
+    ``droppable``
+        A channel with policy ``drop_oldest`` may discard it to make room (it is reported in a
+        :class:`Dropped` notice).
+    ``mergeable``
+        Consecutive events of the class may be delivered as one: the text of all of them joined,
+        with the last one's ``seq`` (policy ``coalesce``, the spill file's read-back). Such a
+        class has no fields but its text and ``seq``, so nothing is lost by merging.
+    ``text_field``
+        The name of the field whose text the event weighs (what :func:`event_nbytes` counts
+        against a channel's byte budget), or ``None`` for an event without text.
+
+    A class that does not state one of them in its own body is an error at class creation, so a
+    new event class cannot silently get a behaviour it was not meant to have.
+    """
+
+    __slots__ = ()
+
+    terminal: ClassVar[bool]
+    droppable: ClassVar[bool]
+    mergeable: ClassVar[bool]
+    text_field: ClassVar[str | None]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        missing = [name for name in _TRAITS if name not in cls.__dict__]
+        if missing:
+            raise TypeError(f"event class {cls.__name__} must state its traits: {missing}")
+
 
 @attrs.frozen
-class TextDelta:
+class TextDelta(_Traits):
     """A piece of the answer's text."""
+
+    terminal = False
+    droppable = True
+    mergeable = True
+    text_field = "text"
 
     text: str
     seq: int = attrs.field(default=0, kw_only=True)
@@ -49,8 +96,13 @@ class TextDelta:
 
 
 @attrs.frozen
-class ToolCallStart:
+class ToolCallStart(_Traits):
     """The model started a tool call. ``index`` identifies it among the response's calls."""
+
+    terminal = False
+    droppable = False
+    mergeable = False
+    text_field = None
 
     index: int
     id: str
@@ -62,8 +114,13 @@ class ToolCallStart:
 
 
 @attrs.frozen
-class ToolCallDelta:
+class ToolCallDelta(_Traits):
     """A piece of a tool call's JSON arguments, as the model wrote it."""
+
+    terminal = False
+    droppable = True
+    mergeable = False
+    text_field = "arguments_delta"
 
     index: int
     arguments_delta: str
@@ -74,8 +131,13 @@ class ToolCallDelta:
 
 
 @attrs.frozen
-class ToolCallEnd:
+class ToolCallEnd(_Traits):
     """A tool call is complete; ``arguments`` is the accumulated JSON text."""
+
+    terminal = False
+    droppable = False
+    mergeable = False
+    text_field = "arguments"
 
     index: int
     id: str
@@ -86,8 +148,13 @@ class ToolCallEnd:
 
 
 @attrs.frozen
-class Usage:
+class Usage(_Traits):
     """Token counts reported by the provider."""
+
+    terminal = False
+    droppable = False
+    mergeable = False
+    text_field = None
 
     input_tokens: int
     output_tokens: int
@@ -96,8 +163,13 @@ class Usage:
 
 
 @attrs.frozen
-class Metadata:
+class Metadata(_Traits):
     """Who answered: provider, model and response id (as far as the provider tells)."""
+
+    terminal = False
+    droppable = False
+    mergeable = False
+    text_field = None
 
     provider: str = ""
     model: str = ""
@@ -107,9 +179,14 @@ class Metadata:
 
 
 @attrs.frozen
-class Done:
+class Done(_Traits):
     """The stream ended normally. ``stop_reason`` is the provider's word ("stop", "end_turn",
     "tool_calls", "length", ...) or ``None`` when the producer did not say."""
+
+    terminal = True
+    droppable = False
+    mergeable = False
+    text_field = None
 
     stop_reason: str | None = None
     seq: int = attrs.field(default=0, kw_only=True)
@@ -117,7 +194,7 @@ class Done:
 
 
 @attrs.frozen
-class Error:
+class Error(_Traits):
     """The stream failed after it started; this is its last event.
 
     ``kind`` is a short word (``"connection"``, ``"timeout"``, ``"status"``, ``"validation"``,
@@ -126,6 +203,11 @@ class Error:
     characters and ``partial_text`` holds it when the stream kept its text (for example with an
     :class:`pipeline.Accumulate` stage), else ``None``.
     """
+
+    terminal = True
+    droppable = False
+    mergeable = False
+    text_field = "partial_text"
 
     kind: str
     message: str
@@ -137,20 +219,30 @@ class Error:
 
 
 @attrs.frozen
-class Heartbeat:
+class Heartbeat(_Traits):
     """Nothing happened for a while; lets idle connections and watchdogs know we are alive."""
+
+    terminal = False
+    droppable = True
+    mergeable = False
+    text_field = None
 
     seq: int = attrs.field(default=0, kw_only=True)
     type: Literal["heartbeat"] = attrs.field(default="heartbeat", init=False, repr=False)
 
 
 @attrs.frozen
-class Dropped:
+class Dropped(_Traits):
     """A channel with a dropping policy discarded events; tells this consumer what it missed.
 
     ``first_seq``/``last_seq`` bound the dropped events' numbers (0 when they were unstamped),
     ``items`` and ``text_bytes`` count them, and ``text_chars`` counts dropped characters.
     """
+
+    terminal = False
+    droppable = False
+    mergeable = False
+    text_field = None
 
     items: int
     text_bytes: int
@@ -195,25 +287,23 @@ _FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
 
 
 def is_terminal(event: Event) -> bool:
-    """True for the events that end a stream (:class:`Done` and :class:`Error`)."""
-    return isinstance(event, (Done, Error))
+    """True for the events that end a stream (:class:`Done` and :class:`Error`): their class's
+    ``terminal`` trait."""
+    return event.terminal
 
 
 def event_nbytes(event: Event) -> int:
     """Bytes of text an event holds, as counted against a channel's byte budget.
 
     Text is counted in UTF-8 bytes; events without text count 0 bytes (they still count one
-    item).
+    item). Which text an event holds is its class's ``text_field`` trait: ``TextDelta.text``,
+    ``ToolCallDelta.arguments_delta``, ``ToolCallEnd.arguments``, ``Error.partial_text``.
     """
-    if isinstance(event, TextDelta):
-        text = event.text
-    elif isinstance(event, ToolCallDelta):
-        text = event.arguments_delta
-    elif isinstance(event, ToolCallEnd):
-        text = event.arguments
-    elif isinstance(event, Error):
-        text = event.partial_text or ""
-    else:
+    name = event.text_field
+    if name is None:
+        return 0
+    text: str | None = getattr(event, name)
+    if not text:
         return 0
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 

@@ -11,8 +11,6 @@ import trio
 
 from pipeline import Done, Error, EventReceiver, TextDelta, event_to_json
 
-from ._drain import receive_batch
-
 __all__ = ["EventLogSink", "TextFileSink"]
 
 
@@ -62,7 +60,7 @@ class TextFileSink:
         tmp, f = await trio.to_thread.run_sync(_open_temp, self.path)
         done = False
         try:
-            while batch := await receive_batch(events):
+            while batch := await events.receive_batch():
                 text = "".join(ev.text for ev in batch if isinstance(ev, TextDelta))
                 if text:
                     await trio.to_thread.run_sync(_write, f, text.encode("utf-8"))
@@ -101,7 +99,7 @@ class EventLogSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = await trio.to_thread.run_sync(open, self.path, "wb")
         try:
-            while batch := await receive_batch(events):
+            while batch := await events.receive_batch():
                 data = "".join(event_to_json(ev) + "\n" for ev in batch).encode("utf-8")
                 await trio.to_thread.run_sync(_write, f, data)
         finally:

@@ -9,8 +9,6 @@ import trio
 
 from pipeline import Error, EventReceiver, TextDelta, ToolCallEnd
 
-from ._drain import receive_batch
-
 __all__ = ["TerminalSink"]
 
 
@@ -39,7 +37,7 @@ class TerminalSink:
         from pipeline import ConsumerGone
 
         ended_with_text = False
-        while batch := await receive_batch(events):
+        while batch := await events.receive_batch():
             out: list[str] = []
             err: list[str] = []
             for ev in batch:

@@ -281,3 +281,81 @@ async def test_fill_ratio_tracks_the_larger_budget() -> None:
     send.send_nowait(Done())
     assert send.fill_ratio() == send.statistics().fill_ratio == 1.0
     recv.close()
+
+
+async def test_coalesce_accounts_the_merged_bytes() -> None:
+    send, recv = open_event_channel(max_items=2, max_bytes=100, policy="coalesce")
+    for text in ["é", "ab", "€"]:
+        send.send_nowait(TextDelta(text))
+    assert send.statistics().bytes_queued == 2 + 2 + 3
+    send.send_nowait(Done())
+    assert drain(recv) == [TextDelta("éab€"), Done()]
+    stats = recv.statistics()
+    assert (stats.items_queued, stats.bytes_queued, stats.bytes_sent) == (0, 0, 7)
+
+
+async def test_spill_reads_back_non_text_events_and_unicode_text() -> None:
+    send, recv = open_event_channel(max_items=1, max_bytes=6, policy="spill")
+    sent: list[Event] = [
+        TextDelta("a", seq=1),
+        TextDelta("é", seq=2),
+        TextDelta("€", seq=3),
+        TextDelta("ü", seq=4),
+        ToolCallStart(0, "c", "f", seq=5),
+        TextDelta("x", seq=6),
+        Error("timeout", "slow", partial_text="aé€üx", seq=7),
+    ]
+    for ev in sent:
+        send.send_nowait(ev)
+    assert send.statistics().spill_queued_items == 6
+    send.close()
+    got = drain(recv)
+    # "é" and "€" merged (5 bytes; "ü" would pass max_bytes, 6), never across another event.
+    assert got == [sent[0], TextDelta("é€", seq=3), *sent[3:]]
+    stats = recv.statistics()
+    assert (stats.spill_queued_items, stats.spill_file_bytes, stats.bytes_queued) == (0, 0, 0)
+
+
+async def test_receive_batch_takes_what_is_ready_up_to_max_items() -> None:
+    send, recv = open_event_channel(max_items=10)
+    for i in range(5):
+        send.send_nowait(TextDelta(str(i), seq=i + 1))
+    assert [e.seq for e in await recv.receive_batch(3)] == [1, 2, 3]
+    assert [e.seq for e in await recv.receive_batch()] == [4, 5]
+    with trio.move_on_after(0.01) as scope:  # nothing ready: waits for one
+        await recv.receive_batch()
+    assert scope.cancelled_caught
+    send.send_nowait(Done(seq=6))
+    send.close()
+    assert await recv.receive_batch() == [Done(seq=6)]
+    assert await recv.receive_batch() == []
+    assert await recv.receive_batch() == []
+
+
+async def test_receive_batch_includes_the_channel_notices() -> None:
+    send, recv = open_event_channel(max_items=2, policy="drop_oldest")
+    for i in range(4):
+        send.send_nowait(TextDelta("x", seq=i + 1))
+    assert await recv.receive_batch() == [
+        Dropped(items=2, text_bytes=2, text_chars=2, first_seq=1, last_seq=2),
+        TextDelta("x", seq=3),
+        TextDelta("x", seq=4),
+    ]
+    send, recv = open_event_channel(max_items=1, policy="fail")
+    send.send_nowait(TextDelta("a"))
+    with pytest.raises(ChannelOverflowError):
+        send.send_nowait(TextDelta("b"))
+    batch = await recv.receive_batch()
+    assert [type(e) for e in batch] == [TextDelta, Error]
+    assert await recv.receive_batch() == []
+
+
+async def test_receive_batch_reads_the_spill_file() -> None:
+    send, recv = open_event_channel(max_items=1, max_bytes=1, policy="spill")
+    for i in range(5):
+        send.send_nowait(TextDelta("x", seq=i + 1))
+    send.close()
+    batch = await recv.receive_batch()
+    assert texts(batch) == "xxxxx"
+    assert batch[-1].seq == 5
+    assert await recv.receive_batch() == []

@@ -21,10 +21,10 @@ class StoreSink:
     store then never slows the model, and nothing is lost (``block`` is also lossless; the
     dropping policies leave gaps that resuming readers would never see).
 
-    Batching: after each ``receive`` it also takes what is already queued (``receive_nowait``),
-    up to ``batch_max`` events, and stores them with one ``append`` (one Redis round trip). A
-    store that lags therefore catches up in large batches. ``batch_max`` bounds one request
-    (and what a failed append loses); 256 is a good default.
+    Batching: it reads with :meth:`~pipeline.EventReceiver.receive_batch` (one event, then what
+    is already queued), up to ``batch_max`` events, and stores them with one ``append`` (one
+    Redis round trip). A store that lags therefore catches up in large batches. ``batch_max``
+    bounds one request (and what a failed append loses); 256 is a good default.
 
     Events are stored as stamped by the runner. An unstamped event (``seq == 0``: a channel's
     ``Dropped`` notice) is skipped, except a terminal one (a channel's ``overflow`` error), which
@@ -71,12 +71,8 @@ class StoreSink:
         try:
             if self.create:
                 await self.store.create(self.stream_id)
-            while not self.ended:
-                try:
-                    first = await events.receive()
-                except trio.EndOfChannel:
-                    break
-                batch = self._prepare([first, *self._take_queued(events)])
+            while not self.ended and (received := await events.receive_batch(self.batch_max)):
+                batch = self._prepare(received)
                 if batch:
                     await self.store.append(self.stream_id, batch)
                     self._stored(batch)
@@ -96,15 +92,6 @@ class StoreSink:
         finally:
             if not self.ended and not gone:
                 await self._end(kind)
-
-    def _take_queued(self, events: EventReceiver) -> list[Event]:
-        out: list[Event] = []
-        while len(out) < self.batch_max - 1:
-            try:
-                out.append(events.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        return out
 
     def _prepare(self, batch: list[Event]) -> list[Event]:
         out: list[Event] = []

@@ -170,16 +170,9 @@ async def pump(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeats)
         while True:
-            try:
-                got = await events.receive()
-            except trio.EndOfChannel:
+            batch = await events.receive_batch(BATCH_MAX_EVENTS)
+            if not batch:
                 break
-            batch = [got]
-            while len(batch) < BATCH_MAX_EVENTS:
-                try:
-                    batch.append(events.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
             chunks = [] if writer.headers_sent else [writer.heartbeat()]
             end = False
             framed = deltas = chars = 0
