@@ -30,7 +30,7 @@ def _root_on_path() -> None:
 def stream_segment(text: str, chunks: Sequence[str]) -> list[str]:
     """Feed *chunks* (which must concatenate to *text*) to a fresh SentenceBuffer."""
     _root_on_path()
-    from pipeline.text._sentences import SentenceBuffer
+    from pipeline.text import SentenceBuffer
 
     buf = SentenceBuffer()
     out: list[str] = []

@@ -42,7 +42,7 @@ from pipeline.client import (
     start_stream,
     stream_events,
 )
-from pipeline.wire._sse import encode_comment, encode_event
+from pipeline.wire import encode_comment, encode_event
 from sinks.cli import main as cli_main
 
 EVENTS: list[Event] = [

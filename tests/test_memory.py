@@ -13,8 +13,7 @@ import tracemalloc
 import pytest
 import trio
 
-from pipeline import Done, EventReceiver, Pipeline, Route, TextDelta
-from pipeline._producer import Emit
+from pipeline import Done, Emit, EventReceiver, Pipeline, Route, TextDelta
 
 N = 1_000_000
 BUDGET = 64 * 1024

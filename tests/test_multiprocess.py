@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from pipeline.wire._sse import SSEDecoder, SSEEvent
+from pipeline.wire import SSEDecoder, SSEEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = [f"w{i}" for i in range(120)]

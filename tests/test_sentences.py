@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.text._sentences import SentenceBuffer
+from pipeline.text import SentenceBuffer
 
 Segment = Callable[[str], list[str]]
 Case = tuple[str, list[str]]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.wire._sse import SSEDecoder, SSEEvent, encode_comment, encode_event
+from pipeline.wire import SSEDecoder, SSEEvent, encode_comment, encode_event
 
 
 def parse(*chunks: bytes) -> list[SSEEvent]:
