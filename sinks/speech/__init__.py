@@ -1,0 +1,27 @@
+"""Speech: text-to-speech engines fed at the listener's pace, and exactly what was heard.
+
+Contracts in :mod:`sinks.speech._types`: :class:`SpeechEngine` (text in, :class:`AudioChunk`
+with :class:`WordMark` out), :class:`AudioSink` (player, WAV, raw PCM).
+"""
+
+from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
+
+from ._scripted import ScriptedSpeechEngine as ScriptedSpeechEngine
+from ._types import SAMPLE_WIDTH as SAMPLE_WIDTH
+from ._types import AudioChunk as AudioChunk
+from ._types import AudioSink as AudioSink
+from ._types import EmitAudio as EmitAudio
+from ._types import SpeechEngine as SpeechEngine
+from ._types import WordMark as WordMark
+
+__all__ = [
+    "SAMPLE_WIDTH",
+    "AudioChunk",
+    "AudioSink",
+    "EmitAudio",
+    "ScriptedSpeechEngine",
+    "SpeechEngine",
+    "WordMark",
+]
+
+_fixup_module_metadata(__name__, globals())
