@@ -6,6 +6,7 @@ with :class:`WordMark` out), :class:`AudioSink` (player, WAV, raw PCM).
 
 from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
 
+from ._espeak import EspeakEngine as EspeakEngine
 from ._scripted import ScriptedSpeechEngine as ScriptedSpeechEngine
 from ._types import SAMPLE_WIDTH as SAMPLE_WIDTH
 from ._types import AudioChunk as AudioChunk
@@ -19,6 +20,7 @@ __all__ = [
     "AudioChunk",
     "AudioSink",
     "EmitAudio",
+    "EspeakEngine",
     "ScriptedSpeechEngine",
     "SpeechEngine",
     "WordMark",
