@@ -6,6 +6,11 @@ with :class:`WordMark` out), :class:`AudioSink` (player, WAV, raw PCM).
 
 from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
 
+from ._audio import PcmWriter as PcmWriter
+from ._audio import PlaybackPosition as PlaybackPosition
+from ._audio import Player as Player
+from ._audio import PlayerStatistics as PlayerStatistics
+from ._audio import WavWriter as WavWriter
 from ._espeak import EspeakEngine as EspeakEngine
 from ._scripted import ScriptedSpeechEngine as ScriptedSpeechEngine
 from ._types import SAMPLE_WIDTH as SAMPLE_WIDTH
@@ -21,8 +26,13 @@ __all__ = [
     "AudioSink",
     "EmitAudio",
     "EspeakEngine",
+    "PcmWriter",
+    "PlaybackPosition",
+    "Player",
+    "PlayerStatistics",
     "ScriptedSpeechEngine",
     "SpeechEngine",
+    "WavWriter",
     "WordMark",
 ]
 
