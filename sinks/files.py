@@ -11,16 +11,20 @@ import trio
 
 from pipeline import Done, Error, EventReceiver, TextDelta, event_to_json
 
-__all__ = ["EventLogSink", "TextFileSink"]
+__all__ = ["EventLogSink", "TextFileSink", "commit_atomic", "open_atomic", "write_flushed"]
 
 
-def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
+def open_atomic(path: Path) -> tuple[Path, BinaryIO]:
+    """A temporary file beside ``path`` (its directory is created), open for writing; nothing
+    appears under ``path`` until :func:`commit_atomic`. Blocking: call it in a worker thread."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(path):x}.tmp")
     return tmp, open(tmp, "wb")
 
 
-def _finish(f: BinaryIO, tmp: Path, final: Path) -> None:
+def commit_atomic(f: BinaryIO, tmp: Path, final: Path) -> None:
+    """Flush, fsync and close ``f``, then rename ``tmp`` to ``final`` (and make the rename
+    durable). Blocking: call it in a worker thread."""
     f.flush()
     os.fsync(f.fileno())
     f.close()
@@ -33,7 +37,8 @@ def _finish(f: BinaryIO, tmp: Path, final: Path) -> None:
             os.close(dir_fd)
 
 
-def _write(f: BinaryIO, data: bytes) -> None:
+def write_flushed(f: BinaryIO, data: bytes) -> None:
+    """Write ``data`` and flush (one call for a worker thread)."""
     f.write(data)
     f.flush()
 
@@ -57,20 +62,20 @@ class TextFileSink:
         self.written_chars = 0
 
     async def consume(self, events: EventReceiver, /) -> None:
-        tmp, f = await trio.to_thread.run_sync(_open_temp, self.path)
+        tmp, f = await trio.to_thread.run_sync(open_atomic, self.path)
         done = False
         try:
             while batch := await events.receive_batch():
                 text = "".join(ev.text for ev in batch if isinstance(ev, TextDelta))
                 if text:
-                    await trio.to_thread.run_sync(_write, f, text.encode("utf-8"))
+                    await trio.to_thread.run_sync(write_flushed, f, text.encode("utf-8"))
                     self.written_chars += len(text)
                 if any(isinstance(ev, Done) for ev in batch):
                     done = True
                 elif any(isinstance(ev, Error) for ev in batch):
                     done = False
             if done:
-                await trio.to_thread.run_sync(_finish, f, tmp, self.path)
+                await trio.to_thread.run_sync(commit_atomic, f, tmp, self.path)
                 self.completed = True
         finally:
             if not self.completed:
@@ -101,6 +106,6 @@ class EventLogSink:
         try:
             while batch := await events.receive_batch():
                 data = "".join(event_to_json(ev) + "\n" for ev in batch).encode("utf-8")
-                await trio.to_thread.run_sync(_write, f, data)
+                await trio.to_thread.run_sync(write_flushed, f, data)
         finally:
             f.close()

@@ -87,7 +87,8 @@ def _layer(module: str) -> tuple[str, int]:
 
 def _imports(module: str, path: Path) -> list[tuple[int, str]]:
     """(line, module) for every import in the file, relative ones resolved; ``from P import N``
-    counts as importing ``P.N`` when that is a module, else ``P``."""
+    counts as importing ``P.N`` when that is a module, else ``P``, and a private name ``_N``
+    counts as the private module ``P._N`` (another package's private names are as private)."""
     tree = ast.parse(path.read_text(), str(path))
     package = _package_of(module)
     found: list[tuple[int, str]] = []
@@ -103,7 +104,8 @@ def _imports(module: str, path: Path) -> list[tuple[int, str]]:
                 target = node.module or ""
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
-                found.append((node.lineno, sub if sub in MODULES else target))
+                private_name = alias.name.startswith("_")
+                found.append((node.lineno, sub if sub in MODULES or private_name else target))
     return [(line, name) for line, name in found if name.split(".")[0] in ("pipeline", "sinks")]
 
 
@@ -123,7 +125,9 @@ def test_imports_point_down_and_never_into_another_package_private_module(module
         if target_layer_name != own_layer_name and target_layer >= own_layer:
             problems.append(f"{where}: {own_layer_name} may not import {target_layer_name}")
         private = [p for p in target.split(".") if p.startswith("_")]
-        if private and _package_of(target) != own_package:
+        # A private name's owner is the module it is imported from.
+        owner = target if target in MODULES else target.rpartition(".")[0]
+        if private and _package_of(owner) != own_package:
             problems.append(f"{where}: a private module of another package")
     assert not problems, "\n".join(problems)
 
@@ -134,9 +138,12 @@ def test_the_layer_test_sees_a_violation(tmp_path: Path) -> None:
     assert _layer("pipeline._events") == ("pipeline", 0)
     assert _layer("sinks.server._app") == ("sinks.server", 4)
     core = tmp_path / "core.py"
-    core.write_text("from sinks import TerminalSink\nfrom pipeline._events import Done\n")
+    core.write_text(
+        "from sinks import TerminalSink\nfrom pipeline._events import Done\n"
+        "from sinks.files import _secret\n"
+    )
     found = _imports("pipeline._fake", core)
-    assert found == [(1, "sinks"), (2, "pipeline._events")]
+    assert found == [(1, "sinks"), (2, "pipeline._events"), (3, "sinks.files._secret")]
     assert _layer("sinks")[1] > _layer("pipeline._fake")[1]
 
 

@@ -24,7 +24,7 @@ import trio
 
 from pipeline import ConfigError, ConsumerGone
 
-from ..files import _finish, _open_temp, _write
+from ..files import commit_atomic, open_atomic, write_flushed
 from ._types import SAMPLE_WIDTH, AudioChunk, AudioSink
 
 __all__ = ["PcmWriter", "PlaybackPosition", "Player", "PlayerStatistics", "WavWriter"]
@@ -89,7 +89,7 @@ class _AudioOutput:
 
 
 def _open_wav(path: Path, rate: int) -> tuple[Path, BinaryIO, wave.Wave_write]:
-    tmp, f = _open_temp(path)
+    tmp, f = open_atomic(path)
     wav = wave.open(f, "wb")  # noqa: SIM115 (closed by _close_wav or WavWriter.discard)
     wav.setnchannels(1)
     wav.setsampwidth(SAMPLE_WIDTH)
@@ -99,7 +99,7 @@ def _open_wav(path: Path, rate: int) -> tuple[Path, BinaryIO, wave.Wave_write]:
 
 def _close_wav(wav: wave.Wave_write, f: BinaryIO, tmp: Path, final: Path) -> None:
     wav.close()  # writes the header's sizes; leaves ``f`` open
-    _finish(f, tmp, final)
+    commit_atomic(f, tmp, final)
 
 
 class WavWriter(_AudioOutput):
@@ -193,7 +193,7 @@ class PcmWriter(_AudioOutput):
                 await trio.lowlevel.checkpoint()
                 return
             try:
-                await trio.to_thread.run_sync(_write, self.stream, chunk.pcm)
+                await trio.to_thread.run_sync(write_flushed, self.stream, chunk.pcm)
             except BrokenPipeError as exc:
                 raise ConsumerGone("pcm: the output pipe was closed") from exc
             self.written_samples += chunk.samples
