@@ -46,6 +46,9 @@ CASES: list[tuple[str, str]] = [
     ("Above.\n\n---\n\nBelow.", "Above. Below."),
     ("Title\n=====\nText.", "Title Text."),
     ("Not - a list, and 3. not a number.", "Not - a list, and 3. not a number."),
+    ("| Name | Age |\n|------|:---:|\n| Ann | 30 |\n|| x \\| y |", "Name, Age Ann, 30 x | y"),
+    ("a | b", "a | b"),
+    ("Line.\r\n---\r\n```\r\ncode\r\n```\r\nAfter.\r\n", "Line. After."),
     # links, images, HTML
     ("See [the docs](https://x.com/a_(b)) now.", "See the docs now."),
     ("See [the docs][1] now.", "See the docs now."),

@@ -11,7 +11,6 @@ take their time from the ``now`` the runner gives them.
 from ..packaging import fixup_module_metadata as _fixup_module_metadata
 from ._chunker import AdaptiveChunker as AdaptiveChunker
 from ._sentences import SentenceBuffer as SentenceBuffer
-from ._speakable import SYMBOLS as SYMBOLS
 from ._speakable import CodeBlocks as CodeBlocks
 from ._speakable import SpeakableStream as SpeakableStream
 from ._speakable import Spoken as Spoken
@@ -21,7 +20,6 @@ from ._speakable import speakable as speakable
 from ._stages import SentenceStage as SentenceStage
 
 __all__ = [
-    "SYMBOLS",
     "AdaptiveChunker",
     "CodeBlocks",
     "SentenceBuffer",

@@ -17,7 +17,8 @@ Blocks (at the start of a line):
 * Heading markers (``# ``, and a closing ``##``), block quote markers (``> ``), bullet and
   numbered list markers (``- ``, ``* ``, ``+ ``, ``• ``, ``1. ``, ``1) ``) and task boxes
   (``[ ]``, ``[x]``) are removed; thematic breaks and setext underlines (``---``, ``***``,
-  ``===``) are dropped. Nothing is added: a heading without final punctuation stays without.
+  ``===``) are dropped. A table row ``| a | b |`` is read ``a, b``; its ``|---|`` rule is
+  dropped. Nothing is added: a heading without final punctuation stays without.
 
 Inline:
 
@@ -32,7 +33,7 @@ Inline:
   without ``www.``: ``https://www.example.com/path?q=1`` -> ``example.com``. Punctuation after a
   URL (``.``, ``,``, a closing bracket without its opener) is not part of it and stays.
 * E-mail addresses are kept, with ``@`` -> ``at``.
-* Symbols (a small table, :data:`SYMBOLS` documents it): ``&`` -> ``and``; ``%`` after a digit
+* Symbols (a small table): ``&`` -> ``and``; ``%`` after a digit
   -> ``percent``; ``$``/``€``/``£`` before or after a number -> ``dollars``/``euros``/``pounds``
   after it (``$5`` and ``5$`` -> ``5 dollars``, ``$1`` -> ``1 dollar``, ``$2 million`` -> ``2
   million dollars``); ``°C``/``°F``/``°`` -> ``degrees Celsius``/``Fahrenheit``/``degrees``;
@@ -63,7 +64,6 @@ from typing import Final, Literal, NamedTuple
 import attrs
 
 __all__ = [
-    "SYMBOLS",
     "CodeBlocks",
     "SpeakableStream",
     "Spoken",
@@ -74,23 +74,6 @@ __all__ = [
 
 CodeBlocks = Literal["skip", "read"]
 """What to do with fenced code blocks: skip them, or read their text as it is."""
-
-SYMBOLS: Final[dict[str, str]] = {
-    "&": "and",
-    "%": "percent (after a digit)",
-    "$": "dollars (after the number, before or after which the sign stands)",
-    "€": "euros (likewise)",
-    "£": "pounds (likewise)",
-    "°C": "degrees Celsius",
-    "°F": "degrees Fahrenheit",
-    "°": "degrees",
-    "->": "to",
-    "=>": "to",
-    "→": "to",
-    "#": "number (before a digit)",
-    "@": "at (in an e-mail address)",
-}
-"""The symbols read as words, for documentation: symbol -> what is said."""
 
 
 class SpokenRun(NamedTuple):
@@ -155,6 +138,10 @@ def heard_original(original: str, spoken: Spoken, spoken_end: int) -> str:
     ``Hello`` of ``Hello, world.`` is ``Hello,``; up to ``move`` of ``**Bold** move, friend.``
     it is ``**Bold** move,``. ``""`` if nothing was heard. Skipped text after the last spoken
     word (a code block, trailing whitespace) is not included.
+
+    With word marks, pass the ``end`` of the last word heard (or the ``start`` of the first word
+    not heard); an estimated position inside a word counts that word as heard. The length of
+    the result is the original offset that was heard up to.
     """
     if len(original) != spoken.original_length:
         raise ValueError("spoken was not made from this original text")
@@ -311,7 +298,8 @@ class _Builder:
 # --- the converter ------------------------------------------------------------------------------
 
 _FENCE_OPEN: Final = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})(.*)")
-_BREAK: Final = re.compile(r"[ \t]{0,3}([-*_=])(?:[ \t]*\1){2,}[ \t]*")
+_BREAK: Final = re.compile(r"[ \t]{0,3}([-*_=])(?:[ \t]*\1){2,}\s*")
+_TABLE_RULE: Final = re.compile(r"[ \t]*\|?(?:[ \t]*:?-+:?[ \t]*\|)+(?:[ \t]*:?-+:?)?\s*")
 _QUOTE: Final = re.compile(r"[ \t]{0,3}>[ \t]?")
 _HEADING: Final = re.compile(r"[ \t]{0,3}#{1,6}(?:[ \t]+|\Z)")
 _HEADING_CLOSE: Final = re.compile(r"[ \t]+#+[ \t]*\Z")
@@ -386,7 +374,7 @@ class _Converter:
             else:
                 self._inline(pos, end)
             if nl < 0:
-                line_start = line_start and not s[pos:].strip(" \t")
+                line_start = line_start and not s[pos:].strip()
                 break
             b.space(nl, nl + 1, True)
             line_start = True
@@ -394,7 +382,7 @@ class _Converter:
         return fence, line_start
 
     def _closes(self, pos: int, end: int, fence: tuple[str, int]) -> bool:
-        line = self._s[pos:end].strip(" \t")
+        line = self._s[pos:end].strip()
         char, length = fence
         return len(line) >= length and line == char * len(line)
 
@@ -409,6 +397,10 @@ class _Converter:
         start = pos
         while (q := _QUOTE.match(s, start, end)) is not None:
             start = q.end()
+        if s.startswith("|", start):
+            if _TABLE_RULE.fullmatch(s, start, end) is None:
+                self._table_row(start, end)
+            return None
         h = _HEADING.match(s, start, end)
         if h is not None:
             start = h.end()
@@ -419,6 +411,33 @@ class _Converter:
             start = li.end()
         self._inline(start, end)
         return None
+
+    def _table_row(self, start: int, end: int) -> None:
+        """``| a | b |`` -> ``a, b`` (empty cells skipped)."""
+        s = self._s
+        cells: list[tuple[int, int]] = []
+        k = cell = start + 1
+        while k < end:
+            if s[k] == "\\":
+                k += 2
+                continue
+            if s[k] == "|":
+                cells.append((cell, k))
+                cell = k + 1
+            k += 1
+        cells.append((cell, end))
+        first = True
+        for a, z in cells:
+            while a < z and s[a].isspace():
+                a += 1
+            while z > a and s[z - 1].isspace():
+                z -= 1
+            if a == z:
+                continue
+            if not first:
+                self.builder.replace(", ", a - 1, a - 1)
+            first = False
+            self._inline(a, z)
 
     # --- inline rules ---------------------------------------------------------------------------
 
