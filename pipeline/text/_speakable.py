@@ -25,7 +25,8 @@ Inline:
 * Emphasis ``*x*``, ``**x**``, ``_x_``, ``__x__``, ``~~x~~`` -> ``x``: delimiter runs that open
   or close (CommonMark's flanking rules) are removed, also when their partner is in another
   piece; an underscore inside a word (``snake_case``) and a star between digits (``2*3``) stay.
-* Inline code ```x``` -> ``x`` as it is (no rules inside); an unmatched backtick is dropped.
+* Inline code (in backticks) -> its text as it is (no rules inside); an unmatched backtick is
+  dropped.
 * Links ``[text](url)`` and ``[text][ref]`` -> ``text``; images ``![alt](url)`` -> ``alt``;
   footnote references ``[^1]`` are dropped; HTML tags and comments are removed (block-level tags
   such as ``<br>`` and ``<p>`` leave a space); backslash escapes (``\\*``) keep the character.
@@ -33,11 +34,12 @@ Inline:
   without ``www.``: ``https://www.example.com/path?q=1`` -> ``example.com``. Punctuation after a
   URL (``.``, ``,``, a closing bracket without its opener) is not part of it and stays.
 * E-mail addresses are kept, with ``@`` -> ``at``.
-* Symbols (a small table): ``&`` -> ``and``; ``%`` after a digit
-  -> ``percent``; ``$``/``€``/``£`` before or after a number -> ``dollars``/``euros``/``pounds``
-  after it (``$5`` and ``5$`` -> ``5 dollars``, ``$1`` -> ``1 dollar``, ``$2 million`` -> ``2
-  million dollars``); ``°C``/``°F``/``°`` -> ``degrees Celsius``/``Fahrenheit``/``degrees``;
-  ``->``, ``=>``, ``→`` -> ``to``; ``#`` before a digit -> ``number``; HTML entities are decoded.
+* Symbols (a small table): ``&`` -> ``and``; ``%`` after a digit -> ``percent``; ``$``,
+  ``€``, ``£`` before or after a number -> ``dollars``, ``euros``, ``pounds`` after it (``$5``
+  and ``5$`` -> ``5 dollars``, ``$1`` -> ``1 dollar``, ``$2 million`` -> ``2 million
+  dollars``); ``°C``, ``°F``, ``°`` -> ``degrees Celsius``, ``degrees Fahrenheit``,
+  ``degrees``; ``->``, ``=>``, ``→`` -> ``to``; ``#`` before a digit -> ``number``; HTML
+  entities are decoded.
 * Whitespace runs become one space; leading and trailing whitespace is dropped.
 
 Sentence punctuation (``.``, ``!``, ``?``) is never inserted, and never removed outside markup,
@@ -49,8 +51,9 @@ Offsets
 
 :attr:`Spoken.runs` is a compact list of :class:`SpokenRun`: a copied run maps its characters
 one to one onto the original; a replacement (``and`` for ``&``, ``example.com`` for a URL, a
-space for a newline) maps all its characters to the start of the text it replaces, and text
-inserted after a number (``dollars``) maps to the end of the number. The mapping is monotonic.
+space for a newline) maps all its characters to the start of the text it replaces, and
+inserted text (``dollars`` after a number, the comma between table cells) maps to where it is
+inserted. The mapping is monotonic.
 """
 
 from __future__ import annotations
