@@ -7,6 +7,13 @@ with :class:`WordMark` out), :class:`AudioSink` (player, WAV, raw PCM).
 from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
 
 from ._scripted import ScriptedSpeechEngine as ScriptedSpeechEngine
+from ._speaker import FRAME_SECONDS as FRAME_SECONDS
+from ._speaker import Conversation as Conversation
+from ._speaker import HeardText as HeardText
+from ._speaker import Message as Message
+from ._speaker import PlaybackClock as PlaybackClock
+from ._speaker import Speaker as Speaker
+from ._speaker import SpeakerStatistics as SpeakerStatistics
 from ._types import SAMPLE_WIDTH as SAMPLE_WIDTH
 from ._types import AudioChunk as AudioChunk
 from ._types import AudioSink as AudioSink
@@ -15,11 +22,18 @@ from ._types import SpeechEngine as SpeechEngine
 from ._types import WordMark as WordMark
 
 __all__ = [
+    "FRAME_SECONDS",
     "SAMPLE_WIDTH",
     "AudioChunk",
     "AudioSink",
+    "Conversation",
     "EmitAudio",
+    "HeardText",
+    "Message",
+    "PlaybackClock",
     "ScriptedSpeechEngine",
+    "Speaker",
+    "SpeakerStatistics",
     "SpeechEngine",
     "WordMark",
 ]
