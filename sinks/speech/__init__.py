@@ -7,7 +7,6 @@ with :class:`WordMark` out), :class:`AudioSink` (player, WAV, raw PCM).
 from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
 
 from ._scripted import ScriptedSpeechEngine as ScriptedSpeechEngine
-from ._speaker import FRAME_SECONDS as FRAME_SECONDS
 from ._speaker import Conversation as Conversation
 from ._speaker import HeardText as HeardText
 from ._speaker import Message as Message
@@ -22,7 +21,6 @@ from ._types import SpeechEngine as SpeechEngine
 from ._types import WordMark as WordMark
 
 __all__ = [
-    "FRAME_SECONDS",
     "SAMPLE_WIDTH",
     "AudioChunk",
     "AudioSink",

@@ -66,7 +66,6 @@ from pipeline.text import SentenceBuffer
 from ._types import AudioChunk, AudioSink, SpeechEngine, WordMark
 
 __all__ = [
-    "FRAME_SECONDS",
     "Conversation",
     "HeardText",
     "Message",
@@ -75,8 +74,7 @@ __all__ = [
     "SpeakerStatistics",
 ]
 
-FRAME_SECONDS: Final = 0.02
-"""Longest piece of audio the internal player plays without checking for a stop."""
+_FRAME_SECONDS: Final = 0.02  # the longest audio the internal player plays without a stop check
 
 _FEED_CHARS: Final = 256  # text given to the SentenceBuffer at once (a coalesced delta is big)
 _SECONDS_PER_CHAR: Final = 0.07  # estimate before the first utterance is complete
@@ -107,7 +105,7 @@ class _Playback:
     ``frame_seconds``. Its position is interpolated from the clock within a frame, from the
     start of the current run (the audio played without a gap), so it does not drift."""
 
-    frame_seconds: float = FRAME_SECONDS
+    frame_seconds: float = _FRAME_SECONDS
     _played: int = 0
     _rate: int = 0
     _run_time: float = 0.0
