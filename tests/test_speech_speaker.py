@@ -233,7 +233,10 @@ async def test_first_clause_fast_path_gives_audio_sooner_than_whole_sentences(
 
 
 async def interrupt_at(
-    position: int, speaker: Speaker, producer: CountingProducer, out: RecordingOutput
+    position: int,
+    speaker: Speaker,
+    producer: CountingProducer | ScriptedProducer,
+    out: RecordingOutput,
 ) -> tuple[HeardText, str]:
     """Run the pipeline, interrupt when ``position`` samples have played; return what
     interrupt() said and the pipeline's end reason. Checks that nothing plays after."""
@@ -298,6 +301,18 @@ async def test_keep_generation_on_interrupt(autojump_clock: trio.testing.MockClo
     assert reason == "done"
     assert producer.emitted == 200
     assert not producer.cancelled
+
+
+async def test_interrupt_after_the_stream_ended_while_still_speaking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    producer = ScriptedProducer.from_text(SENTENCE * 5)
+    out = RecordingOutput()
+    speaker = Speaker(engine(), outputs=[out])
+    heard, reason = await interrupt_at(450, speaker, producer, out)
+    assert heard == HeardText("Alpha beta gamma. Alpha", exact=True)
+    assert reason == "done"  # the producer had finished: nothing to cancel, no consumer gone
+    assert speaker.interrupted
 
 
 async def test_an_engine_without_word_marks_gives_an_estimate(
