@@ -13,6 +13,12 @@ from ._audio import PlayerStatistics as PlayerStatistics
 from ._audio import WavWriter as WavWriter
 from ._espeak import EspeakEngine as EspeakEngine
 from ._scripted import ScriptedSpeechEngine as ScriptedSpeechEngine
+from ._speaker import Conversation as Conversation
+from ._speaker import HeardText as HeardText
+from ._speaker import Message as Message
+from ._speaker import PlaybackClock as PlaybackClock
+from ._speaker import Speaker as Speaker
+from ._speaker import SpeakerStatistics as SpeakerStatistics
 from ._types import SAMPLE_WIDTH as SAMPLE_WIDTH
 from ._types import AudioChunk as AudioChunk
 from ._types import AudioSink as AudioSink
@@ -24,13 +30,19 @@ __all__ = [
     "SAMPLE_WIDTH",
     "AudioChunk",
     "AudioSink",
+    "Conversation",
     "EmitAudio",
     "EspeakEngine",
+    "HeardText",
+    "Message",
     "PcmWriter",
+    "PlaybackClock",
     "PlaybackPosition",
     "Player",
     "PlayerStatistics",
     "ScriptedSpeechEngine",
+    "Speaker",
+    "SpeakerStatistics",
     "SpeechEngine",
     "WavWriter",
     "WordMark",
