@@ -83,7 +83,7 @@ async def speak(text: str, speaker: Speaker, *, delay: float = 0.0) -> None:
 # -- the internal playback clock -------------------------------------------------------------
 
 
-async def test_playback_clock_plays_in_real_time_and_stops_where_cancelled(
+async def test_the_default_player_plays_in_real_time_and_stops_where_stopped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     player = Speaker(engine()).player
@@ -95,12 +95,14 @@ async def test_playback_clock_plays_in_real_time_and_stops_where_cancelled(
         await trio.sleep(0.5)
         assert player.played_samples == 500
         await trio.sleep(0.333)
-        nursery.cancel_scope.cancel()
+        player.stop()  # what Speaker.interrupt does: mid-frame, exact to the sample
     assert trio.current_time() - start == pytest.approx(0.833)
     assert player.played_samples == 833
     await trio.sleep(1)
     assert player.played_samples == 833
-    await player.write(chunk)  # after a gap: a new run, still exact
+    player.resume()
+    await player.write(chunk)  # after a gap: a new schedule, still exact
+    await player.aclose()
     assert player.played_samples == 1833
 
 

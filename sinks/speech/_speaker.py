@@ -17,7 +17,7 @@ Tasks (one nursery, inside :meth:`Speaker.consume`)::
 * **synthesis** gives batches of sentences to the engine, one request at a time.
 * **playback** writes each chunk to the ``outputs`` (WAV, raw PCM) and then to the ``player``,
   the output that plays in real time (:class:`PlaybackClock`); the player's position says what
-  was heard. The default player is a silent internal clock on trio's clock.
+  was heard. The default player is a silent :class:`Player` on trio's clock.
 
 Pacing is by the audio queued ahead of playback (synthesised, not yet played), not by text. The
 first piece (a clause with the fast path) goes to the engine at once. After that the synthesis
@@ -63,6 +63,7 @@ import trio
 from pipeline import ConfigError, ConsumerGone, EventReceiver, TextDelta, is_terminal
 from pipeline.text import SentenceBuffer
 
+from ._audio import Player
 from ._types import AudioChunk, AudioSink, SpeechEngine, WordMark
 
 __all__ = [
@@ -74,7 +75,6 @@ __all__ = [
     "SpeakerStatistics",
 ]
 
-_FRAME_SECONDS: Final = 0.02  # the longest audio the internal player plays without a stop check
 
 _FEED_CHARS: Final = 256  # text given to the SentenceBuffer at once (a coalesced delta is big)
 _SECONDS_PER_CHAR: Final = 0.07  # estimate before the first utterance is complete
@@ -86,63 +86,24 @@ _ALIGN_WINDOW: Final = 200  # how far a spoken word is looked for in its origina
 
 @runtime_checkable
 class PlaybackClock(AudioSink, Protocol):
-    """An :class:`AudioSink` that plays in real time and says how much it has played.
+    """What the speaker needs of the output that plays in real time (:class:`Player` is one).
 
-    ``write`` returns once the chunk has been played; cancelling it stops playback within one
-    frame (at most 20 ms of audio). ``played_samples`` counts the samples played so far, over
-    all writes, at ``trio.current_time()``: it must be a function of the clock, not of which
-    task trio ran first (a chunk that ends at time ``t`` counts as played at ``t``), and after a
-    cancelled write it stays where playback stopped.
+    ``write`` plays a chunk (it may return up to one frame, at most 20 ms, before the chunk has
+    finished). ``played_samples`` counts the samples played so far over all writes at
+    ``trio.current_time()``: a function of the clock, not of which task trio ran first (a chunk
+    that ends at time ``t`` counts as played at ``t``). ``stop()`` ends playback within one
+    frame and freezes the count; ``resume()`` lets the next write play on a fresh schedule;
+    ``idle()`` says that the next gap is intended silence (the answer ended), not an underrun.
     """
 
     @property
     def played_samples(self) -> int: ...
 
+    def stop(self) -> None: ...
 
-@attrs.define(eq=False)
-class _Playback:
-    """The speaker's default player: silent, paced on trio's clock in frames of
-    ``frame_seconds``. Its position is interpolated from the clock within a frame, from the
-    start of the current run (the audio played without a gap), so it does not drift."""
+    def resume(self) -> None: ...
 
-    frame_seconds: float = _FRAME_SECONDS
-    _played: int = 0
-    _rate: int = 0
-    _run_time: float = 0.0
-    _run_sample: int = 0
-    _frame_end: int | None = None
-
-    @property
-    def played_samples(self) -> int:
-        if self._frame_end is None:
-            return self._played
-        return min(self._frame_end, max(self._played, self._clock()))
-
-    def _clock(self) -> int:
-        # The tolerance absorbs float rounding of times that fall exactly on a sample.
-        elapsed = trio.current_time() - self._run_time
-        return self._run_sample + int(elapsed * self._rate + 1e-6)
-
-    async def write(self, chunk: AudioChunk, /) -> None:
-        if self._rate != chunk.sample_rate or self._clock() > self._played:
-            # First write, another rate, or the audio ran dry: a new run starts now.
-            self._rate = chunk.sample_rate
-            self._run_time = trio.current_time()
-            self._run_sample = self._played
-        step = max(1, round(self._rate * self.frame_seconds))
-        left = chunk.samples
-        while left > 0:
-            n = min(step, left)
-            self._frame_end = end = self._played + n
-            try:
-                await trio.sleep_until(self._run_time + (end - self._run_sample) / self._rate)
-            finally:
-                self._played = self.played_samples  # all of it, or up to a stop
-                self._frame_end = None
-            left -= n
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
+    def idle(self) -> None: ...
 
 
 @attrs.frozen
@@ -232,7 +193,7 @@ class Speaker:
 
     engine: SpeechEngine = attrs.field(kw_only=False)
     outputs: Sequence[AudioSink] = ()
-    player: PlaybackClock = attrs.Factory(_Playback)
+    player: PlaybackClock = attrs.Factory(Player)
     transform: Callable[[str], str] | None = None
     first_clause_min_chars: int | None = 20
     ahead_seconds: tuple[float, float] = (1.5, 4.0)
@@ -262,6 +223,7 @@ class Speaker:
     _chars_spoken: int = attrs.field(default=0, init=False)
     _max_ahead: int = attrs.field(default=0, init=False)
     _first_audio_at: float | None = attrs.field(default=None, init=False)
+    _written: int = attrs.field(default=0, init=False)  # samples given to the player
     _underruns: int = attrs.field(default=0, init=False)
     _underrun_seconds: float = attrs.field(default=0.0, init=False)
     _stop_position: int | None = attrs.field(default=None, init=False)
@@ -288,6 +250,7 @@ class Speaker:
         if self._started_at is not None:
             raise RuntimeError("a Speaker speaks one stream; build one per answer")
         self._started_at = trio.current_time()
+        self.player.resume()  # a player shared by turns may have been stopped by a barge-in
         self._base = self.player.played_samples
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._intake, events)
@@ -304,6 +267,7 @@ class Speaker:
         """
         if self._stop_position is None and not self._speech_done.is_set():
             self._stop_position = self._position()
+            self.player.stop()
             self._speech_scope.cancel()
             self._sentences.clear()
             self._pending = 0
@@ -529,17 +493,28 @@ class Speaker:
         while True:
             while not self._audio:
                 if self._synthesis_done:
+                    # The player may still hold its last frame: the answer ends when it played.
+                    rate = self.engine.sample_rate
+                    while (left := self._written - self._position()) > 0:
+                        await trio.sleep(left / rate)
+                        if self._written - self._position() == left:
+                            break  # stopped from outside: it will not play the rest
+                    self.player.idle()  # the silence after the answer is not an underrun
                     return
-                dry_from = trio.current_time()
+                # When the player runs out of what it was given (it may still hold a frame).
+                rate = self.engine.sample_rate
+                dry_at = trio.current_time() + max(0, self._written - self._position()) / rate
                 await self._audio_lot.park()
-                if self._first_audio_at is not None and self._audio:
+                late = trio.current_time() - dry_at
+                if self._first_audio_at is not None and self._audio and late > 0.5 / rate:
                     self._underruns += 1
-                    self._underrun_seconds += trio.current_time() - dry_from
+                    self._underrun_seconds += late
             chunk = self._audio.popleft()
             if self._first_audio_at is None and chunk.samples:
                 self._first_audio_at = trio.current_time()
             for output in self.outputs:
                 await output.write(chunk)
+            self._written += chunk.samples
             await self.player.write(chunk)
             self._compact()
 
