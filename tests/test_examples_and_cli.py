@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,21 @@ def test_capacity_benchmark_quick_smoke() -> None:
     # Runs both servers for a few seconds; checks that every token is delivered, no timing.
     result = run("benchmarks/bench_capacity.py", "--quick", timeout=170)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_cli_speak_plays_writes_the_wav_and_prints_what_was_heard(tmp_path: Path) -> None:
+    # Real espeak-ng, played in real time (about 2 s of audio) into a raw PCM file.
+    wav, pcm = tmp_path / "a.wav", tmp_path / "a.raw"
+    text = "One two three. Four **five** six."
+    result = run(
+        "-m", "sinks.cli", "speak", "--scripted", text, "--rate", "0",
+        "--wav", str(wav), "--pcm", str(pcm),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == text + "\n"  # the original text, markup included, as heard
+    with wave.open(str(wav)) as w:
+        frames, rate = w.getnframes(), w.getframerate()
+    assert rate == 22050
+    assert 1.0 < frames / rate < 6.0
+    assert pcm.stat().st_size == 2 * frames  # what was played is what was written
+    assert "0 underruns" in result.stderr

@@ -12,12 +12,14 @@ from pipeline.client import open_event_stream, stream_events
 if TYPE_CHECKING:
     from ._main import IO
 
-__all__ = ["add_parser", "run"]
+__all__ = ["NAME", "add_parser", "run"]
+
+NAME = "client"
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "client",
+        NAME,
         help="follow a stream of an llmpipe server (resumes with Last-Event-ID)",
         description="Follow an llmpipe event stream, reconnecting and resuming as needed. "
         "Prints text deltas as they arrive (or, with --json, every event as a JSON line). "

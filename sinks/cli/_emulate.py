@@ -14,12 +14,14 @@ from pipeline.testing.emulator import DEFAULT_REPLY, Emulator, Reply, parse_faul
 if TYPE_CHECKING:
     from ._main import IO
 
-__all__ = ["add_parser", "run"]
+__all__ = ["NAME", "add_parser", "run"]
+
+NAME = "emulate"
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "emulate",
+        NAME,
         help="serve OpenAI/Anthropic-compatible streaming endpoints with a scripted reply",
         description="Serve OpenAI/Anthropic-compatible streaming endpoints with a scripted "
         "reply, until interrupted (Ctrl-C).",

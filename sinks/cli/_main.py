@@ -1,6 +1,7 @@
 """``llmpipe``: one argparse tree for every subcommand, one ``trio.run``, one table of exit codes.
 
-Each subcommand lives in its own module (``_stream``, ``_serve``, ``_client``, ``_emulate``)
+Each subcommand lives in its own module (``_stream``, ``_speak``, ``_serve``, ``_client``,
+``_emulate``)
 with two functions: ``add_parser(subparsers)`` declares its options, ``run(args, io)`` is the
 async body that :func:`main` runs under ``trio.run``. Errors are printed here, once, as one line
 with a hint (:data:`HINTS`), and turned into an :class:`ExitCode`.
@@ -26,7 +27,7 @@ from pipeline import (
     ProducerTimeout,
 )
 
-from . import _client, _emulate, _serve, _stream
+from . import _client, _emulate, _serve, _speak, _stream
 
 __all__ = ["HINTS", "ExitCode", "IO", "main"]
 
@@ -78,16 +79,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, self.prog)
 
 
-_COMMANDS: Final = ("stream", "serve", "client", "emulate")
+_SUBCOMMANDS: Final = (_stream, _speak, _serve, _client, _emulate)
 
 Run = Callable[[argparse.Namespace, IO], Awaitable[int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: ``llmpipe {stream,serve,client,emulate} ...``."""
+    """The whole command line: ``llmpipe {stream,speak,serve,client,emulate} ...``."""
     parser = _Parser(prog="llmpipe", description="Stream LLM output to the consumers that read it.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (_stream, _serve, _client, _emulate):
+    for module in _SUBCOMMANDS:
         module.add_parser(sub).set_defaults(run=module.run)
     return parser
 
@@ -120,7 +121,7 @@ def main(
     except UsageError as exc:
         # argparse reports unknown options from the top parser: name the subcommand's help.
         prog = exc.prog
-        if prog == parser.prog and args_list[:1] and args_list[0] in _COMMANDS:
+        if prog == parser.prog and args_list[:1] and args_list[0] in {m.NAME for m in _SUBCOMMANDS}:
             prog = f"{prog} {args_list[0]}"
         _say(io.err, "llmpipe", str(exc), f"see '{prog} --help'")
         return ExitCode.ERROR

@@ -16,12 +16,14 @@ from ._providers import add_provider_options, backend_from_args
 if TYPE_CHECKING:
     from ._main import IO
 
-__all__ = ["add_parser", "run"]
+__all__ = ["NAME", "add_parser", "run"]
+
+NAME = "serve"
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "serve", help="serve SSE, NDJSON and WebSocket streams over HTTP"
+        NAME, help="serve SSE, NDJSON and WebSocket streams over HTTP"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")

@@ -14,12 +14,14 @@ from ._providers import add_provider_options, backend_from_args, messages_from_a
 if TYPE_CHECKING:
     from ._main import IO
 
-__all__ = ["add_parser", "run"]
+__all__ = ["NAME", "add_parser", "run"]
+
+NAME = "stream"
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "stream", help="stream an answer to the terminal (and files)"
+        NAME, help="stream an answer to the terminal (and files)"
     )
     parser.add_argument("prompt", nargs="?", default="", help="the prompt")
     add_provider_options(parser)
