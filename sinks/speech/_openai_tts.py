@@ -123,10 +123,11 @@ class OpenAISpeechEngine:
         if key and len(key) >= 6:
             message = message.replace(key, "<redacted>")
         if issubclass(ours, ProducerStatusError):
+            code: int = getattr(exc, "status_code", 0)
             response: Any = getattr(exc, "response", None)
             return ours(
-                f"openai speech: HTTP {getattr(exc, 'status_code', 0)}: {message}",
-                status_code=getattr(exc, "status_code", 0),
+                f"openai speech: HTTP {code}: {message}",
+                status_code=code,
                 retry_after=None if response is None else retry_after_seconds(response.headers),
             )
         return ours(f"openai speech: {type(exc).__name__}: {message}")
