@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import itertools
 import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +25,7 @@ from pipeline.testing.emulator import (
     Reply,
     RequestRecord,
     Script,
+    SpeechReply,
     ToolCall,
     error_event_after,
     malformed_after,
@@ -568,3 +571,126 @@ async def test_status_first_attempts_then_the_sdk_retry_succeeds(
     assert arrivals == pytest.approx([0, 7, 14], abs=0.05)
     assert [record.header("x-stainless-retry-count") for record in emu.requests] == ["0", "1", "2"]
     assert [record.fault is not None for record in emu.requests] == [True, True, False]
+
+
+# -------------------------------------------------------------------------------------------
+# Speech: POST /v1/audio/speech, streamed PCM
+
+
+@asynccontextmanager
+async def speech_emulator(
+    speech: SpeechReply, **kwargs: Any
+) -> AsyncIterator[tuple[Emulator, openai.AsyncOpenAI]]:
+    async with open_emulator(speech=speech) as emu, openai_client(emu, **kwargs) as client:
+        yield emu, client
+
+
+async def speak(client: openai.AsyncOpenAI, text: str, response_format: Any = "pcm") -> bytes:
+    create = client.audio.speech.with_streaming_response.create
+    async with create(
+        model="tts-emu", voice="alloy", input=text, response_format=response_format
+    ) as response:
+        assert response.http_response.headers["content-type"] == "audio/pcm"
+        return b"".join([data async for data in response.iter_bytes()])
+
+
+async def test_speech_default_is_a_440_hz_tone_as_long_as_the_text() -> None:
+    text = "A tone for each character of this text."
+    async with speech_emulator(SpeechReply()) as (emu, client):
+        audio = await speak(client, text)
+        record = await emu.wait_ended(0)
+    samples = array.array("h", audio)
+    assert len(samples) == round(len(text) * 0.06 * 24000)
+    second = samples[:24000]
+    crossings = sum(1 for a, b in itertools.pairwise(second) if (a < 0) != (b < 0))
+    assert crossings == pytest.approx(880, abs=2)  # two per period
+    assert max(samples) == 8000
+    assert (record.path, record.provider, record.status) == (
+        "/v1/audio/speech",
+        "openai-speech",
+        200,
+    )
+    assert record.body["response_format"] == "pcm"
+    assert record.header("authorization") == "<redacted>"
+    assert record.deltas_sent == record.events_sent == -(-len(audio) // 4800)
+    assert record.audio_bytes_sent == len(audio)
+    assert record.outcome == "completed"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_speech_audio_callable_is_sent_in_writes_of_write_bytes(kind: str) -> None:
+    given: list[str] = []
+
+    def make(text: str) -> bytes:
+        given.append(text)
+        return bytes(range(256)) * 10 + b"\x01"  # 2561 bytes: the last sample is cut short
+
+    async def make_async(text: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return make(text)
+
+    reply = SpeechReply(make if kind == "sync" else make_async, write_bytes=1001)
+    async with speech_emulator(reply) as (emu, client):
+        audio = await speak(client, "Hi")
+        record = await emu.wait_ended(0)
+    assert given == ["Hi"]
+    assert audio == bytes(range(256)) * 10 + b"\x01"
+    assert record.deltas_sent == 3  # 1001 + 1001 + 559
+    assert record.writes == 1 + 3 + 1  # head, audio, end of body
+
+
+async def test_speech_pacing_and_stall_on_the_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    text = "x" * 50  # 3 s of audio at 0.06 s per character
+    async with speech_emulator(SpeechReply(realtime_factor=0.5)) as (emu, client):
+        await speak(client, text)
+        paced = await emu.wait_ended(0)
+    assert paced.completed_at is not None
+    assert paced.completed_at - paced.received_at == pytest.approx(1.5)
+    async with speech_emulator(SpeechReply(fault=stall_after(2, 7.0))) as (emu, client):
+        assert len(await speak(client, text)) == 3 * 24000 * 2
+        stalled = await emu.wait_ended(0)
+    assert stalled.completed_at is not None
+    assert stalled.completed_at - stalled.received_at == pytest.approx(7.0)
+    assert stalled.fault == stall_after(2, 7.0)
+
+
+async def test_speech_status_then_the_sdk_retry_succeeds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reply = SpeechReply(fault=status(429, retry_after=3, times=1))
+    async with speech_emulator(reply, max_retries=1) as (emu, client):
+        start = trio.current_time()
+        audio = await speak(client, "Hello")
+    assert len(audio) == round(5 * 0.06 * 24000) * 2
+    assert [record.status for record in emu.requests] == [429, 200]
+    arrivals = [record.received_at - start for record in emu.requests]
+    assert arrivals == pytest.approx([0, 3], abs=0.05)
+
+
+async def test_speech_reset_after_writes() -> None:
+    reply = SpeechReply(write_bytes=1000, fault=reset_after(2))
+    async with speech_emulator(reply) as (emu, client):
+        with pytest.raises(httpx.ReadError):
+            await speak(client, "Hello there, a longer text.")
+        record = await emu.wait_ended(0)
+    assert record.outcome == "reset"
+    assert record.audio_bytes_sent == 2000
+
+
+async def test_speech_wants_pcm() -> None:
+    async with speech_emulator(SpeechReply()) as (emu, client):
+        with pytest.raises(openai.BadRequestError, match="pcm"):
+            await speak(client, "Hello", response_format="mp3")
+        record = await emu.wait_ended(0)
+    assert (record.status, record.audio_bytes_sent) == (400, 0)
+
+
+def test_speech_reply_refuses_the_sse_faults() -> None:
+    for fault in (split_utf8(), error_event_after(0), malformed_after(0)):
+        with pytest.raises(TypeError, match="not a speech fault"):
+            SpeechReply(fault=fault)
+    with pytest.raises(ValueError, match="write_bytes"):
+        SpeechReply(write_bytes=0)
+    assert SpeechReply(fault=reset_after(1)).fault == reset_after(1)

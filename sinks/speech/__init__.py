@@ -12,6 +12,7 @@ from ._audio import Player as Player
 from ._audio import PlayerStatistics as PlayerStatistics
 from ._audio import WavWriter as WavWriter
 from ._espeak import EspeakEngine as EspeakEngine
+from ._openai_tts import OpenAISpeechEngine as OpenAISpeechEngine
 from ._scripted import ScriptedSpeechEngine as ScriptedSpeechEngine
 from ._speaker import Conversation as Conversation
 from ._speaker import HeardText as HeardText
@@ -35,6 +36,7 @@ __all__ = [
     "EspeakEngine",
     "HeardText",
     "Message",
+    "OpenAISpeechEngine",
     "PcmWriter",
     "PlaybackClock",
     "PlaybackPosition",

@@ -1,5 +1,6 @@
 """A loopback provider emulator: OpenAI Chat Completions, OpenAI Responses and Anthropic
-Messages streaming endpoints on a real HTTP/1.1 socket, with scripted replies and faults.
+Messages streaming endpoints on a real HTTP/1.1 socket, with scripted replies and faults, and
+OpenAI speech (``POST /v1/audio/speech``, streamed PCM, :class:`SpeechReply`).
 
 Start one with ``async with open_emulator(Reply("Hello world")) as emu:`` and point the real
 SDKs at ``emu.openai_base_url`` / ``emu.anthropic_base_url``. Each request is recorded in
@@ -16,6 +17,8 @@ from ._script import Reply as Reply
 from ._script import ReplySource as ReplySource
 from ._script import ResetAfter as ResetAfter
 from ._script import Script as Script
+from ._script import SpeechAudio as SpeechAudio
+from ._script import SpeechReply as SpeechReply
 from ._script import SplitUtf8 as SplitUtf8
 from ._script import StallAfter as StallAfter
 from ._script import StatusFault as StatusFault
@@ -30,6 +33,7 @@ from ._script import stall_after as stall_after
 from ._script import status as status
 from ._server import DEFAULT_MODELS as DEFAULT_MODELS
 from ._server import DEFAULT_REPLY as DEFAULT_REPLY
+from ._server import DEFAULT_SPEECH as DEFAULT_SPEECH
 from ._server import ConnectionRecord as ConnectionRecord
 from ._server import Emulator as Emulator
 from ._server import RequestRecord as RequestRecord
@@ -39,6 +43,7 @@ from ._server import serve_emulator as serve_emulator
 __all__ = [
     "DEFAULT_MODELS",
     "DEFAULT_REPLY",
+    "DEFAULT_SPEECH",
     "ConnectionRecord",
     "Emulator",
     "ErrorEventAfter",
@@ -51,6 +56,8 @@ __all__ = [
     "RequestRecord",
     "ResetAfter",
     "Script",
+    "SpeechAudio",
+    "SpeechReply",
     "SplitUtf8",
     "StallAfter",
     "StatusFault",

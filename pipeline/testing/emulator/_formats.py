@@ -13,18 +13,22 @@ examples: compact JSON, raw UTF-8 (``ensure_ascii=False``), one SSE event per fr
 * Anthropic Messages: ``event:`` + ``data:``; ``message_start``, content blocks (a ``ping``
   after the first block's start),
   ``message_delta`` (stop reason, cumulative usage), ``message_stop``.
+* OpenAI speech (``/v1/audio/speech``): no SSE, the raw PCM body (:func:`speech_pcm`).
 
 Pure functions of their inputs: nothing here does I/O or reads the clock.
 """
 
 from __future__ import annotations
 
+import array
 import json
+import math
+import sys
 from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
-from ._script import ErrorEventAfter, Reply
+from ._script import ErrorEventAfter, Reply, SpeechReply
 
 __all__ = [
     "PROVIDER_BY_PATH",
@@ -32,17 +36,19 @@ __all__ = [
     "Provider",
     "WireFormat",
     "models_body",
+    "speech_pcm",
     "sse",
     "status_body",
     "wire_format",
 ]
 
-Provider: TypeAlias = Literal["openai-chat", "openai-responses", "anthropic"]
+Provider: TypeAlias = Literal["openai-chat", "openai-responses", "anthropic", "openai-speech"]
 
 PROVIDER_BY_PATH: Final[dict[str, Provider]] = {
     "/v1/chat/completions": "openai-chat",
     "/v1/responses": "openai-responses",
     "/v1/messages": "anthropic",
+    "/v1/audio/speech": "openai-speech",
 }
 
 _CREATED: Final = 1_735_689_600  # 2025-01-01T00:00:00Z: fixed, so recordings are reproducible
@@ -399,6 +405,18 @@ class WireFormat:
         frames.append(Frame(sse(message_delta, "message_delta")))
         frames.append(Frame(sse({"type": "message_stop"}, "message_stop")))
         return frames
+
+
+def speech_pcm(text: str, reply: SpeechReply) -> bytes:
+    """The default speech audio: a sine of ``reply.tone_hz`` (amplitude 8000) lasting
+    ``reply.seconds_per_char`` per character of ``text`` at ``reply.sample_rate``, s16le."""
+    rate = reply.sample_rate
+    n = round(len(text) * reply.seconds_per_char * rate)
+    w = 2 * math.pi * reply.tone_hz / rate
+    samples = array.array("h", (round(8000 * math.sin(w * i)) for i in range(n)))
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples.tobytes()
 
 
 def wire_format(

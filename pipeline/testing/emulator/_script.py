@@ -1,4 +1,5 @@
-"""What the emulator answers: :class:`Reply`, :class:`ToolCall`, the faults, and :class:`Script`.
+"""What the emulator answers: :class:`Reply`, :class:`ToolCall`, the faults, :class:`Script`,
+and :class:`SpeechReply` for the speech endpoint.
 
 Everything here is frozen attrs data, provider-neutral. The wire formats in ``_formats`` turn a
 :class:`Reply` into the byte frames of one provider; the server in ``_server`` paces them and
@@ -34,6 +35,8 @@ __all__ = [
     "ReplySource",
     "ResetAfter",
     "Script",
+    "SpeechAudio",
+    "SpeechReply",
     "SplitUtf8",
     "StallAfter",
     "StatusFault",
@@ -345,3 +348,48 @@ def parse_fault(spec: str) -> Fault:
     except ValueError as exc:
         raise ValueError(f"bad fault spec {spec!r}: {exc}") from None
     return fault
+
+
+# ---------------------------------------------------------------------------------------------
+# Speech
+
+SpeechAudio: TypeAlias = Callable[[str], "bytes | Awaitable[bytes]"]
+"""Makes the audio (s16le mono PCM) for a speech request's ``input`` text, sync or async."""
+
+
+def _check_speech_fault(
+    _instance: object, _attribute: attrs.Attribute[Fault], value: Fault
+) -> None:
+    if not isinstance(value, StatusFault | ResetAfter | StallAfter | None):
+        raise TypeError(f"{type(value).__name__} is not a speech fault (status, reset, stall)")
+
+
+def _check_positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1, got {value}")
+
+
+@attrs.frozen
+class SpeechReply:
+    """What ``POST /v1/audio/speech`` answers: the request's ``input`` as raw PCM (s16le mono,
+    OpenAI's ``response_format: "pcm"``), streamed in HTTP chunks of ``write_bytes`` bytes (one
+    socket write each; an odd size cuts samples in two across writes).
+
+    ``audio`` makes the PCM from the text (a test may synthesise it with a real engine); by
+    default it is a tone of ``tone_hz`` lasting ``seconds_per_char`` per character of the text
+    at ``sample_rate``. ``realtime_factor`` paces the writes: before each one the server sleeps
+    ``realtime_factor`` times the write's duration at ``sample_rate`` (0: as fast as the socket
+    takes them; 1: real time). ``fault`` is a :class:`StatusFault` (before any audio),
+    :class:`ResetAfter` or :class:`StallAfter`, whose ``after`` counts audio writes (a larger
+    ``after`` fires after the last one); the SSE faults are refused (``TypeError``). An
+    exception raised by ``audio`` is not caught: it stops the emulator, like a reply
+    callable's.
+    """
+
+    audio: SpeechAudio | None = None
+    sample_rate: int = attrs.field(default=24000, validator=_check_positive)
+    seconds_per_char: float = 0.06
+    tone_hz: float = 440.0
+    write_bytes: int = attrs.field(default=4800, validator=_check_positive)
+    realtime_factor: float = 0.0
+    fault: Fault = attrs.field(default=None, validator=_check_speech_fault)

@@ -5,7 +5,8 @@ across two writes, a stall between two events), which a framework would hide.
 
 The HTTP subset: ``Content-Length`` request bodies; keep-alive (HTTP/1.1 default, honouring
 ``Connection: close``); streamed answers use ``Transfer-Encoding: chunked`` with one HTTP chunk
-per SSE event (per write, under :class:`SplitUtf8`); JSON answers use ``Content-Length``.
+per SSE event (per write, under :class:`SplitUtf8`), or for speech per ``write_bytes`` of PCM;
+JSON answers use ``Content-Length``.
 Requests on one connection are served one at a time (no pipelining), connections concurrently.
 
 While a response streams, a second task reads the socket: EOF or an error there means the
@@ -19,7 +20,7 @@ import inspect
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final, Literal
@@ -33,6 +34,7 @@ from ._formats import (
     Provider,
     WireFormat,
     models_body,
+    speech_pcm,
     status_body,
     wire_format,
 )
@@ -44,6 +46,7 @@ from ._script import (
     ReplySource,
     ResetAfter,
     Script,
+    SpeechReply,
     SplitUtf8,
     StallAfter,
     StatusFault,
@@ -52,6 +55,7 @@ from ._script import (
 __all__ = [
     "DEFAULT_MODELS",
     "DEFAULT_REPLY",
+    "DEFAULT_SPEECH",
     "ConnectionRecord",
     "Emulator",
     "RequestRecord",
@@ -60,12 +64,14 @@ __all__ = [
 ]
 
 DEFAULT_REPLY: Final = Reply("Hello from the llmpipe emulator.")
+DEFAULT_SPEECH: Final = SpeechReply()
 DEFAULT_MODELS: Final = ("emulated-gpt", "emulated-claude")
 DEFAULT_MODEL: Final = "emulated-model"
 REDACTED: Final = "<redacted>"
 SECRET_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
 )
+_SAMPLE_WIDTH: Final = 2  # speech: s16le mono
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 RECEIVE_SIZE: Final = 64 * 1024
@@ -87,6 +93,7 @@ _REASONS: Final = {
 }
 
 Outcome = Literal["pending", "completed", "disconnected", "reset", "closed"]
+_Result = Literal["keep", "close", "reset"]
 
 
 @attrs.define(eq=False)
@@ -95,7 +102,8 @@ class RequestRecord:
 
     ``bytes_sent`` and ``writes`` count what went to the socket (head and chunk framing
     included); ``events_sent`` counts SSE events, ``deltas_sent`` those carrying a token or
-    argument piece. Times are ``trio.current_time()`` (so MockClock time in tests).
+    argument piece (for speech both count the audio writes, ``audio_bytes_sent`` their PCM).
+    Times are ``trio.current_time()`` (so MockClock time in tests).
     ``completed_at`` is when the last byte of the response was written (to the socket buffer,
     not necessarily read);
     ``disconnected_at`` is when the client was seen going away before that (EOF or a failed
@@ -119,6 +127,7 @@ class RequestRecord:
     writes: int = 0
     events_sent: int = 0
     deltas_sent: int = 0
+    audio_bytes_sent: int = 0
     first_byte_at: float | None = None
     completed_at: float | None = None
     disconnected_at: float | None = None
@@ -299,7 +308,8 @@ def _unwrap_single(group: BaseExceptionGroup[BaseException]) -> BaseException | 
 class Emulator:
     """A running emulator: where it listens and what it has seen.
 
-    Created by :func:`open_emulator` / :func:`serve_emulator`, never directly. ``requests`` and
+    Created by :func:`open_emulator` / :func:`serve_emulator`, never directly. ``source``
+    answers the streaming text endpoints, ``speech`` the speech endpoint. ``requests`` and
     ``connections`` grow as traffic arrives; read them from any task of the same trio run.
     Any number of tasks may await the ``wait_*`` methods at once; cancelling one of those waits
     affects nothing else. Connections are served concurrently, requests on one connection in
@@ -310,11 +320,14 @@ class Emulator:
     port: int
     source: ReplySource = attrs.field(repr=False)
     models: tuple[str, ...] = DEFAULT_MODELS
+    speech: SpeechReply = attrs.field(default=DEFAULT_SPEECH, repr=False)
     requests: list[RequestRecord] = attrs.field(factory=list, init=False, repr=False)
     connections: list[ConnectionRecord] = attrs.field(factory=list, init=False, repr=False)
     _arrived: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _streams_served: int = attrs.field(default=0, init=False, repr=False)
-    _status_served: dict[Reply, int] = attrs.field(factory=dict, init=False, repr=False)
+    _status_served: dict[Reply | SpeechReply, int] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -452,6 +465,8 @@ class Emulator:
             body = status_body(provider, 405, "use POST", request_id=request_id)
             await self._send_json(writer, 405, body, keep_alive, request_id=request_id)
             return keep_alive
+        if provider == "openai-speech":
+            return await self._speak(writer, record, keep_alive, request_id, buf)
         request = record.body
         if not isinstance(request, dict) or request.get("stream") is not True:
             message = "the llmpipe emulator only serves streaming requests (stream: true)"
@@ -462,17 +477,7 @@ class Emulator:
         reply = await self._reply_for(record)
         fault = reply.fault
         if isinstance(fault, StatusFault):
-            served = self._status_served.get(reply, 0)
-            if fault.times is None or served < fault.times:
-                self._status_served[reply] = served + 1
-                record.fault = fault
-                extra: list[tuple[str, str]] = []
-                if fault.retry_after is not None:
-                    extra.append(("retry-after", f"{fault.retry_after:g}"))
-                body = status_body(provider, fault.code, fault.message, request_id=request_id)
-                await self._send_json(
-                    writer, fault.code, body, keep_alive, request_id=request_id, extra=extra
-                )
+            if await self._status_fault(writer, reply, fault, provider, keep_alive, request_id):
                 return keep_alive
             fault = None
         record.fault = fault
@@ -488,7 +493,69 @@ class Emulator:
             index=record.index,
             include_usage=include_usage,
         )
-        return await self._stream(writer, record, fmt, fault, keep_alive, request_id, buf)
+        write = partial(self._write_stream, writer, fmt, fault, keep_alive, request_id)
+        return await self._stream(writer, record, write, buf)
+
+    async def _status_fault(
+        self,
+        writer: _Writer,
+        reply: Reply | SpeechReply,
+        fault: StatusFault,
+        provider: Provider,
+        keep_alive: bool,
+        request_id: str,
+    ) -> bool:
+        """Answer with ``fault``'s status unless ``reply`` has failed ``fault.times`` already;
+        return whether it did."""
+        served = self._status_served.get(reply, 0)
+        if fault.times is not None and served >= fault.times:
+            return False
+        self._status_served[reply] = served + 1
+        writer.record.fault = fault
+        extra: list[tuple[str, str]] = []
+        if fault.retry_after is not None:
+            extra.append(("retry-after", f"{fault.retry_after:g}"))
+        body = status_body(provider, fault.code, fault.message, request_id=request_id)
+        await self._send_json(
+            writer, fault.code, body, keep_alive, request_id=request_id, extra=extra
+        )
+        return True
+
+    async def _speak(
+        self,
+        writer: _Writer,
+        record: RequestRecord,
+        keep_alive: bool,
+        request_id: str,
+        buf: bytearray,
+    ) -> bool:
+        """``POST /v1/audio/speech``: the :attr:`speech` reply's PCM for the request's
+        ``input``, streamed (only ``response_format: "pcm"`` is served)."""
+        request = record.body
+        text = request.get("input") if isinstance(request, dict) else None
+        if not isinstance(text, str) or request.get("response_format") != "pcm":
+            message = (
+                'the llmpipe emulator serves speech as {"input": TEXT, "response_format": "pcm"}'
+            )
+            body = status_body("openai-speech", 400, message, request_id=request_id)
+            await self._send_json(writer, 400, body, keep_alive, request_id=request_id)
+            return keep_alive
+        reply = self.speech
+        fault = reply.fault
+        if isinstance(fault, StatusFault):
+            if await self._status_fault(
+                writer, reply, fault, "openai-speech", keep_alive, request_id
+            ):
+                return keep_alive
+            fault = None
+        record.fault = fault
+        if reply.audio is None:
+            pcm = speech_pcm(text, reply)
+        else:
+            made = reply.audio(text)
+            pcm = await made if inspect.isawaitable(made) else made
+        write = partial(self._write_speech, writer, reply, pcm, keep_alive, request_id)
+        return await self._stream(writer, record, write, buf)
 
     async def _reply_for(self, record: RequestRecord) -> Reply:
         index = self._streams_served
@@ -535,17 +602,16 @@ class Emulator:
         self,
         writer: _Writer,
         record: RequestRecord,
-        fmt: WireFormat,
-        fault: Fault,
-        keep_alive: bool,
-        request_id: str,
+        write: Callable[[], Awaitable[_Result]],
         buf: bytearray,
     ) -> bool:
-        result: Literal["keep", "close", "reset"] = "close"
+        """Run ``write`` (it sends the whole response) while watching the peer; then keep the
+        connection, close it, or reset it, as ``write`` says."""
+        result: _Result = "close"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_peer, writer.stream, record, nursery.cancel_scope, buf)
             try:
-                result = await self._write_stream(writer, fmt, fault, keep_alive, request_id)
+                result = await write()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 _mark_disconnected(record)
             nursery.cancel_scope.cancel()
@@ -575,17 +641,9 @@ class Emulator:
 
     async def _write_stream(
         self, writer: _Writer, fmt: WireFormat, fault: Fault, keep_alive: bool, request_id: str
-    ) -> Literal["keep", "close", "reset"]:
-        headers = [
-            ("Content-Type", "text/event-stream; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-            ("Transfer-Encoding", "chunked"),
-            ("Connection", "keep-alive" if keep_alive else "close"),
-            ("Server", "llmpipe-emulator"),
-            ("x-request-id", request_id),
-            ("request-id", request_id),
-        ]
-        await writer.head(200, headers)
+    ) -> _Result:
+        content_type = "text/event-stream; charset=utf-8"
+        await writer.head(200, _stream_headers(content_type, keep_alive, request_id))
         frames = fmt.frames()
         fire_at = -1
         if isinstance(fault, ErrorEventAfter | ResetAfter | StallAfter | MalformedAfter):
@@ -613,6 +671,43 @@ class Emulator:
         await writer.end()
         return "keep" if keep_alive else "close"
 
+    @staticmethod
+    async def _write_speech(
+        writer: _Writer, reply: SpeechReply, pcm: bytes, keep_alive: bool, request_id: str
+    ) -> _Result:
+        await writer.head(200, _stream_headers("audio/pcm", keep_alive, request_id))
+        step = reply.write_bytes
+        writes = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+        fault = writer.record.fault
+        fire_at = fault.after if isinstance(fault, ResetAfter | StallAfter) else -1
+        for i in range(len(writes) + 1):
+            if i == min(fire_at, len(writes)):
+                if isinstance(fault, ResetAfter):
+                    return "reset"
+                if isinstance(fault, StallAfter):
+                    await trio.sleep(fault.seconds)
+            if i == len(writes):
+                break
+            if reply.realtime_factor:
+                seconds = len(writes[i]) / _SAMPLE_WIDTH / reply.sample_rate
+                await trio.sleep(seconds * reply.realtime_factor)
+            await writer.event(writes[i], delta=True)
+            writer.record.audio_bytes_sent += len(writes[i])
+        await writer.end()
+        return "keep" if keep_alive else "close"
+
+
+def _stream_headers(content_type: str, keep_alive: bool, request_id: str) -> list[tuple[str, str]]:
+    return [
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-cache"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "keep-alive" if keep_alive else "close"),
+        ("Server", "llmpipe-emulator"),
+        ("x-request-id", request_id),
+        ("request-id", request_id),
+    ]
+
 
 async def serve_emulator(
     host: str = "127.0.0.1",
@@ -620,9 +715,13 @@ async def serve_emulator(
     reply: ReplySource = DEFAULT_REPLY,
     *,
     models: tuple[str, ...] = DEFAULT_MODELS,
+    speech: SpeechReply = DEFAULT_SPEECH,
     task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (``0``: any free port) and serve until cancelled.
+
+    ``reply`` answers the streaming text endpoints (see :func:`open_emulator`), ``speech``
+    every ``POST /v1/audio/speech``.
 
     Use with ``nursery.start``: the :class:`Emulator` (with the real port) is passed to
     ``task_status.started`` once the socket listens. Cancelling the task closes the listener
@@ -632,7 +731,7 @@ async def serve_emulator(
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port = listeners[0].socket.getsockname()[1]
-    emulator = Emulator(host, bound_port, reply, models)
+    emulator = Emulator(host, bound_port, reply, models, speech)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, emulator.handle_connection, listeners)
         task_status.started(emulator)
@@ -645,19 +744,21 @@ async def open_emulator(
     host: str = "127.0.0.1",
     port: int = 0,
     models: tuple[str, ...] = DEFAULT_MODELS,
+    speech: SpeechReply = DEFAULT_SPEECH,
 ) -> AsyncIterator[Emulator]:
     """Run an emulator for the duration of the ``async with`` block.
 
     ``reply`` is one :class:`Reply` for every request, a :class:`Script` or sequence (one per
     request, in arrival order), or a callable given each :class:`RequestRecord` (sync or
-    async; an async one may block to hold a request back). On exit the server and all its
+    async; an async one may block to hold a request back); ``speech`` answers
+    ``POST /v1/audio/speech`` (:class:`SpeechReply`). On exit the server and all its
     connections are closed (cancelled), even mid-stream. An exception from the block comes out
     as itself, not wrapped in an exception group.
     """
     try:
         async with trio.open_nursery() as nursery:
             emulator: Emulator = await nursery.start(
-                partial(serve_emulator, host, port, reply, models=models)
+                partial(serve_emulator, host, port, reply, models=models, speech=speech)
             )
             try:
                 yield emulator
