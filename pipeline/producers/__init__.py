@@ -24,12 +24,15 @@ from ._backend import ProducerRequest as ProducerRequest
 from ._backend import open_backend as open_backend
 from ._base import DEFAULT_FIRST_TOKEN_TIMEOUT as DEFAULT_FIRST_TOKEN_TIMEOUT
 from ._base import DEFAULT_STALL_TIMEOUT as DEFAULT_STALL_TIMEOUT
+from ._base import TRANSPORT_ERRORS as TRANSPORT_ERRORS
 from ._base import CostGuard as CostGuard
 from ._base import CostLimitError as CostLimitError
+from ._base import ErrorMap as ErrorMap
 from ._base import RetryPolicy as RetryPolicy
 from ._base import SSEProducer as SSEProducer
 from ._base import StreamParser as StreamParser
 from ._base import estimate_tokens as estimate_tokens
+from ._base import translate_error as translate_error
 from ._openai import OpenAIChatProducer as OpenAIChatProducer
 from ._openai import OpenAIResponsesProducer as OpenAIResponsesProducer
 from ._openai import openai_client as openai_client
@@ -41,6 +44,9 @@ if _typing.TYPE_CHECKING:
     from ._anthropic import anthropic_client as anthropic_client
 
 __all__ = [
+    "TRANSPORT_ERRORS",
+    "ErrorMap",
+    "translate_error",
     "DEFAULT_MODELS",
     "DEMO_TEXT",
     "PROVIDERS",

@@ -184,29 +184,34 @@ its own table (``OPENAI_ERRORS``, ``ANTHROPIC_ERRORS``)."""
 
 
 def translate_error(
-    exc: BaseException, secrets: Sequence[str | None] = (), errors: ErrorMap = TRANSPORT_ERRORS
+    exc: BaseException,
+    secrets: Sequence[str | None] = (),
+    errors: ErrorMap = TRANSPORT_ERRORS,
+    *,
+    context: str = "",
 ) -> ProducerError:
     """``exc`` as a :class:`ProducerError`, per ``errors`` (see :data:`ErrorMap`); an
     exception it does not map becomes a plain, non-retryable ``ProducerError``.
 
     The message is ``"{exception class}: {message}"`` with every secret masked, or for a
-    :class:`ProducerStatusError` ``"HTTP {status}: {message}"``; a status error takes
-    ``status_code`` from the exception and ``retry_after`` from its response's headers (the
-    SDKs' status errors carry both)."""
+    :class:`ProducerStatusError` ``"HTTP {status}: {message}"``, after ``context`` (e.g.
+    ``"openai speech: "``); a status error takes ``status_code`` from the exception and
+    ``retry_after`` from its response's headers (the SDKs' status errors carry both). The one
+    map from SDK and transport exceptions to llmpipe's: the producers and the speech engines
+    use it."""
     if isinstance(exc, ProducerError):
         return exc
     name = type(exc).__name__
-    text = redact(str(exc) or name, secrets)
     ours = next((errors[c] for c in type(exc).__mro__ if c in errors), ProducerError)
     if issubclass(ours, ProducerStatusError):
         status: int = getattr(exc, "status_code")  # noqa: B009
         headers = getattr(getattr(exc, "response", None), "headers", None)
         return ours(
-            f"HTTP {status}: {text}",
+            f"{context}HTTP {status}: {redact(str(exc) or name, secrets)}",
             status_code=status,
             retry_after=None if headers is None else retry_after_seconds(headers),
         )
-    return ours(f"{name}: {text}")
+    return ours(f"{context}{name}: {redact(str(exc) or name, secrets)}")
 
 
 class StreamParser:

@@ -17,20 +17,18 @@ middle of the audio cannot be retried without repeating what was already played.
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import openai
 
-from pipeline import ProducerError, ProducerStatusError
-from pipeline.producers import OpenAIChatProducer
-from pipeline.wire import retry_after_seconds
+from pipeline import ProducerError
+from pipeline.producers import OpenAIChatProducer, translate_error
 
 from ._types import SAMPLE_WIDTH, AudioChunk, EmitAudio
 
 __all__ = ["OpenAISpeechEngine"]
 
-_ERRORS: Final = OpenAIChatProducer.errors
 _ge, _le = attrs.validators.ge, attrs.validators.le
 
 
@@ -115,19 +113,7 @@ class OpenAISpeechEngine:
             await emit(AudioChunk(b"", self.sample_rate))  # no audio: still one chunk
 
     def _error(self, exc: Exception) -> ProducerError:
-        """``exc`` as the producers translate it (the most specific class of the table), with
-        the API key masked."""
-        ours = next((_ERRORS[c] for c in type(exc).__mro__ if c in _ERRORS), ProducerError)
-        message = str(exc) or type(exc).__name__
-        key = self.client.api_key
-        if key and len(key) >= 6:
-            message = message.replace(key, "<redacted>")
-        if issubclass(ours, ProducerStatusError):
-            code: int = getattr(exc, "status_code", 0)
-            response: Any = getattr(exc, "response", None)
-            return ours(
-                f"openai speech: HTTP {code}: {message}",
-                status_code=code,
-                retry_after=None if response is None else retry_after_seconds(response.headers),
-            )
-        return ours(f"openai speech: {type(exc).__name__}: {message}")
+        """``exc`` as the producers translate it (their one error map), the key masked."""
+        return translate_error(
+            exc, [self.client.api_key], OpenAIChatProducer.errors, context="openai speech: "
+        )
