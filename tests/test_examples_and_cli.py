@@ -148,3 +148,25 @@ def test_cli_speak_plays_writes_the_wav_and_prints_what_was_heard(tmp_path: Path
     assert 1.0 < frames / rate < 6.0
     assert pcm.stat().st_size == 2 * frames  # what was played is what was written
     assert "0 underruns" in result.stderr
+
+
+def test_cli_speak_with_the_openai_speech_api(tmp_path: Path) -> None:
+    # The speech API of the emulator (real loopback HTTP, the real openai SDK): a tone.
+    proc, base = _emulator_process()
+    pcm = tmp_path / "a.raw"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "sinks.cli", "speak", "--scripted", "Short and sweet.",
+             "--rate", "0", "--engine", "openai", "--tts-base-url", base + "/v1",
+             "--pcm", str(pcm)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            env={**__import__("os").environ, "OPENAI_API_KEY": "sk-test-key-not-real"},
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Short and sweet.\n"
+    assert pcm.stat().st_size > 2 * 24000 * 0.3  # audio at 24 kHz, played through

@@ -53,7 +53,8 @@ async def run(args: argparse.Namespace, io: IO) -> int:
         print(
             f"llmpipe emulator listening on {emulator.base_url}\n"
             f"  OpenAI:    base_url={emulator.openai_base_url}\n"
-            f"  Anthropic: base_url={emulator.anthropic_base_url}",
+            f"  Anthropic: base_url={emulator.anthropic_base_url}\n"
+            f"  Speech:    POST {emulator.openai_base_url}/audio/speech (pcm, a tone)",
             file=io.err,
             flush=True,
         )

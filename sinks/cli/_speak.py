@@ -39,11 +39,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--pcm",
         metavar="FILE",
-        help="play into FILE as raw s16le mono PCM at 22050 Hz ('-': standard output; the text "
-        "then goes to standard error)",
+        help="play into FILE as raw s16le mono PCM (22050 Hz with espeak-ng, 24000 with openai; "
+        "'-': standard output, and the text then goes to standard error)",
     )
-    parser.add_argument("--voice", default="en", help="espeak-ng voice (default en)")
-    parser.add_argument("--wpm", type=int, default=175, help="words per minute (default 175)")
+    parser.add_argument(
+        "--engine",
+        choices=("espeak", "openai"),
+        default="espeak",
+        help="espeak (default: espeak-ng, embedded) or openai (the speech API: OPENAI_API_KEY; "
+        "24000 Hz PCM, no word marks, so what was heard is estimated)",
+    )
+    parser.add_argument(
+        "--tts-base-url", help="the speech API's base URL (--engine openai; any compatible server)"
+    )
+    parser.add_argument("--voice", help="voice (default: en for espeak-ng, alloy for openai)")
+    parser.add_argument("--wpm", type=int, default=175, help="espeak-ng words per minute (175)")
     parser.add_argument(
         "--code-blocks",
         choices=("skip", "read"),
@@ -81,14 +91,29 @@ async def _print_heard(speaker: Speaker, out: Any, done: trio.Event) -> None:
 async def run(args: argparse.Namespace, io: IO) -> int:
     from pipeline.text import SpeakableStream
 
-    from ..speech import EspeakEngine, PcmWriter, Player, Speaker, WavWriter
+    from ..speech import (
+        EspeakEngine,
+        OpenAISpeechEngine,
+        PcmWriter,
+        Player,
+        Speaker,
+        SpeechEngine,
+        WavWriter,
+    )
 
     if not 80 <= args.wpm <= 450:
         raise ConfigError("--wpm must be between 80 and 450")
     text_out = io.err if args.pcm == "-" else io.out
-    engine = EspeakEngine(voice=args.voice, rate=args.wpm)
     cleaner = SpeakableStream(code_blocks=args.code_blocks)
     async with AsyncExitStack() as stack:
+        engine: SpeechEngine
+        if args.engine == "openai":
+            from pipeline.producers import openai_client
+
+            client = await stack.enter_async_context(openai_client(base_url=args.tts_base_url))
+            engine = OpenAISpeechEngine(client, voice=args.voice or "alloy")
+        else:
+            engine = EspeakEngine(voice=args.voice or "en", rate=args.wpm)
         outputs = []
         if args.wav:
             outputs.append(await stack.enter_async_context(WavWriter(args.wav)))
