@@ -166,9 +166,16 @@ async def test_interrupt_during_speech_keeps_what_was_heard(
         frames: list[Frame] = []
         while audio_bytes(frames) < 0.5 * RATE * 2:
             frames.append(await next_frame(ws))
+        # The model has said it all (``done`` is produced) but the turn runs while it is spoken.
+        assert text_of([f for f in frames if isinstance(f, dict)]) == answer
+        await send(ws, {"type": "request", "prompt": "too soon"})
         await send(ws, {"type": "interrupt"})
         frames += await read_speech_turn(ws)
         await assert_nothing_more(ws)  # no audio after ``interrupted``
+        [busy] = [f for f in frames if isinstance(f, dict) and "turn" not in f]
+        assert busy["type"] == "error"
+        assert "in progress" in busy["error"]["message"]
+        assert not json_frames(frames, "done")
 
         end = frames[-1]
         assert isinstance(end, dict)

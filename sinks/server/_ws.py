@@ -96,11 +96,16 @@ interrupts and errors are answered while a turn streams); each turn runs in a ta
 nursery, reading the pipeline's events through a channel with the request's ``buffering``, as
 ``POST /v1/stream`` does (:meth:`AppRuntime.live_events`). With the default policy,
 ``coalesce``, when this client reads slower than the model writes, queued text deltas merge,
-so memory stays bounded and nothing is lost. Sends from both tasks are serialised by a lock,
-and each send is shielded, so a frame is either sent whole and counted as delivered or not sent
-at all. An interrupt cancels the turn's cancel scope, which covers the producer's task: the
-upstream request is closed in the same scheduling round (a few ms; measured < 50 ms with the
-OpenAI SDK), even while a send to a slow client is still in flight. When the client goes away,
+so memory stays bounded and nothing is lost. Sends from both tasks (and from a speech turn's
+player, a task of the turn's pipeline) are serialised by a lock, and each send is shielded, so
+a frame is either sent whole and counted as delivered or not sent at all (an audio frame and
+its word frames go together). An interrupt cancels the turn's cancel scope, which covers the
+producer's task: the upstream request is closed in the same scheduling round (a few ms;
+measured < 50 ms with the OpenAI SDK), even while a send to a slow client is still in flight.
+In a speech turn it first stops the player (:meth:`sinks.speech.Speaker.interrupt`), so what
+was heard is decided at the instant the interrupt is read. A speech turn's speaker reads the
+pipeline through its own ``coalesce`` channel; a client that reads audio slower than real time
+slows the player (the sends wait), never the memory. When the client goes away,
 the read loop sees the disconnect and cancels the whole nursery: the turn, its pipeline and the
 upstream request are closed.
 
