@@ -278,3 +278,27 @@ async def test_an_unknown_voice_ends_the_turn_with_an_error(serve_ws: Serve) -> 
         assert audio_bytes(frames) > 0
     # Nothing was heard of the failed turn: the history is unchanged.
     assert list(seen[1].messages) == [user("y")]
+
+
+async def test_client_gone_mid_speech_stops_it(
+    serve_ws: Serve,
+    speakers: list[Speaker],
+) -> None:
+    answer = "A long answer that the listener will not wait for, spoken word by word."
+    factory, _ = scripted_factory([answer, "Short."])
+    url = await serve_ws(factory)
+    async with open_websocket_url(url) as ws:
+        await send(ws, {"type": "request", "prompt": "x", "speech": SPEECH})
+        while not isinstance(await next_frame(ws), bytes):
+            pass
+    # The speech stops where it was (its audio would have lasted seconds more), and the engine
+    # is free for the next connection.
+    await trio.sleep(0.3)
+    played = speakers[0].statistics().played_seconds
+    await trio.sleep(0.3)
+    assert speakers[0].statistics().played_seconds == played < 1.0
+    async with open_websocket_url(url) as ws:
+        await send(ws, {"type": "request", "prompt": "y", "speech": SPEECH})
+        frames = await read_speech_turn(ws)
+        assert frames[-1]["type"] == "done"  # type: ignore[index]
+        assert audio_bytes(frames) > 0
