@@ -10,6 +10,7 @@ own).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeAlias
@@ -24,11 +25,13 @@ __all__ = [
     "MAX_MESSAGES",
     "ProducerFactory",
     "ServerConfig",
+    "SpeechRequest",
     "StreamRequest",
 ]
 
 MAX_MESSAGES: Final = 256
 _ROLES: Final = frozenset({"system", "user", "assistant"})
+_VOICE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")
 
 
 @attrs.frozen
@@ -121,6 +124,37 @@ class StreamRequest:
             policy=policy,
             max_buffer_bytes=max_bytes,
         )
+
+
+@attrs.frozen
+class SpeechRequest:
+    """A WebSocket turn's ``"speech"`` field: speak the answer with espeak-ng in ``voice`` (a
+    language code such as ``"en"``, ``"fr"``, ``"en-us"``, or a voice name, optionally with a
+    ``+variant``) at ``rate`` words per minute (80-450)."""
+
+    voice: str = "en"
+    rate: int = 175
+
+    @classmethod
+    def from_json(cls, body: object) -> SpeechRequest:
+        """Validate the decoded ``"speech"`` object (``{}`` takes the defaults). Whether
+        espeak-ng has the voice is known only when it speaks (see ``_ws.py``)."""
+        if not isinstance(body, dict):
+            raise RequestError("speech", 'expected an object such as {"voice": "en"}')
+        unknown = set(body) - {"voice", "rate"}
+        if unknown:
+            raise RequestError(f"speech.{sorted(unknown)[0]}", "unknown field")
+        voice = body.get("voice", "en")
+        if not isinstance(voice, str) or not _VOICE.fullmatch(voice):
+            raise RequestError(
+                "speech.voice",
+                "expected a voice name such as 'en' or 'en-us' (at most 40 letters, digits, "
+                "'-', '_' or '+')",
+            )
+        rate = body.get("rate", 175)
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 80 <= rate <= 450:
+            raise RequestError("speech.rate", "expected an integer from 80 to 450 (words/minute)")
+        return cls(voice=voice, rate=rate)
 
 
 ProducerFactory: TypeAlias = Callable[[StreamRequest], AbstractAsyncContextManager[Producer]]

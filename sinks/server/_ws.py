@@ -1,7 +1,7 @@
 """``WS /v1/ws``: a conversation over one WebSocket, turn by turn, interruptible.
 
-Protocol (JSON text frames, one object per frame)
--------------------------------------------------
+Protocol (JSON text frames, one object per frame; a speech turn's audio in binary frames)
+-----------------------------------------------------------------------------------------
 
 Client -> server:
 
@@ -11,12 +11,18 @@ Client -> server:
     :meth:`StreamRequest.from_json`. ``messages`` holds only the **new** messages of this turn:
     the server keeps the conversation (see *History*) and sends the producer the kept history
     followed by them. ``"reset": true`` forgets the history first (a new conversation on the
-    same connection).
+    same connection). ``"speech": {"voice": "en", "rate": 175}`` (both optional; ``{}`` takes
+    these defaults) makes it a *speech turn* (see below): ``voice`` is an espeak-ng voice
+    (``"en"``, ``"fr"``, ``"en-us"``, ``"en+f3"``), ``rate`` words per minute, 80 to 450;
+    validated by :meth:`SpeechRequest.from_json` (errors name ``speech``, ``speech.voice``,
+    ``speech.rate``). Without the ``speech`` extra installed the request gets a protocol error
+    (``field: "speech"``, status 501) whose message names the extra to install.
 ``{"type": "interrupt"}``
     Cancels the turn in progress: the pipeline and the upstream request are closed at once and
     the server answers ``interrupted``. An interrupt with no turn in progress, or one that
     arrives after the turn's terminal event was produced, is ignored (the turn's own end,
-    ``done``/``error``, is what the client sees).
+    ``done``/``error``, is what the client sees). A speech turn is in progress until its audio
+    has all been sent: an interrupt stops the speech at once (barge-in).
 ``{"type": "ping", "id": <optional>}``
     Answered by ``{"type": "pong", "id": <same>}`` (``id`` only when given).
 
@@ -34,7 +40,31 @@ Server -> client, for turn ``N`` (1, 2, ... per connection):
   (a producer that fails before its first event, or a producer factory that fails, gives an
   ``error`` event with ``seq`` 0), or
 * ``{"type": "interrupted", "turn": N, "delivered_chars": K}`` after an interrupt, where ``K``
-  counts the characters (code points) of text sent to this client in turn ``N``.
+  counts the characters (code points) of text sent to this client in turn ``N``; a speech turn
+  adds ``"heard": <text>, "heard_exact": true``, the answer's text (as the model wrote it) of
+  the whole words whose audio had played when the interrupt arrived (see
+  :meth:`sinks.speech.Speaker.interrupt`; ``heard_exact`` is false only for an engine without
+  word marks, never for espeak-ng).
+
+Speech turns. The text events go to the client as in any turn (as the model produces them,
+usually well ahead of the voice), and the answer is also spoken by
+:class:`sinks.speech.Speaker` with :class:`sinks.speech.EspeakEngine` (markdown cleaned for
+speech as ``llmpipe speak`` does), played by a :class:`sinks.speech.Player` on trio's clock
+whose output is this connection. So the audio goes out **at playback speed** (a client may play
+it as it arrives; the server holds at most the speaker's ``ahead_seconds`` of audio, 4 s):
+
+* ``{"type": "audio_format", "turn": N, "encoding": "pcm_s16le", "sample_rate": 22050,
+  "channels": 1}`` once, just before the turn's first audio;
+* binary frames: raw 16-bit little-endian mono PCM, one per player frame (20 ms, 882 bytes);
+* ``{"type": "word", "turn": N, "text": <word as spoken>, "sample": S}`` right after the binary
+  frame that holds the word's first sample, in the order of the words; ``S`` counts the samples
+  of the turn's audio before the word (binary bytes received / 2). Words marked at the very end
+  of the audio (silent punctuation) follow the last binary frame.
+
+The terminal event (``done``, or a mid-stream ``error``: the text received is still spoken) is
+sent once the audio has all been sent and played on the server's clock. After ``interrupted``
+no binary frame of the turn follows. An espeak-ng that rejects the voice ends the turn with an
+``error`` event (``kind: "config"``) before any audio.
 
 A new ``request`` is accepted while the previous turn is ending (after its terminal event was
 produced, or after an ``interrupt``): it waits for that turn to finish, so its events always
@@ -48,9 +78,11 @@ History
 After each turn the server appends the turn's messages and, as an ``assistant`` message, the
 answer's text **as delivered to this client**: all of it after ``done``, only the part that was
 actually sent after ``interrupted`` or a mid-stream ``error`` (the model may have produced more;
-the listener never got it, so the model must not believe it said it). A turn that failed before
-delivering any text leaves the history unchanged (resend the same message to retry); one
-interrupted before any text keeps its messages, without an answer.
+the listener never got it, so the model must not believe it said it). For a speech turn it is
+the text **as heard** instead: the ``heard`` text after ``interrupted`` (the client may have
+read more, but the listener heard that). A turn that failed before delivering (hearing) any
+text leaves the history unchanged (resend the same message to retry); one interrupted before
+any text keeps its messages, without an answer.
 Tool-call events are not kept. The history is bounded: leading ``system`` messages are pinned;
 of the rest, the oldest are dropped first until at most ``max_history_messages`` messages and
 ``max_history_chars`` characters of content remain (the newest message is always kept), and a
@@ -64,11 +96,16 @@ interrupts and errors are answered while a turn streams); each turn runs in a ta
 nursery, reading the pipeline's events through a channel with the request's ``buffering``, as
 ``POST /v1/stream`` does (:meth:`AppRuntime.live_events`). With the default policy,
 ``coalesce``, when this client reads slower than the model writes, queued text deltas merge,
-so memory stays bounded and nothing is lost. Sends from both tasks are serialised by a lock,
-and each send is shielded, so a frame is either sent whole and counted as delivered or not sent
-at all. An interrupt cancels the turn's cancel scope, which covers the producer's task: the
-upstream request is closed in the same scheduling round (a few ms; measured < 50 ms with the
-OpenAI SDK), even while a send to a slow client is still in flight. When the client goes away,
+so memory stays bounded and nothing is lost. Sends from both tasks (and from a speech turn's
+player, a task of the turn's pipeline) are serialised by a lock, and each send is shielded, so
+a frame is either sent whole and counted as delivered or not sent at all (an audio frame and
+its word frames go together). An interrupt cancels the turn's cancel scope, which covers the
+producer's task: the upstream request is closed in the same scheduling round (a few ms;
+measured < 50 ms with the OpenAI SDK), even while a send to a slow client is still in flight.
+In a speech turn it first stops the player (:meth:`sinks.speech.Speaker.interrupt`), so what
+was heard is decided at the instant the interrupt is read. A speech turn's speaker reads the
+pipeline through its own ``coalesce`` channel; a client that reads audio slower than real time
+slows the player (the sends wait), never the memory. When the client goes away,
 the read loop sees the disconnect and cancels the whole nursery: the turn, its pipeline and the
 upstream request are closed.
 
@@ -108,6 +145,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -118,14 +156,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from pipeline import (
     Error,
     Event,
+    MissingExtraError,
     Pipeline,
+    Route,
     TextDelta,
     error_event,
     event_to_dict,
     is_terminal,
 )
+from pipeline.text import SpeakableStream
 
-from ._context import StreamRequest
+from ..speech import AudioChunk, EmitAudio, EspeakEngine, HeardText, Player, Speaker, SpeechEngine
+from ._context import SpeechRequest, StreamRequest
 from ._errors import ErrorReply, Refused, RequestError
 from ._metrics import StreamReason
 from ._runtime import AppRuntime
@@ -149,6 +191,7 @@ MAX_HISTORY_CHARS: Final = 200_000
 """Default bound on the characters of content a connection keeps (~800 KB at worst)."""
 
 Message = dict[str, str]
+Frame = str | bytes
 
 
 def trim_history(
@@ -188,6 +231,8 @@ class _Turn:
     request: StreamRequest
     reset: bool
     previous: _Turn | None
+    engine: SpeechEngine | None = None  # a speech turn
+    speaker: Speaker | None = None  # once its pipeline runs
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     delivered: list[str] = attrs.Factory(list)
     delivered_chars: int = 0
@@ -203,6 +248,9 @@ def _dumps(obj: Mapping[str, Any]) -> str:
 
 def _protocol_error(field: str, message: str, *, status: int = 400) -> dict[str, Any]:
     return {"type": "error", **RequestError(field, message, status=status).to_json()}
+
+
+_SHUTTING_DOWN: Final = _protocol_error("type", "the server is shutting down", status=503)
 
 
 class _Session:
@@ -238,6 +286,7 @@ class _Session:
                 turn.shutdown = True
                 turn.ending = True
                 turn.scope.cancel()
+                await _stop_speech(turn)
             await turn.finished.wait()
         async with self.send_lock:
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -253,19 +302,26 @@ class _Session:
         Shielded, so a cancellation (interrupt) never leaves it unknown whether a frame went
         out. If the transport is gone, the session is cancelled.
         """
-        data = _dumps(obj)
+        await self._send_frames([_dumps(obj)])
+        if turn is not None and obj.get("type") == "text":
+            text = str(obj.get("text", ""))
+            turn.delivered.append(text)
+            turn.delivered_chars += len(text)
+
+    async def _send_frames(self, frames: Sequence[Frame]) -> None:
+        """Send ``frames`` (text or binary) one after the other, all of them or none (only a
+        cancellation before the first one starts stops them). Shielded, as :meth:`_send`."""
         async with self.send_lock:
             gone = False
             with trio.CancelScope(shield=True):
                 try:
-                    await self.ws.send_text(data)
+                    for frame in frames:
+                        if isinstance(frame, bytes):
+                            await self.ws.send_bytes(frame)
+                        else:
+                            await self.ws.send_text(frame)
                 except (WebSocketDisconnect, OSError, trio.BrokenResourceError):
                     gone = True
-                else:
-                    if turn is not None and obj.get("type") == "text":
-                        text = str(obj.get("text", ""))
-                        turn.delivered.append(text)
-                        turn.delivered_chars += len(text)
             if gone:
                 assert self.nursery is not None
                 self.nursery.cancel_scope.cancel()
@@ -307,7 +363,7 @@ class _Session:
                     pong["id"] = body["id"]
                 await self._send(pong)
             elif kind == "interrupt":
-                self._interrupt()
+                await self._interrupt()
             elif kind == "request":
                 await self._request(body)
             else:
@@ -315,18 +371,19 @@ class _Session:
                     _protocol_error("type", "expected 'request', 'interrupt' or 'ping'")
                 )
 
-    def _interrupt(self) -> None:
+    async def _interrupt(self) -> None:
         turn = self.turn
         if turn is None or turn.ending:
             return  # nothing running, or its end is already on the way
         turn.interrupted = True
         turn.ending = True
         turn.scope.cancel()
+        await _stop_speech(turn)
 
     async def _request(self, body: dict[str, Any]) -> None:
         previous = self.turn
         if self.closing:
-            await self._send(_protocol_error("type", "the server is shutting down", status=503))
+            await self._send(_SHUTTING_DOWN)
             return
         if previous is not None and not previous.ending:
             await self._send(
@@ -335,18 +392,29 @@ class _Session:
                 )
             )
             return
-        fields = {k: v for k, v in body.items() if k not in ("type", "reset")}
+        fields = {k: v for k, v in body.items() if k not in ("type", "reset", "speech")}
         reset = body.get("reset", False)
         if not isinstance(reset, bool):
             await self._send(_protocol_error("reset", "expected true or false"))
             return
         try:
             request = StreamRequest.from_json(fields, providers=self.runtime.config.providers)
+            speech = None if body.get("speech") is None else SpeechRequest.from_json(body["speech"])
         except RequestError as exc:
             await self._send({"type": "error", **exc.to_json()})
             return
+        engine = None
+        if speech is not None:
+            try:  # the first one loads the library: not in the event loop
+                engine = await trio.to_thread.run_sync(_espeak, speech)
+            except MissingExtraError as exc:
+                await self._send(_protocol_error("speech", str(exc), status=501))
+                return
+            if self.closing:
+                await self._send(_SHUTTING_DOWN)
+                return
         self.turns += 1
-        turn = _Turn(self.turns, request, reset, previous)
+        turn = _Turn(self.turns, request, reset, previous, engine)
         self.turn = turn  # synchronously: the next frame already sees it
         assert self.nursery is not None
         self.nursery.start_soon(self._run_turn, turn, name=f"llmpipe ws turn {turn.number}")
@@ -376,13 +444,15 @@ class _Session:
                 await self._send_event(turn, shutdown)
             elif turn.interrupted:
                 self._remember(turn)
-                await self._send(
-                    {
-                        "type": "interrupted",
-                        "turn": turn.number,
-                        "delivered_chars": turn.delivered_chars,
-                    }
-                )
+                interrupted: dict[str, Any] = {
+                    "type": "interrupted",
+                    "turn": turn.number,
+                    "delivered_chars": turn.delivered_chars,
+                }
+                if turn.engine is not None:
+                    heard = _heard(turn)
+                    interrupted |= {"heard": heard.text, "heard_exact": heard.exact}
+                await self._send(interrupted)
         finally:
             turn.finished.set()
             if self.turn is turn:
@@ -393,26 +463,41 @@ class _Session:
         runtime = self.runtime
         record = begin_stream(runtime, "live", "/v1/ws", request)
         reason: StreamReason = "consumer_gone"
+        audio = None
+        end: Event | None = None  # a speech turn's terminal event, sent once the audio played
         try:
             with runtime.admit(self.client):  # the app's stream slot (per-client and total limits)
-                async with (
-                    runtime.factory(request) as producer,
-                    runtime.live_events(
-                        Pipeline(producer, heartbeat_interval=self.heartbeat), request
-                    ) as events,
-                ):
-                    async for event in events:
-                        if is_terminal(event):
-                            turn.ending = True
-                            self._remember(turn, failed=isinstance(event, Error))
-                            reason = "error" if isinstance(event, Error) else "done"
-                            if isinstance(event, Error):
-                                record.fail(event.kind)
-                        await self._send_event(turn, event)
-                        if isinstance(event, TextDelta):
-                            runtime.metrics.sent(record, 1, 1, len(event.text))
-                        else:
-                            runtime.metrics.sent(record, 1, 0, 0)
+                async with runtime.factory(request) as producer:
+                    routes: list[Route] = []
+                    if turn.engine is not None:
+                        audio = _AudioFrames(self, turn)
+                        turn.speaker = _speaker(turn.engine, audio)
+                        routes.append(Route(turn.speaker, policy="coalesce", name="speaker"))
+                    pipeline = Pipeline(producer, sinks=routes, heartbeat_interval=self.heartbeat)
+                    async with runtime.live_events(pipeline, request) as events:
+                        async for event in events:
+                            if is_terminal(event):
+                                reason = "error" if isinstance(event, Error) else "done"
+                                if isinstance(event, Error):
+                                    record.fail(event.kind)
+                                if turn.engine is not None:
+                                    end = event  # the speech goes on: still interruptible
+                                    continue
+                                turn.ending = True
+                                self._remember(turn, failed=isinstance(event, Error))
+                            await self._send_event(turn, event)
+                            if isinstance(event, TextDelta):
+                                runtime.metrics.sent(record, 1, 1, len(event.text))
+                            else:
+                                runtime.metrics.sent(record, 1, 0, 0)
+                    # Leaving the block waited for the pipeline: the speaker has played it all.
+                if end is not None and not turn.ending:
+                    turn.ending = True
+                    self._remember(turn, failed=isinstance(end, Error))
+                    if audio is not None:
+                        await audio.flush()
+                    await self._send_event(turn, end)
+                    runtime.metrics.sent(record, 1, 0, 0)
         except Exception as exc:
             if turn.ending:
                 return  # interrupted, shut down, or the terminal event already went out
@@ -420,23 +505,147 @@ class _Session:
             self._remember(turn, failed=True)
             reason = "error"
             # A refusal (the stream limits) is answered from the server's error table.
-            end = runtime.refuse(exc).event() if isinstance(exc, Refused) else error_event(exc)
-            record.fail(end.kind)
-            await self._send_event(turn, end)
+            exc = _lone(exc)
+            failure = runtime.refuse(exc).event() if isinstance(exc, Refused) else error_event(exc)
+            record.fail(failure.kind)
+            await self._send_event(turn, failure)
         finally:
             if turn.interrupted:
                 reason = "cancelled"
             runtime.metrics.end_stream(record, reason)
 
     def _remember(self, turn: _Turn, *, failed: bool = False) -> None:
-        """Append the turn and the answer as delivered to the history, then bound it."""
-        answer = "".join(turn.delivered)
+        """Append the turn and the answer as delivered (a speech turn: as heard) to the
+        history, then bound it."""
+        answer = _heard(turn).text if turn.engine is not None else "".join(turn.delivered)
         if failed and not answer:
             return
         self.history.extend(dict(m) for m in turn.request.messages)
         if answer:
             self.history.append({"role": "assistant", "content": answer})
         self.history = trim_history(self.history)
+
+
+# -- speech ------------------------------------------------------------------------------------
+
+
+def _lone(exc: Exception) -> Exception:
+    """The exception inside (nested) groups of one: a speaker's engine fails in its tasks."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _espeak(speech: SpeechRequest) -> SpeechEngine:
+    """The engine of a speech turn (:class:`pipeline.MissingExtraError` without the ``speech``
+    extra). Loading the library is once per process and quick; later calls only build it."""
+    return EspeakEngine(voice=speech.voice, rate=speech.rate)
+
+
+def _speaker(engine: SpeechEngine, audio: _AudioFrames) -> Speaker:
+    """The speaker of one speech turn: markdown cleaned as ``llmpipe speak`` does, played on
+    trio's clock into ``audio`` (so it goes out at playback speed)."""
+    cleaner = SpeakableStream()
+    return Speaker(
+        _WordTimeline(engine, audio.words),
+        player=Player(output=audio),
+        transform=lambda sentence: cleaner.feed(sentence).text,
+    )
+
+
+def _heard(turn: _Turn) -> HeardText:
+    """What the listener of a speech turn heard (nothing before its speaker ran)."""
+    return turn.speaker.heard() if turn.speaker is not None else HeardText("")
+
+
+async def _stop_speech(turn: _Turn) -> None:
+    """Barge-in: playback stops at this instant, so what was heard is fixed now."""
+    if turn.speaker is not None:
+        await turn.speaker.interrupt()
+
+
+@attrs.define(eq=False)
+class _WordTimeline:
+    """A :class:`SpeechEngine` that also lists each word it marks as (its first sample on the
+    turn's audio, the word as spoken) in ``words``, in order; the audio and marks are the
+    engine's. Entries are added as the speaker takes the chunk (so they never outrun the audio
+    they point into): at most the audio queued ahead of playback holds."""
+
+    engine: SpeechEngine
+    words: deque[tuple[int, str]]
+    samples: int = 0  # the audio given so far, all utterances of the turn
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.engine.sample_rate
+
+    @property
+    def word_marks(self) -> bool:
+        return self.engine.word_marks
+
+    async def synthesize(self, text: str, emit: EmitAudio, /) -> None:
+        base = self.samples
+
+        async def emit_words(chunk: AudioChunk) -> None:
+            await emit(chunk)
+            self.samples += chunk.samples
+            for mark in chunk.marks:
+                self.words.append((base + mark.sample, text[mark.start : mark.end]))
+
+        await self.engine.synthesize(text, emit_words)
+
+
+@attrs.define(eq=False)
+class _AudioFrames:
+    """The output of a speech turn's player: each frame it plays goes to the client as one
+    binary frame (the first preceded by ``audio_format``), followed by the ``word`` frames of
+    the words whose first sample is in it. ``sent`` counts the samples sent."""
+
+    session: _Session
+    turn: _Turn
+    words: deque[tuple[int, str]] = attrs.Factory(deque)
+    sent: int = 0
+
+    async def write(self, chunk: AudioChunk, /) -> None:
+        if not chunk.samples:
+            await trio.lowlevel.checkpoint()
+            return
+        frames: list[Frame] = []
+        if not self.sent:
+            frames.append(
+                _dumps(
+                    {
+                        "type": "audio_format",
+                        "turn": self.turn.number,
+                        "encoding": "pcm_s16le",
+                        "sample_rate": chunk.sample_rate,
+                        "channels": 1,
+                    }
+                )
+            )
+        frames.append(chunk.pcm)
+        self.sent += chunk.samples
+        frames += self._words(self.sent)
+        await self.session._send_frames(frames)
+
+    def _words(self, before: int | None) -> list[Frame]:
+        out: list[Frame] = []
+        while self.words and (before is None or self.words[0][0] < before):
+            sample, text = self.words.popleft()
+            word = {"type": "word", "turn": self.turn.number, "text": text, "sample": sample}
+            out.append(_dumps(word))
+        return out
+
+    async def flush(self) -> None:
+        """After the speech: the words left (marked at the very end of the audio)."""
+        await self.session._send_frames(self._words(None))
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
 
 
 async def websocket_endpoint(runtime: AppRuntime, websocket: WebSocket) -> None:
