@@ -22,6 +22,7 @@ from ._app import create_app as create_app
 from ._context import MAX_MESSAGES as MAX_MESSAGES
 from ._context import ProducerFactory as ProducerFactory
 from ._context import ServerConfig as ServerConfig
+from ._context import SpeechRequest as SpeechRequest
 from ._context import StreamRequest as StreamRequest
 from ._errors import Refused as Refused
 from ._errors import RequestError as RequestError
@@ -38,6 +39,7 @@ __all__ = [
     "Refused",
     "RequestError",
     "ServerConfig",
+    "SpeechRequest",
     "StreamRequest",
     "create_app",
     "get_runtime",

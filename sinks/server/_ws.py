@@ -505,7 +505,6 @@ class _Session:
             self._remember(turn, failed=True)
             reason = "error"
             # A refusal (the stream limits) is answered from the server's error table.
-            exc = _lone(exc)
             failure = runtime.refuse(exc).event() if isinstance(exc, Refused) else error_event(exc)
             record.fail(failure.kind)
             await self._send_event(turn, failure)
@@ -527,13 +526,6 @@ class _Session:
 
 
 # -- speech ------------------------------------------------------------------------------------
-
-
-def _lone(exc: Exception) -> Exception:
-    """The exception inside (nested) groups of one: a speaker's engine fails in its tasks."""
-    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _espeak(speech: SpeechRequest) -> SpeechEngine:

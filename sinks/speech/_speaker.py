@@ -252,9 +252,19 @@ class Speaker:
         self._started_at = trio.current_time()
         self.player.resume()  # a player shared by turns may have been stopped by a barge-in
         self._base = self.player.played_samples
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._intake, events)
-            nursery.start_soon(self._speak)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._intake, events)
+                nursery.start_soon(self._speak)
+        except BaseExceptionGroup as group:
+            # An engine or output failing in one of the tasks: raise it as itself, as
+            # Pipeline.open does (nested groups of one come from the nested nurseries).
+            lone: BaseException = group
+            while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
+                lone = lone.exceptions[0]
+            if lone is group:
+                raise
+            raise lone from lone.__cause__
         if self._gone:
             raise ConsumerGone(f"{self.name}: interrupted")
 
