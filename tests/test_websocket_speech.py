@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from test_websocket import (
@@ -302,3 +303,27 @@ async def test_client_gone_mid_speech_stops_it(
         frames = await read_speech_turn(ws)
         assert frames[-1]["type"] == "done"  # type: ignore[index]
         assert audio_bytes(frames) > 0
+
+
+async def test_speech_turns_are_measured_on_metrics(serve_ws: Serve) -> None:
+    factory, _ = scripted_factory(["One short sentence to speak."])
+    url = await serve_ws(factory)
+    async with open_websocket_url(url) as ws:
+        await send(ws, {"type": "request", "prompt": "Hi", "speech": SPEECH})
+        frames = await read_speech_turn(ws)
+    seconds = audio_bytes(frames) / 2 / RATE
+    async with httpx.AsyncClient() as http:
+        base = url.replace("ws://", "http://")[: -len("/v1/ws")]
+        text = (await http.get(base + "/metrics")).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("llmpipe_speech")
+    }
+    assert values["llmpipe_speech_time_to_first_audio_seconds_count"] == 1
+    assert 0 < values["llmpipe_speech_time_to_first_audio_seconds_sum"] < 5
+    assert values["llmpipe_speech_realtime_factor_count"] == 1
+    assert values["llmpipe_speech_underruns_total"] == 0
+    assert values["llmpipe_speech_chars_total"] == len("One short sentence to speak.")
+    assert values["llmpipe_speech_audio_seconds_total"] == pytest.approx(seconds, abs=0.001)
+    assert values["llmpipe_speech_seconds_ahead"] == 0  # no turn is playing now

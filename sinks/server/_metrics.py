@@ -27,6 +27,8 @@ from prometheus_client.registry import Collector
 
 from pipeline import EventReceiver
 
+from ..speech import Speaker, SpeakerStatistics
+
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
     "LiveStreams",
@@ -41,6 +43,7 @@ log = logging.getLogger("llmpipe.http")
 
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _TTFT_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+_RTF_BUCKETS: Final = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 StreamKind = Literal["live", "generation"]
@@ -95,6 +98,7 @@ class LiveStreams:
     channels: set[EventReceiver] = attrs.Factory(set)
     blocked_seconds_done: float = 0.0
     coalesced_done: int = 0
+    speakers: set[Speaker] = attrs.Factory(set)  # the speech turns playing now
 
     def add(self, receiver: EventReceiver) -> None:
         self.channels.add(receiver)
@@ -134,6 +138,11 @@ class _LiveCollector(Collector):
             "Seconds pipelines waited for a slow client (backpressure), ended and live streams.",
             value=self._live.blocked_seconds_done + sum(s.blocked_seconds for s in stats),
         )
+        yield GaugeMetricFamily(
+            "llmpipe_speech_seconds_ahead",
+            "Seconds of audio synthesised and not yet played, summed over live speech turns.",
+            value=sum(sp.statistics().seconds_ahead for sp in self._live.speakers),
+        )
         yield CounterMetricFamily(
             "llmpipe_deltas_coalesced",
             "Text deltas merged into a queued delta because the client lagged.",
@@ -156,6 +165,11 @@ class Metrics:
     disconnects: Counter
     errors: Counter
     requests_rejected: Counter
+    speech_time_to_first_audio: Histogram
+    speech_realtime_factor: Histogram
+    speech_underruns: Counter
+    speech_chars: Counter
+    speech_audio_seconds: Counter
     observers: list[StreamObserver]
 
     def __init__(self) -> None:
@@ -200,6 +214,41 @@ class Metrics:
             ["status"],
             registry=r,
         )
+
+        self.speech_time_to_first_audio = Histogram(
+            "llmpipe_speech_time_to_first_audio_seconds",
+            "Speech turns: from the request to the first audio at the player.",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.speech_realtime_factor = Histogram(
+            "llmpipe_speech_realtime_factor",
+            "Speech turns: the engine's synthesis time per second of audio.",
+            buckets=_RTF_BUCKETS,
+            registry=r,
+        )
+        self.speech_underruns = Counter(
+            "llmpipe_speech_underruns",
+            "Times playback ran dry before the end of a speech turn.",
+            registry=r,
+        )
+        self.speech_chars = Counter(
+            "llmpipe_speech_chars", "Characters given to speech engines.", registry=r
+        )
+        self.speech_audio_seconds = Counter(
+            "llmpipe_speech_audio_seconds", "Seconds of speech played to clients.", registry=r
+        )
+
+    def speech_ended(self, record: StreamRecord, stats: SpeakerStatistics) -> None:
+        """Count a finished (or interrupted) speech turn. The audio queued ahead of live turns
+        is the ``llmpipe_speech_seconds_ahead`` gauge (:attr:`live`)."""
+        if stats.first_audio_at is not None:
+            self.speech_time_to_first_audio.observe(stats.first_audio_at - record.started_at)
+        if stats.realtime_factor is not None:
+            self.speech_realtime_factor.observe(stats.realtime_factor)
+        self.speech_underruns.inc(stats.underruns)
+        self.speech_chars.inc(stats.chars_spoken)
+        self.speech_audio_seconds.inc(stats.played_seconds)
 
     # -- StreamObserver (Prometheus) ---------------------------------------------------------
 

@@ -472,6 +472,7 @@ class _Session:
                     if turn.engine is not None:
                         audio = _AudioFrames(self, turn)
                         turn.speaker = _speaker(turn.engine, audio)
+                        runtime.metrics.live.speakers.add(turn.speaker)
                         routes.append(Route(turn.speaker, policy="coalesce", name="speaker"))
                     pipeline = Pipeline(producer, sinks=routes, heartbeat_interval=self.heartbeat)
                     async with runtime.live_events(pipeline, request) as events:
@@ -511,6 +512,9 @@ class _Session:
         finally:
             if turn.interrupted:
                 reason = "cancelled"
+            if turn.speaker is not None:
+                runtime.metrics.live.speakers.discard(turn.speaker)
+                runtime.metrics.speech_ended(record, turn.speaker.statistics())
             runtime.metrics.end_stream(record, reason)
 
     def _remember(self, turn: _Turn, *, failed: bool = False) -> None:

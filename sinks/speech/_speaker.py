@@ -127,9 +127,12 @@ class SpeakerStatistics:
     not yet played. ``underruns`` counts the times playback ran dry before the end, after the
     first audio (``underrun_seconds``: clock time spent dry). ``realtime_factor`` is the
     engine's synthesis time per second of audio (time blocked in ``emit`` not counted).
+    ``first_audio_at`` is the ``trio.current_time()`` of the first audio (to measure it from
+    an earlier moment, such as a request's arrival).
     """
 
     time_to_first_audio: float | None
+    first_audio_at: float | None
     engine_requests: int
     chars_spoken: int
     chars_waiting: int
@@ -318,6 +321,7 @@ class Speaker:
             time_to_first_audio=None
             if first is None or self._started_at is None
             else first - self._started_at,
+            first_audio_at=first,
             engine_requests=self._requests,
             chars_spoken=self._chars_spoken,
             chars_waiting=self._pending,
