@@ -13,6 +13,7 @@ import time
 import pytest
 import trio
 import trio.lowlevel
+from test_speech_scripted import synth
 
 from pipeline import ConfigError, MissingExtraError
 from sinks.speech import AudioChunk, EspeakEngine, SpeechEngine, _espeak
@@ -21,16 +22,6 @@ LONG = " ".join(["Speech is the consumer this project exists for, and a listener
 # Several seconds of synthesis (about two hours of audio): an engine that went on after a
 # cancel instead of aborting would miss the tests' real-time bounds.
 HUGE = LONG * 50
-
-
-async def synth(engine: EspeakEngine, text: str) -> list[AudioChunk]:
-    out: list[AudioChunk] = []
-
-    async def emit(chunk: AudioChunk) -> None:
-        out.append(chunk)
-
-    await engine.synthesize(text, emit)
-    return out
 
 
 def rms(chunks: list[AudioChunk]) -> float:

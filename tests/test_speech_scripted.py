@@ -8,7 +8,8 @@ import trio.testing
 from sinks.speech import AudioChunk, ScriptedSpeechEngine, SpeechEngine
 
 
-async def synth(engine: ScriptedSpeechEngine, text: str) -> list[AudioChunk]:
+async def synth(engine: SpeechEngine, text: str) -> list[AudioChunk]:
+    """Every chunk ``engine`` emits for ``text`` (shared by the engines' tests)."""
     out: list[AudioChunk] = []
 
     async def emit(chunk: AudioChunk) -> None:
