@@ -244,7 +244,6 @@ async def _measure_espeak(texts: Sequence[str]) -> dict[str, Any]:
         a, b = scy / scc, 0.0
     residuals = [y - (a * c + b * w) for c, w, y in rows]
     return {
-        "engine": "espeak-ng (sinks.speech.EspeakEngine)",
         "espeakng_loader": importlib.metadata.version("espeakng-loader"),
         "voice": "en",
         "rate_wpm": ESPEAK_RATE,
@@ -339,6 +338,7 @@ class Outcome:
     underrun_seconds: float
     end: float
     first_text: str
+    chars: int
 
     @property
     def requests_per_minute(self) -> float:
@@ -371,6 +371,7 @@ def _outcome(
         stats.underrun_seconds,
         trio.current_time() - t0,
         engine.sent[0][1],
+        sum(len(t.strip()) for _, t in engine.sent),
     )
 
 
@@ -780,14 +781,29 @@ def setup() -> Setup:
     if cls is None:
         skipped[PIPECAT] = why
     else:
-        versions[PIPECAT] = f"pipecat-ai {why}"
+        versions[PIPECAT] = (
+            f"`pipecat.utils.text.simple_text_aggregator.SimpleTextAggregator()` "
+            f"(`aggregate()` per token, `flush()` at the end; it ends sentences with "
+            f"`pipecat.utils.string.match_endofsentence`, i.e. sentencex "
+            f"{importlib.metadata.version('sentencex')}), pipecat-ai {why}"
+        )
         seg = pipecat_segmenter(cls)
         runners[PIPECAT] = lambda tokens, voice, p: run_segmented(PIPECAT, seg, tokens, voice, p)
     lk, why = livekit_modules()
     if lk is None:
         skipped[LIVEKIT] = skipped[LIVEKIT_PACED] = why
     else:
-        versions[LIVEKIT] = f"livekit-agents {lk.version}, livekit-blingfire {lk.blingfire}"
+        versions[LIVEKIT] = (
+            f"`livekit.agents.tokenize.blingfire.SentenceTokenizer(retain_format=True).stream()` "
+            f"(a `tokenize.token_stream.BufferedSentenceStream`: `push_text()` per token, "
+            f"`end_input()` at the end), livekit-agents {lk.version}, livekit-blingfire "
+            f"{lk.blingfire}"
+        )
+        versions[LIVEKIT_PACED] = (
+            "the same tokenizer, then `livekit.agents.tts.stream_pacer.SentenceStreamPacer()` "
+            "defaults (`min_remaining_audio=5.0`, `max_text_length=300`): the decisions of "
+            "`StreamPacerWrapper._send_task` transcribed to trio (`livekit_pacer` in the script)"
+        )
         lseg = livekit_segmenter(lk)
         runners[LIVEKIT] = lambda tokens, voice, p: run_segmented(LIVEKIT, lseg, tokens, voice, p)
         runners[LIVEKIT_PACED] = lambda tokens, voice, p: run_livekit_paced(lk, tokens, voice, p)
@@ -818,6 +834,7 @@ class Summary:
     audio_seconds: float
     underruns: int
     underrun_seconds: float
+    chars: int
 
     @property
     def requests_per_minute(self) -> float:
@@ -838,6 +855,7 @@ def summarise(outcomes: Sequence[Outcome]) -> list[Summary]:
                     sum(o.audio_seconds for o in rows),
                     sum(o.underruns for o in rows),
                     sum(o.underrun_seconds for o in rows),
+                    sum(o.chars for o in rows),
                 )
             )
     return out
@@ -847,14 +865,15 @@ def render_summary(rows: Sequence[Summary]) -> str:
     whole = next((r for r in rows if r.variant == WHOLE), None)
     lines = [
         "| variant | first request (s) | first audio (s) | vs whole sentences | requests "
-        "| requests/min | underruns | underrun s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| requests/min | chars/request | underruns | underrun s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         vs = f"{r.first_audio / whole.first_audio:.2f}" if whole else "n/a"
         lines.append(
             f"| {r.variant} | {r.first_request:.3f} | {r.first_audio:.3f} | {vs} | {r.requests} "
-            f"| {r.requests_per_minute:.1f} | {r.underruns} | {r.underrun_seconds:.2f} |"
+            f"| {r.requests_per_minute:.1f} | {r.chars / r.requests:.0f} | {r.underruns} "
+            f"| {r.underrun_seconds:.2f} |"
         )
     return "\n".join(lines)
 
@@ -923,7 +942,7 @@ def write_results(trace: Trace, s: Setup, outcomes: Sequence[Outcome], args: Any
     v = trace.voice
     e = trace.meta["espeak"]
     tokens = [len(t) for t in trace.tokens]
-    rates = [len(t) / t[-1][0] for t in trace.tokens]
+    rates = [len(t) / (t[-1][0] - t[0][0]) for t in trace.tokens]
     firsts = [t[0][0] for t in trace.tokens]
     used = "\n".join(f"* {k}: {val}" for k, val in s.versions.items()) or "* none"
     skipped = "\n".join(f"* {k}: skipped, {why}" for k, why in s.skipped.items()) or "* none"
@@ -942,15 +961,18 @@ figures depend only on the trace file, not on the machine's load.
 
 * Trace: `benchmarks/data/speech_tokens.json`, recorded {trace.meta.get("recorded")} with
   {trace.meta.get("model")}, temperature {trace.meta.get("temperature")}, at most
-  {trace.meta.get("max_tokens")} tokens: {len(tokens)} prompts, {", ".join(map(str, tokens))}
-  tokens, first token after {", ".join(f"{f:.2f}" for f in firsts)} s, about
-  {", ".join(f"{r:.0f}" for r in rates)} tokens/s.
+  {trace.meta.get("max_tokens")} tokens, on this machine while other work shared its cores:
+  {len(tokens)} prompts of {", ".join(map(str, tokens))} tokens, the first token after
+  {", ".join(f"{f:.2f}" for f in firsts)} s, {", ".join(f"{r:.1f}" for r in rates)} tokens/s
+  over each answer. The prompts: {"; ".join(repr(p) for p in trace.prompts)}.
 * Engine: `ScriptedSpeechEngine` set to espeak-ng as measured on the trace's sentences
-  ({e["engine"]}, espeakng-loader {e["espeakng_loader"]}, voice {e["voice"]}, {e["rate_wpm"]}
-  words/min): {v.seconds_per_char * 1000:.1f} ms per character plus {v.gap * 1000:.0f} ms per word
-  (least-squares fit over {e["sentences"]} sentences, {e["audio_seconds"]} s of audio, RMS error
-  {e["fit_rms_seconds"]} s per sentence), synthesis at {v.realtime_factor:.3f} s per second of
-  audio, {v.sample_rate} Hz, chunks of {v.chunk_seconds * 1000:.0f} ms. One request at a time.
+  (`sinks.speech.EspeakEngine`, espeakng-loader {e["espeakng_loader"]}, voice {e["voice"]},
+  {e["rate_wpm"]} words/min): {v.seconds_per_char * 1000:.1f} ms per letter plus
+  {v.gap * 1000:.0f} ms per word (least-squares fit, gap >= 0, over {e["sentences"]} sentences
+  and {e["audio_seconds"]} s of real audio; RMS error {e["fit_rms_seconds"]} s per sentence, as
+  espeak-ng's pauses at punctuation are not in the model), synthesis at
+  {v.realtime_factor:.4f} s per second of audio (measured), {v.sample_rate} Hz, chunks of
+  {v.chunk_seconds * 1000:.0f} ms. One request at a time.
 * Player: `sinks.speech.Player` (20 ms frames, real time on the mock clock).
 
 Framework code used:
@@ -1007,12 +1029,17 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Sum
         f"the first request by {lp.first_audio - lp.first_request:.3f} s in both (the engine's "
         f"first chunk).",
         f"* The model wrote {words / text_seconds:.1f} words/s on average from its first token "
-        f"to its last; the voice speaks {words / lp.audio_seconds * 1:.1f} words/s. Where the "
-        f"text arrives barely faster than it is spoken, llmpipe's pacing finds one sentence "
-        f"waiting at a time and sends it alone: {lp.requests} requests for "
-        f"{lp.audio_seconds:.0f} s of audio, against {whole.requests} for one request per "
-        f"sentence. Underruns that every variant shares are gaps in the model's output (the "
-        f"text was not there yet), not the engine's.",
+        f"to its last; the voice speaks {words / lp.audio_seconds:.1f} words/s. llmpipe sent "
+        f"{lp.requests} requests for {lp.audio_seconds:.0f} s of audio, against "
+        f"{whole.requests} for one request per sentence"
+        + (
+            ": its pacing (a batch when less than 1.5 s of audio is queued ahead) found one "
+            "sentence waiting each time, as the text arrived barely faster than it was spoken."
+            if lp.requests == whole.requests
+            else "."
+        )
+        + " Underruns that every variant shares are gaps in the model's output (the text "
+        "was not there yet), not the engine's.",
     ]
     for name in (PIPECAT, LIVEKIT, LIVEKIT_PACED):
         if name in by:
@@ -1020,9 +1047,20 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Sum
             out.append(
                 f"* {name}: first request at {f.first_request:.3f} s, first audio at "
                 f"{f.first_audio:.3f} s ({f.first_audio / lp.first_audio:.2f}x llmpipe's), "
-                f"{f.requests} requests, {f.underruns} underruns "
+                f"{f.requests} requests of {f.chars / f.requests:.0f} characters on average "
+                f"(llmpipe: {lp.chars / lp.requests:.0f}), {f.underruns} underrun(s) "
                 f"({f.underrun_seconds:.2f} s)."
             )
+            fewer = [p for p in prompts if first[name, p].underruns < first[LLMPIPE, p].underruns]
+            if fewer:
+                later = statistics.mean(
+                    first[name, p].first_audio - first[LLMPIPE, p].first_audio for p in fewer
+                )
+                out[-1] += (
+                    f" It had fewer underruns than llmpipe in prompt(s) "
+                    f"{', '.join(map(str, fewer))}, where its first audio came {later:.3f} s "
+                    f"later: text that arrived meanwhile was in hand when the model paused."
+                )
     return "\n".join(out)
 
 
