@@ -13,9 +13,11 @@ HTTP clients), so only their pure-Python text pieces are installed, by hand::
     .venv/bin/pip install --no-deps pipecat-ai==1.14.0 livekit-agents==1.8.9
     .venv/bin/pip install loguru wait_for2 sentencex livekit-blingfire
 
-(Pipecat's package ``__init__`` needs ``loguru`` and, on Python < 3.12, ``wait_for2``; its
-sentence splitter needs ``sentencex``; LiveKit's default sentence tokenizer needs
+(``pipecat/__init__.py`` needs ``loguru``, ``pipecat/utils/__init__.py`` ``wait_for2`` on
+Python < 3.12, its sentence splitter ``sentencex``; LiveKit's default sentence tokenizer needs
 ``livekit-blingfire``.) A framework that does not import is reported as skipped, never faked.
+There is no ``bench-speech`` extra in ``pyproject.toml``: an extra cannot say ``--no-deps``, and
+it would install both frameworks with all their dependencies, which was not attempted.
 
 What is measured
 ================
@@ -327,22 +329,28 @@ class TimedEngine:
 
 
 @dataclass
-class Outcome:
+class Figures:
+    """What a variant did: for one prompt (:class:`Outcome`), or over all (times averaged)."""
+
     variant: str
-    prompt: int
     first_request: float
     first_audio: float
     requests: int
     audio_seconds: float
     underruns: int
     underrun_seconds: float
-    end: float
-    first_text: str
-    chars: int
+    chars: int  # given to the engine
 
     @property
     def requests_per_minute(self) -> float:
         return self.requests / (self.audio_seconds / 60)
+
+
+@dataclass
+class Outcome(Figures):
+    prompt: int
+    end: float
+    first_text: str
 
 
 def _outcome(
@@ -362,16 +370,16 @@ def _outcome(
     assert stats.started_at is not None
     return Outcome(
         variant,
-        prompt,
         engine.sent[0][0] - t0,
         stats.started_at - t0,
         len(engine.sent),
         stats.played_seconds,
         stats.underruns,
         stats.underrun_seconds,
+        sum(len(t.strip()) for _, t in engine.sent),
+        prompt,
         trio.current_time() - t0,
         engine.sent[0][1],
-        sum(len(t.strip()) for _, t in engine.sent),
     )
 
 
@@ -825,29 +833,13 @@ def run_all(trace: Trace, s: Setup, prompts: Sequence[int]) -> list[Outcome]:
     return out
 
 
-@dataclass
-class Summary:
-    variant: str
-    first_request: float
-    first_audio: float
-    requests: int
-    audio_seconds: float
-    underruns: int
-    underrun_seconds: float
-    chars: int
-
-    @property
-    def requests_per_minute(self) -> float:
-        return self.requests / (self.audio_seconds / 60)
-
-
-def summarise(outcomes: Sequence[Outcome]) -> list[Summary]:
+def summarise(outcomes: Sequence[Outcome]) -> list[Figures]:
     out = []
     for variant in VARIANTS:
         rows = [o for o in outcomes if o.variant == variant]
         if rows:
             out.append(
-                Summary(
+                Figures(
                     variant,
                     statistics.mean(o.first_request for o in rows),
                     statistics.mean(o.first_audio for o in rows),
@@ -861,7 +853,7 @@ def summarise(outcomes: Sequence[Outcome]) -> list[Summary]:
     return out
 
 
-def render_summary(rows: Sequence[Summary]) -> str:
+def render_summary(rows: Sequence[Figures]) -> str:
     whole = next((r for r in rows if r.variant == WHOLE), None)
     lines = [
         "| variant | first request (s) | first audio (s) | vs whole sentences | requests "
@@ -898,7 +890,7 @@ def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
-def goal(rows: Sequence[Summary]) -> str:
+def goal(rows: Sequence[Figures]) -> str:
     by = {r.variant: r for r in rows}
     lp, whole = by[LLMPIPE], by[WHOLE]
     sooner = 1 - lp.first_audio / whole.first_audio
@@ -1011,7 +1003,7 @@ latency would add to every variant's first audio alike. LiveKit's pacer is a tra
     RESULTS.write_text(text, encoding="utf-8")
 
 
-def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Summary]) -> str:
+def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Figures]) -> str:
     by = {r.variant: r for r in rows}
     lp, whole = by[LLMPIPE], by[WHOLE]
     first = {(o.variant, o.prompt): o for o in outcomes}
