@@ -66,8 +66,9 @@ Variants (what decides the text of each engine request and when it is sent):
     of it (same state, same decisions, 0.2 s / ``max(0.5, remaining - min)`` wake-up timer)
     with trio's clock in place of ``time.time()`` and the event loop's timers.
 
-LiveKit is imported without its package ``__init__`` (which needs ``livekit.rtc`` and
-``aiohttp``): ``livekit.agents`` and ``livekit.agents.utils`` are registered as bare packages
+When the full ``livekit.agents`` does not import (its package ``__init__`` needs
+``livekit.rtc`` and ``aiohttp``, not installed by the lines above), ``livekit.agents``,
+``livekit.agents.utils`` and ``livekit.agents.tokenize`` are registered as bare packages
 pointing at the installed directories, ``utils.aio`` is LiveKit's own, and ``utils.shortuuid``
 (segment ids, unused here) is a stand-in. Everything else is LiveKit's code as installed.
 
@@ -565,32 +566,44 @@ class LiveKit:
     chan_closed: type[Exception]
     version: str
     blingfire: str
+    how: str
+
+
+def _livekit_bare_packages() -> None:
+    """Register ``livekit.agents``, ``.utils`` and ``.tokenize`` as bare packages over the
+    installed directories, so that their modules import without the packages' ``__init__``."""
+    import livekit
+
+    base = Path(next(iter(livekit.__path__))) / "agents"
+    if not (base / "tokenize" / "blingfire.py").exists():
+        raise ImportError("livekit-agents is not installed")
+    for name in [k for k in sys.modules if k.startswith("livekit.agents")]:
+        del sys.modules[name]  # what a failed import of the real package left behind
+
+    def package(name: str, path: Path) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__path__ = [str(path)]
+        sys.modules[name] = module
+        return module
+
+    package("livekit.agents", base)
+    utils = package("livekit.agents.utils", base / "utils")
+    utils.aio = importlib.import_module("livekit.agents.utils.aio")  # type: ignore[attr-defined]
+    utils.shortuuid = lambda prefix="": prefix + uuid.uuid4().hex[:12]  # type: ignore[attr-defined]
+    package("livekit.agents.tokenize", base / "tokenize")
 
 
 def livekit_modules() -> tuple[LiveKit | None, str]:
-    """LiveKit's blingfire sentence tokenizer without the package ``__init__`` (see the module
-    docstring), or ``None`` and why not."""
+    """LiveKit's blingfire sentence tokenizer (through bare packages when the full
+    ``livekit.agents`` does not import, see the module docstring), or ``None`` and why not."""
     try:
-        import livekit
-
-        base = Path(next(iter(livekit.__path__))) / "agents"
-        if not (base / "tokenize" / "blingfire.py").exists():
-            return None, "livekit-agents is not installed"
-        saved = {k: v for k, v in sys.modules.items() if k.startswith("livekit.agents")}
-        if "livekit.agents.tokenize.blingfire" not in saved:
-
-            def package(name: str, path: Path) -> types.ModuleType:
-                module = types.ModuleType(name)
-                module.__path__ = [str(path)]
-                sys.modules[name] = module
-                return module
-
-            package("livekit.agents", base)
-            utils = package("livekit.agents.utils", base / "utils")
-            utils.aio = importlib.import_module("livekit.agents.utils.aio")  # type: ignore[attr-defined]
-            utils.shortuuid = lambda prefix="": prefix + uuid.uuid4().hex[:12]  # type: ignore[attr-defined]
-            package("livekit.agents.tokenize", base / "tokenize")
-        blingfire = importlib.import_module("livekit.agents.tokenize.blingfire")
+        try:
+            blingfire = importlib.import_module("livekit.agents.tokenize.blingfire")
+            how = "imported normally"
+        except ImportError:
+            _livekit_bare_packages()
+            blingfire = importlib.import_module("livekit.agents.tokenize.blingfire")
+            how = "without the package __init__ (bare packages)"
         channel = importlib.import_module("livekit.agents.utils.aio.channel")
     except ImportError as exc:
         return None, f"not importable: {exc}"
@@ -600,6 +613,7 @@ def livekit_modules() -> tuple[LiveKit | None, str]:
         channel.ChanClosed,
         importlib.metadata.version("livekit-agents"),
         importlib.metadata.version("livekit-blingfire"),
+        how,
     ), importlib.metadata.version("livekit-agents")
 
 
@@ -808,7 +822,7 @@ def setup() -> Setup:
             f"`livekit.agents.tokenize.blingfire.SentenceTokenizer(retain_format=True).stream()` "
             f"(a `tokenize.token_stream.BufferedSentenceStream`: `push_text()` per token, "
             f"`end_input()` at the end), livekit-agents {lk.version}, livekit-blingfire "
-            f"{lk.blingfire}"
+            f"{lk.blingfire}; {lk.how}"
         )
         versions[LIVEKIT_PACED] = (
             "the same tokenizer, then `livekit.agents.tts.stream_pacer.SentenceStreamPacer()` "
