@@ -6,6 +6,10 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_speech.py --write    # full run, rewrites SPEECH.md
     .venv/bin/python benchmarks/bench_speech.py --quick    # smoke test: checks only
     .venv/bin/python benchmarks/bench_speech.py --record   # re-record data/speech_tokens.json
+    .venv/bin/python benchmarks/bench_speech.py --measure-espeak  # only espeak-ng, same tokens
+
+Recording needs the ``local`` and ``speech`` extras and a quiet machine: the arrival times are
+the model's speed on this machine at that moment (the trace keeps the load average).
 
 The frameworks are optional. Their full installs pull heavy dependencies (WebRTC, audio codecs,
 HTTP clients), so only their pure-Python text pieces are installed, by hand::
@@ -31,10 +35,11 @@ Every variant replays the trace under trio's ``MockClock`` (tokens arrive at the
 offsets; the run is deterministic) into the same engine and the same player:
 
 * the engine is :class:`sinks.speech.ScriptedSpeechEngine` configured to espeak-ng's measured
-  speech (``seconds_per_char`` and ``gap`` per word fitted by least squares to the real audio
-  durations of the recorded sentences, ``realtime_factor`` the real synthesis time per second of
-  audio, both stored in the trace file), so that it runs on the mock clock. One request is
-  synthesised at a time, as every framework here does with a non-streaming engine;
+  speech (``seconds_per_char`` and ``gap`` per word fitted by least squares, with ``gap >= 0``,
+  to the real audio durations of the recorded sentences; ``realtime_factor`` the real synthesis
+  time per second of audio; both stored in the trace file), so that it runs on the mock clock.
+  One request is synthesised at a time, as Pipecat's ``TTSService`` (``run_tts`` per sentence)
+  and LiveKit's ``StreamAdapter`` do with a non-streaming engine;
 * the player is :class:`sinks.speech.Player` (plays in real time on the clock, counts an
   underrun each time audio arrives after the audio before it had finished playing).
 
