@@ -1038,11 +1038,13 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Fig
     sentence = whole.chars / whole.requests
     text_seconds = sum(trace.tokens[p][-1][0] - trace.tokens[p][0][0] for p in prompts)
     out = [
-        f"* The first-clause fast path made llmpipe's first request shorter than the first "
+        f"* The fast path made llmpipe's first request shorter than the first "
         f"sentence in {len(clause)} of {len(prompts)} prompts"
         + (f" ({', '.join(map(str, clause))})" if clause else "")
-        + f": it cuts at a clause boundary (comma, semicolon, colon, dash) at least 20 "
-        f"characters in, and a first sentence without one is sent whole. Mean first request: "
+        + f": it cuts at a clause boundary (comma, semicolon, colon, dash) at least "
+        f"{attrs.fields(Speaker).first_clause_min_chars.default} characters in, and a first "
+        f"sentence without one at its last word before "
+        f"{attrs.fields(Speaker).first_piece_max_chars.default} characters. Mean first request: "
         f"{lp.first_request:.3f} s against {whole.first_request:.3f} s; the first audio follows "
         f"the first request by {lp.first_audio - lp.first_request:.3f} s in both (the engine's "
         f"first chunk).",

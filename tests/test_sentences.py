@@ -204,6 +204,8 @@ def text_and_cuts(draw: st.DrawFn) -> tuple[str, list[int]]:
             {"first_fragment_min_chars": 8},
             {"max_chars": 16},
             {"max_chars": 40, "first_fragment_min_chars": 5},
+            {"first_fragment_max_chars": 12},
+            {"first_fragment_min_chars": 5, "first_fragment_max_chars": 20, "max_chars": 60},
         ]
     ),
 )
@@ -471,6 +473,29 @@ def test_first_fragment_fast_path() -> None:
         "It costs 1,000 well-known coins: ",
         "wow.",
     ]
+
+
+def test_first_fragment_max_chars_cuts_a_long_first_sentence_at_a_word() -> None:
+    text = "The sky looks blue because air scatters short waves more. Then red at dusk."
+    assert segment_all_ways(text, first_fragment_max_chars=20) == [
+        "The sky looks blue ",
+        "because air scatters short waves more. ",
+        "Then red at dusk.",
+    ]
+    # A clause boundary first wins; only the first piece is bounded; off by default.
+    assert segment_all_ways(
+        "Well, the sky looks blue today. Yes.",
+        first_fragment_min_chars=3,
+        first_fragment_max_chars=20,
+    ) == ["Well, ", "the sky looks blue today. ", "Yes."]
+    assert segment_all_ways(text) == [
+        "The sky looks blue because air scatters short waves more. ",
+        "Then red at dusk.",
+    ]
+    with pytest.raises(ValueError, match="first_fragment_max_chars"):
+        SentenceBuffer(first_fragment_max_chars=0)
+    with pytest.raises(ValueError, match="first_fragment_max_chars"):
+        SentenceBuffer(max_chars=10, first_fragment_max_chars=11)
 
 
 def test_first_fragment_fast_path_applies_again_after_flush_and_reset() -> None:

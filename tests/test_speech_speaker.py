@@ -219,13 +219,35 @@ async def test_first_clause_fast_path_gives_audio_sooner_than_whole_sentences(
     ttfa = {}
     for min_chars in (20, None):
         eng = engine(realtime_factor=0.1)
-        speaker = Speaker(eng, first_clause_min_chars=min_chars)
+        speaker = Speaker(eng, first_clause_min_chars=min_chars, first_piece_max_chars=None)
         await speak(text, speaker, delay=0.05)
         ttfa[min_chars] = speaker.statistics().time_to_first_audio
         assert speaker.heard().text == text
         if min_chars:
             assert eng.requests[0] == "Sure, here is the plan for today, "
     fast, slow = ttfa[20], ttfa[None]
+    assert fast is not None
+    assert slow is not None
+    assert fast < 0.5 * slow
+
+
+async def test_a_long_first_sentence_without_a_clause_starts_with_its_first_words(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    text = (
+        "The sky looks blue because the air scatters the short blue waves of sunlight much "
+        "more than the long red ones. Then we rest."
+    )
+    ttfa = {}
+    for max_chars in (40, None):
+        eng = engine(realtime_factor=0.1)
+        speaker = Speaker(eng, first_piece_max_chars=max_chars)
+        await speak(text, speaker, delay=0.05)
+        ttfa[max_chars] = speaker.statistics().time_to_first_audio
+        assert speaker.heard().text == text
+        if max_chars:
+            assert eng.requests[0] == "The sky looks blue because the air "
+    fast, slow = ttfa[40], ttfa[None]
     assert fast is not None
     assert slow is not None
     assert fast < 0.5 * slow

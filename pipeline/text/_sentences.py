@@ -187,6 +187,11 @@ class SentenceBuffer:
     by a space) once it is at least that many characters long (leading whitespace not counted).
     Small values (10-20) start speech sooner but make the first utterance choppier; 30-60 keeps
     the first fragment a natural phrase. ``None`` (the default) disables it.
+
+    ``first_fragment_max_chars`` bounds that first piece as ``max_chars`` bounds every piece: a
+    first sentence with no clause boundary is cut at its last whitespace before that many
+    characters (for speech: the first words go to the engine while the model is still writing
+    the rest of a long sentence). ``None`` (the default): no such bound.
     """
 
     __slots__ = (
@@ -196,6 +201,7 @@ class SentenceBuffer:
         "_emitted",
         "_fence",
         "_ffm",
+        "_ffmax",
         "_final",
         "_has_content",
         "_list",
@@ -205,9 +211,18 @@ class SentenceBuffer:
         "_start",
     )
 
-    def __init__(self, *, first_fragment_min_chars: int | None = None, max_chars: int = 2000):
+    def __init__(
+        self,
+        *,
+        first_fragment_min_chars: int | None = None,
+        max_chars: int = 2000,
+        first_fragment_max_chars: int | None = None,
+    ):
         if first_fragment_min_chars is not None and first_fragment_min_chars < 1:
             raise ValueError("first_fragment_min_chars must be None or a positive integer")
+        if first_fragment_max_chars is not None and not 1 <= first_fragment_max_chars <= max_chars:
+            raise ValueError("first_fragment_max_chars must be None or between 1 and max_chars")
+        self._ffmax: int | None = first_fragment_max_chars
         if max_chars < 16:
             raise ValueError("max_chars must be at least 16")
         self._ffm: int | None = first_fragment_min_chars
@@ -283,6 +298,7 @@ class SentenceBuffer:
     def __repr__(self) -> str:
         return (
             f"SentenceBuffer(first_fragment_min_chars={self._ffm!r}, max_chars={self._max!r}, "
+            f"first_fragment_max_chars={self._ffmax!r}, "
             f"pending={len(self.pending)} chars)"
         )
 
@@ -346,8 +362,9 @@ class SentenceBuffer:
         self._absorbing = True
 
     def _force_cut(self, out: list[str]) -> None:
-        """The piece reached ``max_chars`` without a boundary: cut it (text-determined)."""
-        window = self._slice(self._start, self._start + self._max)
+        """The piece reached its limit without a boundary: cut it (text-determined)."""
+        limit = self._limit()
+        window = self._slice(self._start, self._start + limit)
         cut = -1
         if self._fence is not None:
             i = window.rfind("\n")
@@ -360,7 +377,7 @@ class SentenceBuffer:
         if cut < 0:
             # No whitespace at all: cut at the last grapheme boundary inside the window (the
             # character after the cut is in the window, so the choice depends on text only).
-            cut = last_safe_cut(window, self._max - 1) or self._max
+            cut = last_safe_cut(window, limit - 1) or limit
         self._emit(out, self._start + cut)
         # The rest of the new piece was already scanned; recompute what the scanner knows.
         m2 = _NON_WS.search(self._buf, self._start - self._off, self._pos - self._off)
@@ -372,7 +389,7 @@ class SentenceBuffer:
 
     def _step_absorb(self, out: list[str]) -> None:
         c = self._at(self._pos)
-        if c.isspace() and self._pos - self._start < self._max:
+        if c.isspace() and self._pos - self._start < self._limit():
             self._pos += 1
             return
         self._emit(out, self._pos)
@@ -380,7 +397,7 @@ class SentenceBuffer:
     def _step_fence(self, out: list[str]) -> None:
         assert self._fence is not None
         pos = self._pos
-        if pos - self._start >= self._max:
+        if pos - self._start >= self._limit():
             self._force_cut(out)
             return
         c = self._at(pos)
@@ -403,7 +420,7 @@ class SentenceBuffer:
 
     def _step_text(self, out: list[str]) -> None:
         pos = self._pos
-        if pos - self._start >= self._max:
+        if pos - self._start >= self._limit():
             self._force_cut(out)
             return
         c = self._at(pos)
@@ -444,12 +461,18 @@ class SentenceBuffer:
 
     def _skip(self, pos: int, boring: re.Pattern[str]) -> None:
         """Advance over characters that need no decision (at least one)."""
-        limit = min(len(self._buf), self._start + self._max - self._off)
+        limit = min(len(self._buf), self._start + self._limit() - self._off)
         m = boring.match(self._buf, pos - self._off, limit)
         self._pos = m.end() + self._off if m is not None and m.end() > pos - self._off else pos + 1
 
     def _fast_path_active(self) -> bool:
         return self._ffm is not None and self._emitted == 0
+
+    def _limit(self) -> int:
+        """The longest the current piece may grow (``first_fragment_max_chars`` for a first)."""
+        if self._ffmax is not None and self._emitted == 0:
+            return self._ffmax
+        return self._max
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -171,6 +171,8 @@ def _check_config(speaker: Speaker) -> None:
         raise ConfigError("max_batch_chars and max_pending_chars must be >= 1")
     if speaker.first_clause_min_chars is not None and speaker.first_clause_min_chars < 1:
         raise ConfigError("first_clause_min_chars must be None or >= 1")
+    if speaker.first_piece_max_chars is not None and speaker.first_piece_max_chars < 1:
+        raise ConfigError("first_piece_max_chars must be None or >= 1")
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -182,7 +184,9 @@ class Speaker:
     chunk, just before the player plays it (a WAV file, raw PCM). The speaker closes neither.
     ``transform`` turns each sentence into the text the engine speaks (markdown cleaning); what
     was heard is reported in the original text. ``first_clause_min_chars`` lets the first piece
-    end at a clause boundary once it is that long (``None``: whole sentences).
+    end at a clause boundary once it is that long, and ``first_piece_max_chars`` cuts a first
+    sentence without one at its last word before that length (``None`` for both: whole
+    sentences), so the first audio need not wait for the model to finish a long sentence.
     ``ahead_seconds=(low, high)``: see the pacing in the module docstring; ``high`` bounds the
     audio held. ``max_pending_chars`` bounds the sentences waiting for synthesis (it may go
     over by what one 256-character slice of a delta completes); the text in hand besides is the
@@ -199,6 +203,7 @@ class Speaker:
     player: PlaybackClock = attrs.Factory(Player)
     transform: Callable[[str], str] | None = None
     first_clause_min_chars: int | None = 20
+    first_piece_max_chars: int | None = 40
     ahead_seconds: tuple[float, float] = (1.5, 4.0)
     max_batch_chars: int = 500
     max_pending_chars: int = 1000
@@ -398,6 +403,9 @@ class Speaker:
         buffer = SentenceBuffer(
             first_fragment_min_chars=self.first_clause_min_chars,
             max_chars=max(16, self.max_batch_chars),
+            first_fragment_max_chars=None
+            if self.first_piece_max_chars is None
+            else min(self.first_piece_max_chars, max(16, self.max_batch_chars)),
         )
         with self._intake_scope:
             async for event in events:
