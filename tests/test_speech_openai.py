@@ -209,7 +209,9 @@ async def test_speaker_interrupted_reports_an_estimate_in_whole_words() -> None:
     text = "One two three four five six seven eight nine ten eleven twelve."
     espeak = EspeakAudio()
     async with serving(SpeechReply(espeak, sample_rate=ESPEAK_RATE)) as (emu, client):
-        speaker = Speaker(OpenAISpeechEngine(client, sample_rate=ESPEAK_RATE))
+        speaker = Speaker(  # one request for the whole sentence: no early first piece
+            OpenAISpeechEngine(client, sample_rate=ESPEAK_RATE), first_piece_max_chars=None
+        )
         pipeline = Pipeline(ScriptedProducer.from_text(text), sinks=[Route(speaker)])
         with trio.fail_after(10):
             async with pipeline.open():
