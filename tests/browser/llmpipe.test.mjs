@@ -181,6 +181,7 @@ test("PcmPlayer: buffers at the audio's rate, back to back; stopAll is barge-in"
   const first = p.play(chunk, 22050);
   near(first.start, 2.05);
   near(first.duration, 0.02);
+  assert.equal(first.sampleRate, 22050);
   ctx.currentTime = 2.03;
   near(p.play(chunk, 22050).start, 2.07);
   assert.equal(p.play(new Float32Array(0), 22050), null);

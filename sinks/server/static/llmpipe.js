@@ -354,7 +354,10 @@ export class PcmPlayer {
     this._idle = []; // resolvers of whenIdle()
   }
 
-  /** Schedule `samples` (Float32Array) at `sampleRate`; returns {start, duration} or null. */
+  /**
+   * Schedule `samples` (Float32Array) at `sampleRate`; returns {start, duration, sampleRate} (the
+   * buffer's own rate, as the context made it), or null when nothing was scheduled.
+   */
   play(samples, sampleRate) {
     if (this.stopped) {
       this.samplesDropped += samples.length;
@@ -376,7 +379,7 @@ export class PcmPlayer {
     source.start(start);
     this.sourcesStarted++;
     this.samplesScheduled += samples.length;
-    return { start, duration };
+    return { start, duration, sampleRate: buffer.sampleRate };
   }
 
   /** Barge-in: stop every scheduled or playing source now; returns how many were stopped. */

@@ -1,0 +1,101 @@
+// End-to-end run of the page's "Speak" switch in headless Chromium (Debian's /usr/bin/chromium,
+// driven by playwright-core). Usage: node e2e_speech.mjs <base-url>. tests/test_browser.py
+// starts the real app (scripted producer, real espeak-ng) and asserts on the JSON printed to
+// stdout. Audio is checked as data: the page's window.llmpipeAudio counters, against the
+// WebSocket frames as Chromium's network layer saw them (playwright's websocket events).
+//
+// Scenarios (each in a fresh browser context), keyed by the prompt the test's producer knows:
+//   speak    the answer is shown and spoken to the end
+//   bargein  Stop is clicked after ~0.5 s of audio: the voice stops, the page shows what was heard
+import { chromium } from "playwright-core";
+
+const base = process.argv[2];
+if (!base) throw new Error("usage: node e2e_speech.mjs <base-url>");
+const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const TIMEOUT = 20_000;
+const RATE = 22050;
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+
+const snapshot = (page) => page.evaluate(() => ({
+  ...window.__llmpipe, audio: structuredClone(window.llmpipeAudio),
+  heardLine: document.getElementById("heard").hidden ? null : document.getElementById("heard").textContent,
+  status: document.getElementById("status").textContent,
+}));
+
+/** Open the page, switch Speak on, send the prompt; record the WebSocket's frames. */
+async function start(prompt) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+  const ws = { urls: [], received: [], sent: [] }; // received: byte length (binary) or JSON type
+  page.on("websocket", (socket) => {
+    ws.urls.push(socket.url());
+    socket.on("framereceived", ({ payload }) => {
+      ws.received.push(typeof payload === "string" ? JSON.parse(payload).type : payload.length);
+    });
+    socket.on("framesent", ({ payload }) => { ws.sent.push(JSON.parse(payload)); });
+  });
+  await page.goto(base, { waitUntil: "load" });
+  await page.check("#speak");
+  await page.fill("#prompt", prompt);
+  const t0 = Date.now();
+  await page.click("#send");
+  return { context, page, problems, ws, t0 };
+}
+
+const ended = (page) => page.waitForFunction(
+  () => ["done", "error", "stopped"].includes(window.__llmpipe.state),
+  null, { timeout: TIMEOUT, polling: 20 },
+);
+
+async function speak() {
+  const { context, page, problems, ws, t0 } = await start("speak");
+  await page.waitForFunction(() => window.llmpipeAudio.samplesScheduled > 0, null, { timeout: TIMEOUT, polling: 10 });
+  const firstAudio = await snapshot(page);
+  await ended(page);
+  const ms = Date.now() - t0;
+  const end = await snapshot(page);
+  await context.close();
+  return { ...end, firstAudio, ms, ws, problems };
+}
+
+async function bargein() {
+  const { context, page, problems, ws } = await start("bargein");
+  await page.waitForFunction(
+    (n) => window.llmpipeAudio.samplesScheduled >= n, 0.5 * RATE, { timeout: TIMEOUT, polling: 10 },
+  );
+  await page.click("#stop");
+  await ended(page);
+  const atEnd = await snapshot(page);
+  await page.waitForTimeout(700); // nothing may be scheduled after Stop
+  const later = await snapshot(page);
+  await context.close();
+  return { ...later, atEnd, ws, problems };
+}
+
+const results = {};
+try {
+  for (const [name, fn] of Object.entries({ speak, bargein })) {
+    const t0 = Date.now();
+    try {
+      results[name] = await fn();
+    } catch (err) {
+      results[name] = { failed: String(err && err.stack || err) };
+    }
+    results[name].ms ??= Date.now() - t0;
+  }
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(results) + "\n");
