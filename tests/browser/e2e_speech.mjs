@@ -7,23 +7,14 @@
 // Scenarios (each in a fresh browser context), keyed by the prompt the test's producer knows:
 //   speak    the answer is shown and spoken to the end
 //   bargein  Stop is clicked after ~0.5 s of audio: the voice stops, the page shows what was heard
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const base = process.argv[2];
 if (!base) throw new Error("usage: node e2e_speech.mjs <base-url>");
-const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const TIMEOUT = 20_000;
 const RATE = 22050;
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch(["--autoplay-policy=no-user-gesture-required"]);
 
 const snapshot = (page) => page.evaluate(() => ({
   ...window.__llmpipe, audio: structuredClone(window.llmpipeAudio),
