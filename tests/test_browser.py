@@ -12,8 +12,9 @@ network error. The text must come out whole, each event once, from one generatio
 
 The "Speak" switch (``tests/browser/e2e_speech.mjs``): speech turns over ``WS /v1/ws`` with real
 espeak-ng, the audio played by the page with Web Audio and checked as data (the page's
-``window.llmpipeAudio`` counters against the WebSocket frames Chromium received), and Stop as
-barge-in: the interrupt, no audio scheduled after it, the heard text shown.
+``window.llmpipeAudio`` counters against the WebSocket frames Chromium received, and the output
+level read from an AnalyserNode before the loudspeaker), and Stop as barge-in: the interrupt,
+silence at once, no audio scheduled after it, the heard text shown.
 
 Missing Chromium, Node or ``tests/browser/node_modules`` fail (CI installs them), never skip.
 """
@@ -370,6 +371,8 @@ async def test_page_speaks_and_stop_is_barge_in_in_chromium(nursery: trio.Nurser
     assert not audio["stopped"]
     assert [w["text"] for w in audio["words"]] == SPEAK_TEXT.split()
     seconds = audio["samplesReceived"] / RATE
+    # The voice came out of the page's audio graph (an AnalyserNode before the loudspeaker).
+    assert max(spoken["playing"]) > 0.05, spoken["playing"]
     assert 1.5 < seconds < 10, seconds
     # The text runs ahead of the voice: it is on the page when the first audio is scheduled.
     first = spoken["firstAudio"]
@@ -391,6 +394,10 @@ async def test_page_speaks_and_stop_is_barge_in_in_chromium(nursery: trio.Nurser
     assert audio["samplesScheduled"] == at_stop, "audio was scheduled after Stop"
     assert barged["atEnd"]["audio"]["samplesScheduled"] == at_stop
     assert audio["sourcesStopped"] >= 1, "no source was still scheduled at Stop"
+    # The output, as data: the voice played until Stop, then silence at once.
+    assert max(barged["before"]) > 0.05, barged["before"]
+    assert barged["after"]
+    assert max(barged["after"]) == 0, f"audio played on after Stop: {barged['after']}"
     assert audio["samplesReceived"] / RATE < 3, "Stop came late: the test proves nothing"
     _check_audio(barged)
     sent = barged["ws"]["sent"]

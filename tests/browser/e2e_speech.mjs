@@ -50,15 +50,26 @@ const ended = (page) => page.waitForFunction(
   null, { timeout: TIMEOUT, polling: 20 },
 );
 
+/** The page's output level (window.llmpipeAudioPeak) every 20 ms for `ms`. */
+async function levels(page, ms) {
+  const out = [];
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    out.push(await page.evaluate(() => window.llmpipeAudioPeak()));
+    await page.waitForTimeout(20);
+  }
+  return out;
+}
+
 async function speak() {
   const { context, page, problems, ws, t0 } = await start("speak");
   await page.waitForFunction(() => window.llmpipeAudio.samplesScheduled > 0, null, { timeout: TIMEOUT, polling: 10 });
   const firstAudio = await snapshot(page);
+  const playing = await levels(page, 1000); // the voice comes out of the audio graph
   await ended(page);
   const ms = Date.now() - t0;
   const end = await snapshot(page);
   await context.close();
-  return { ...end, firstAudio, ms, ws, problems };
+  return { ...end, firstAudio, ms, ws, playing, problems };
 }
 
 async function bargein() {
@@ -66,13 +77,15 @@ async function bargein() {
   await page.waitForFunction(
     (n) => window.llmpipeAudio.samplesScheduled >= n, 0.5 * RATE, { timeout: TIMEOUT, polling: 10 },
   );
+  const before = await levels(page, 200);
   await page.click("#stop");
   await ended(page);
   const atEnd = await snapshot(page);
-  await page.waitForTimeout(700); // nothing may be scheduled after Stop
-  const later = await snapshot(page);
+  await page.waitForTimeout(150); // the analyser's window (93 ms) is past the Stop
+  const after = await levels(page, 550); // silence: every source stopped at once
+  const later = await snapshot(page); // nothing may be scheduled after Stop
   await context.close();
-  return { ...later, atEnd, ws, problems };
+  return { ...later, atEnd, ws, before, after, problems };
 }
 
 const results = {};

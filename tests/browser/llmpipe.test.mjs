@@ -164,7 +164,7 @@ function fakeContext() {
     createBufferSource() {
       const s = {
         buffer: null, startedAt: null, stopped: false, connected: null, onended: null,
-        connect(d) { s.connected = d; }, disconnect() { s.connected = null; },
+        connect(d) { s.connected = s.connectedTo = d; }, disconnect() { s.connected = null; },
         start(t) { s.startedAt = t; }, stop() { s.stopped = true; },
       };
       ctx.sources.push(s);
@@ -255,8 +255,10 @@ test("speakChat: abort sends interrupt, stops the audio, resolves with heard", a
   const ctx = fakeContext();
   const ctl = new AbortController();
   const placed = [];
+  const tap = { name: "analyser" };
   const turn = speakChat("ws://x/v1/ws", { prompt: "Count" }, {
-    WebSocketImpl: FakeSocket, audioContext: ctx, signal: ctl.signal, onAudio: (s, p) => placed.push(p !== null),
+    WebSocketImpl: FakeSocket, audioContext: ctx, signal: ctl.signal, destination: tap,
+    onAudio: (s, p) => placed.push(p !== null),
   });
   const ws = await opened();
   assert.deepEqual(ws.protocols, ["llmpipe"]);
@@ -267,6 +269,8 @@ test("speakChat: abort sends interrupt, stops the audio, resolves with heard", a
   ctl.abort();
   assert.deepEqual(ws.sent.at(-1), { type: "interrupt" });
   assert.ok(ctx.sources.every((s) => s.stopped), "a source played on after Stop");
+  assert.equal(ctx.sources.length, 2);
+  assert.ok(ctx.sources.every((s) => s.connectedTo === tap && s.connected === null));
   ws.serve(new Uint8Array(882).buffer); // in flight when the interrupt was sent: dropped
   ws.serve({ type: "interrupted", turn: 1, delivered_chars: 9, heard: "One two ", heard_exact: true });
   const end = await turn;

@@ -110,6 +110,15 @@ function appendText(t) {
 
 let current = null; // the running chat (or speech turn: {stop()}), for Stop
 let audioContext = null; // made on the first Send with Speak on: a user gesture may start audio
+let tap = null; // an AnalyserNode between the voice and the loudspeaker: the output, as data
+
+/** The peak level (0..1) of the last ~90 ms the page played (0 when silent or no audio yet). */
+window.llmpipeAudioPeak = () => {
+  if (!tap) return 0;
+  const data = new Float32Array(tap.fftSize);
+  tap.getFloatTimeDomainData(data);
+  return data.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+};
 
 function startRun() {
   hooks.text = hooks.rendered = pending = "";
@@ -194,6 +203,7 @@ async function runSpeech(text) {
     const end = await speakChat(webSocketUrl("/v1/ws"), { prompt: text, speech: {} }, {
       signal: ctl.signal,
       audioContext,
+      destination: tap,
       onText: (t, ev) => {
         hooks.events++;
         hooks.seqs.push(ev.seq);
@@ -240,7 +250,12 @@ form.addEventListener("submit", (e) => {
   if (current || !prompt.value.trim()) return;
   if (!speak.checked) return run(prompt.value);
   // In the click's user gesture, so that autoplay policy lets it play.
-  audioContext ??= new AudioContext({ sampleRate: 22050, latencyHint: "interactive" });
+  if (!audioContext) {
+    audioContext = new AudioContext({ sampleRate: 22050, latencyHint: "interactive" });
+    tap = audioContext.createAnalyser();
+    tap.fftSize = 2048;
+    tap.connect(audioContext.destination);
+  }
   audioContext.resume();
   runSpeech(prompt.value);
 });

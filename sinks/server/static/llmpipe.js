@@ -437,7 +437,8 @@ export class SpeechProtocolError extends Error {
  *
  * Options: signal, token (bearer token, sent as the `bearer.<token>` subprotocol since browsers
  * cannot set headers), audioContext (else one is made at the audio's sample rate; make it in a
- * user gesture, or autoplay policy keeps it suspended), lead (seconds, 0.1), WebSocketImpl,
+ * user gesture, or autoplay policy keeps it suspended), destination (an AudioNode of that context
+ * to play into; default its destination), lead (seconds, 0.1), WebSocketImpl,
  * and callbacks onText(text, ev), onWord(ev), onFormat(ev, player), onAudio(samples, placed)
  * (`placed` null when dropped), onDone(ev) (as the terminal event arrives).
  */
@@ -486,7 +487,7 @@ export function speakChat(url, body, opts = {}) {
         case "audio_format": {
           format = ev;
           const ctx = opts.audioContext ?? new AudioContext({ sampleRate: ev.sample_rate });
-          player = new PcmPlayer(ctx, { lead });
+          player = new PcmPlayer(ctx, { lead, destination: opts.destination ?? ctx.destination });
           if (aborted) player.stopAll();
           opts.onFormat?.(ev, player);
           break;
