@@ -10,6 +10,12 @@ frame, and the page must resume with ``Last-Event-ID`` = the last whole frame's 
 proxy in ``e2e.mjs`` (the page is loaded through it) resets every connection mid-stream, a
 network error. The text must come out whole, each event once, from one generation.
 
+The "Speak" switch (``tests/browser/e2e_speech.mjs``): speech turns over ``WS /v1/ws`` with real
+espeak-ng, the audio played by the page with Web Audio and checked as data (the page's
+``window.llmpipeAudio`` counters against the WebSocket frames Chromium received, and the output
+level read from an AnalyserNode before the loudspeaker), and Stop as barge-in: the interrupt,
+silence at once, no audio scheduled after it, the heard text shown.
+
 Missing Chromium, Node or ``tests/browser/node_modules`` fail (CI installs them), never skip.
 """
 
@@ -21,6 +27,7 @@ import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -279,3 +286,139 @@ async def _serves_page(port: int) -> bool:
     async with httpx.AsyncClient() as client:
         res = await client.get(f"http://127.0.0.1:{port}/")
     return res.status_code == 200 and 'id="prompt"' in res.text
+
+
+# ---- the "Speak" switch: speech turns over WS /v1/ws, played with Web Audio ------------------
+
+SPEAK_TEXT = "Hello from the browser. This answer is spoken, word by word."
+BARGEIN_TEXT = (
+    "One two three four five six seven eight nine ten. Eleven twelve thirteen fourteen fifteen. "
+    "Sixteen seventeen eighteen nineteen twenty."
+)
+RATE = 22050
+
+
+@attrs.define
+class _SpeechProducers:
+    """The speech test's producer factory: one ScriptedProducer per request, by prompt."""
+
+    made: dict[str, list[ScriptedProducer]] = attrs.Factory(dict)
+
+    @asynccontextmanager
+    async def __call__(self, request: StreamRequest) -> AsyncIterator[ScriptedProducer]:
+        prompt = request.messages[-1]["content"]
+        text = BARGEIN_TEXT if prompt == "bargein" else SPEAK_TEXT
+        producer = ScriptedProducer.from_text(text, delay=0.01)
+        self.made.setdefault(prompt, []).append(producer)
+        yield producer
+
+
+def _check_audio(run: dict[str, Any]) -> list[int]:
+    """The audio as the page counted it matches the WebSocket's frames as Chromium received them,
+    and all of it was scheduled at 22050 Hz (up to Stop). Returns the binary frames' sizes."""
+    audio = run["audio"]
+    received = run["ws"]["received"]
+    sizes = [f for f in received if isinstance(f, int)]
+    assert audio["format"] == {
+        "type": "audio_format",
+        "turn": 1,
+        "encoding": "pcm_s16le",
+        "sample_rate": RATE,
+        "channels": 1,
+    }
+    assert sizes, "no audio frame"
+    assert received.index("audio_format") < received.index(sizes[0])
+    assert all(size % 2 == 0 for size in sizes)
+    assert audio["framesReceived"] == len(sizes)
+    assert audio["samplesReceived"] == sum(sizes) // 2 > 0
+    assert audio["samplesScheduled"] + audio["samplesDropped"] == audio["samplesReceived"]
+    assert audio["contextRate"] == RATE
+    assert audio["bufferRates"] == [RATE]
+    assert audio["contextState"] == "running", "the AudioContext never played"
+    return sizes
+
+
+async def test_page_speaks_and_stop_is_barge_in_in_chromium(nursery: trio.Nursery) -> None:
+    node = _require_tools()
+    producers = _SpeechProducers()
+    app = create_app(producers)
+    port: int = await nursery.start(serve, app, "127.0.0.1", 0)
+    assert await _serves_page(port), "GET / does not serve the page"
+
+    with trio.fail_after(90):
+        out = await _run_node(node, "e2e_speech.mjs", f"http://127.0.0.1:{port}/")
+    results = json.loads(out.strip().splitlines()[-1])
+    for name, res in results.items():
+        assert "failed" not in res, f"scenario {name} failed in the browser:\n{res['failed']}"
+        assert res["problems"] == [], f"{name}: page errors {res['problems']}"
+
+    # (1) Speak on: the prompt goes over the WebSocket as a speech turn, the text renders, and
+    # every sample received is scheduled for playback; the turn ends once it has played.
+    spoken = results["speak"]
+    assert spoken["ws"]["urls"] == [f"ws://127.0.0.1:{port}/v1/ws"]
+    [request] = spoken["ws"]["sent"]
+    assert request == {"type": "request", "prompt": "speak", "speech": {}}
+    assert spoken["state"] == "done", spoken
+    assert spoken["text"] == SPEAK_TEXT
+    assert spoken["rendered"] == SPEAK_TEXT
+    assert spoken["heardLine"] is None
+    sizes = _check_audio(spoken)
+    audio = spoken["audio"]
+    assert audio["samplesScheduled"] == audio["samplesReceived"]
+    assert audio["samplesDropped"] == 0
+    assert audio["sourcesStarted"] == len(sizes)
+    assert audio["sourcesStopped"] == 0
+    assert not audio["stopped"]
+    assert [w["text"] for w in audio["words"]] == SPEAK_TEXT.split()
+    seconds = audio["samplesReceived"] / RATE
+    # The voice came out of the page's audio graph (an AnalyserNode before the loudspeaker).
+    assert max(spoken["playing"]) > 0.05, spoken["playing"]
+    assert 1.5 < seconds < 10, seconds
+    # The text runs ahead of the voice: it is on the page when the first audio is scheduled.
+    first = spoken["firstAudio"]
+    assert first["rendered"]
+    assert SPEAK_TEXT.startswith(first["rendered"])
+    assert first["audio"]["samplesScheduled"] < audio["samplesReceived"]
+    # Played at playback speed, and the page waits for the end of its playback.
+    assert spoken["ms"] >= seconds * 1000, (spoken["ms"], seconds)
+    assert spoken["ws"]["received"][-1] == "done"
+
+    # (2) Stop after ~0.5 s of audio: barge-in. The page sends an interrupt, its scheduled audio
+    # stops, nothing is scheduled after, and it shows the heard text the server answered.
+    barged = results["bargein"]
+    assert barged["state"] == "stopped", barged
+    audio = barged["audio"]
+    assert audio["stopped"]
+    at_stop = audio["scheduledAtStop"]
+    assert at_stop >= 0.5 * RATE
+    assert audio["samplesScheduled"] == at_stop, "audio was scheduled after Stop"
+    assert barged["atEnd"]["audio"]["samplesScheduled"] == at_stop
+    assert audio["sourcesStopped"] >= 1, "no source was still scheduled at Stop"
+    # The output, as data: the voice played until Stop, then silence at once.
+    assert max(barged["before"]) > 0.05, barged["before"]
+    assert barged["after"]
+    assert max(barged["after"]) == 0, f"audio played on after Stop: {barged['after']}"
+    assert audio["samplesReceived"] / RATE < 3, "Stop came late: the test proves nothing"
+    _check_audio(barged)
+    sent = barged["ws"]["sent"]
+    assert sent == [{"type": "request", "prompt": "bargein", "speech": {}}, {"type": "interrupt"}]
+    received = barged["ws"]["received"]
+    assert received[-1] == "interrupted"
+    assert "done" not in received
+    end = audio["interrupted"]
+    assert end["type"] == "interrupted"
+    assert end["heard_exact"] is True
+    heard = end["heard"]
+    assert heard.strip(), "nothing heard after 0.5 s of audio"
+    assert BARGEIN_TEXT.startswith(heard)
+    rest = BARGEIN_TEXT[len(heard.rstrip()) :]
+    assert rest, "all was heard: Stop came too late"
+    assert rest[0].isspace(), f"not a whole-word prefix: {heard!r}"
+    assert barged["heardLine"] == f"heard: {heard}"
+    # What was heard had been received (and scheduled) here before Stop.
+    words = audio["words"]
+    assert [w["text"] for w in words] == BARGEIN_TEXT.split()[: len(words)]
+    heard_words = heard.split()
+    assert all(w["sample"] < audio["samplesReceived"] for w in words[: len(heard_words)])
+    (producer,) = producers.made["bargein"]
+    assert producer.closed

@@ -11,22 +11,14 @@
 //         the page resumes both times
 //   stop  Stop is clicked mid-answer: the fetch is aborted and the stream DELETEd
 import net from "node:net";
-import { chromium } from "playwright-core";
+
+import { launch } from "./chromium.mjs";
 
 const base = process.argv[2];
 if (!base) throw new Error("usage: node e2e.mjs <base-url>");
-const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const TIMEOUT = 20_000;
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 
 const hooks = (page) => page.evaluate(() => ({ ...window.__llmpipe }));
 

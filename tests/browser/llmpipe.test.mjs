@@ -1,10 +1,15 @@
 // Unit tests of sinks/server/static/llmpipe.js under Node (node --test): the SSE parser against
 // the WHATWG rules, and followEvents' resume/dedup/abort against a throwaway local HTTP server.
+// Speech: PCM decoding, the scheduling cursor and PcmPlayer (fake AudioContext), speakChat (fake
+// WebSocket).
 import assert from "node:assert/strict";
 import http from "node:http";
 import { test } from "node:test";
 
-import { SSEParser, followEvents, streamChat } from "../../sinks/server/static/llmpipe.js";
+import {
+  PcmPlayer, PlaybackCursor, SSEParser, SpeechProtocolError, followEvents, pcm16ToFloat32, speakChat,
+  streamChat,
+} from "../../sinks/server/static/llmpipe.js";
 
 const parse = (...chunks) => {
   const p = new SSEParser();
@@ -116,4 +121,169 @@ test("streamChat: stop() aborts the read and DELETEs the stream", async () => {
   } finally {
     s.close();
   }
+});
+
+// ---- speech: PCM decoding, the scheduling cursor, the player, speakChat ---------------------
+
+test("pcm16ToFloat32: little-endian signed 16-bit to [-1, 1)", () => {
+  const bytes = new Uint8Array([0x00, 0x00, 0xff, 0x7f, 0x00, 0x80, 0x01, 0x00, 0xff, 0xff, 0x00, 0x40, 0x07]);
+  const out = pcm16ToFloat32(bytes.buffer);
+  assert.ok(out instanceof Float32Array);
+  // The odd trailing byte is half a sample: ignored.
+  assert.deepEqual([...out], [0, 32767 / 32768, -1, 1 / 32768, -1 / 32768, 0.5]);
+  // A view on a larger buffer reads only its own bytes (a Node Buffer is such a view).
+  const view = new Uint8Array([9, 9, 0x00, 0xc0, 9]).subarray(2, 4);
+  assert.deepEqual([...pcm16ToFloat32(view)], [-0.5]);
+  assert.equal(pcm16ToFloat32(new ArrayBuffer(0)).length, 0);
+});
+
+const near = (got, want) => assert.ok(Math.abs(got - want) < 1e-9, `${got} != ${want}`);
+
+test("PlaybackCursor: back to back, lead at the start and after an underrun", () => {
+  const c = new PlaybackCursor(0.1);
+  near(c.place(5, 0.02), 5.1); // the first chunk starts lead seconds ahead
+  near(c.place(5.01, 0.02), 5.12); // then back to back, whatever the clock says
+  near(c.place(5.05, 0.5), 5.14);
+  near(c.ahead(5.05), 0.59);
+  assert.equal(c.underruns, 0);
+  // Audio came late: the cursor is behind the clock; restart lead seconds ahead of it.
+  near(c.place(10, 0.02), 10.1);
+  assert.equal(c.underruns, 1);
+  assert.equal(c.ahead(11), 0);
+});
+
+/** A fake AudioContext: records the buffers made and the sources started and stopped. */
+function fakeContext() {
+  const ctx = {
+    currentTime: 2, destination: { name: "out" }, sources: [], buffers: [],
+    createBuffer(channels, length, sampleRate) {
+      const b = { channels, length, sampleRate, data: null, copyToChannel(d, ch) { assert.equal(ch, 0); this.data = d; } };
+      ctx.buffers.push(b);
+      return b;
+    },
+    createBufferSource() {
+      const s = {
+        buffer: null, startedAt: null, stopped: false, connected: null, onended: null,
+        connect(d) { s.connected = s.connectedTo = d; }, disconnect() { s.connected = null; },
+        start(t) { s.startedAt = t; }, stop() { s.stopped = true; },
+      };
+      ctx.sources.push(s);
+      return s;
+    },
+  };
+  return ctx;
+}
+
+test("PcmPlayer: buffers at the audio's rate, back to back; stopAll is barge-in", async () => {
+  const ctx = fakeContext();
+  const p = new PcmPlayer(ctx, { lead: 0.05 });
+  const chunk = new Float32Array(441).fill(0.25); // 20 ms at 22050 Hz
+  const first = p.play(chunk, 22050);
+  near(first.start, 2.05);
+  near(first.duration, 0.02);
+  assert.equal(first.sampleRate, 22050);
+  ctx.currentTime = 2.03;
+  near(p.play(chunk, 22050).start, 2.07);
+  assert.equal(p.play(new Float32Array(0), 22050), null);
+  assert.deepEqual(ctx.buffers.map((b) => [b.channels, b.length, b.sampleRate]), [[1, 441, 22050], [1, 441, 22050]]);
+  assert.equal(ctx.buffers[0].data, chunk);
+  assert.ok(ctx.sources.every((s) => s.connected === ctx.destination));
+  assert.equal(p.samplesScheduled, 882);
+  assert.equal(p.sourcesStarted, 2);
+  // The first source ends by itself; the second is still scheduled when Stop comes.
+  ctx.sources[0].onended();
+  let idle = false;
+  p.whenIdle().then(() => { idle = true; });
+  await null;
+  assert.equal(idle, false);
+  assert.equal(p.stopAll(), 1);
+  assert.deepEqual(ctx.sources.map((s) => s.stopped), [false, true]);
+  await null;
+  assert.equal(idle, true);
+  // After the barge-in nothing more is scheduled: late audio is counted as dropped.
+  assert.equal(p.play(chunk, 22050), null);
+  assert.equal(ctx.sources.length, 2);
+  assert.deepEqual([p.samplesScheduled, p.samplesDropped, p.sourcesStopped], [882, 441, 1]);
+});
+
+/** A fake WebSocket: the test plays the server, through `serve` and `sent`. */
+class FakeSocket {
+  static last = null;
+  constructor(url, protocols) {
+    Object.assign(this, { url, protocols, sent: [], readyState: 0, closed: null });
+    FakeSocket.last = this;
+    setTimeout(() => { this.readyState = 1; this.onopen?.(); });
+  }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close(code) { this.readyState = 2; this.closed = code; }
+  serve(msg) { this.onmessage?.({ data: typeof msg === "string" || msg instanceof ArrayBuffer ? msg : JSON.stringify(msg) }); }
+}
+const opened = async () => { while (FakeSocket.last?.readyState !== 1) await new Promise((r) => setTimeout(r)); return FakeSocket.last; };
+const FORMAT = { type: "audio_format", turn: 1, encoding: "pcm_s16le", sample_rate: 22050, channels: 1 };
+
+test("speakChat: request with speech, text/words/audio delivered, done after playback", async () => {
+  FakeSocket.last = null;
+  const ctx = fakeContext();
+  const got = { text: "", words: [], audio: [], formats: [] };
+  const turn = speakChat("ws://x/v1/ws", { prompt: "Hi", speech: { voice: "en" } }, {
+    WebSocketImpl: FakeSocket, audioContext: ctx, token: "s3cret",
+    onText: (t) => { got.text += t; }, onWord: (w) => got.words.push(w.text),
+    onFormat: (f, player) => got.formats.push([f.sample_rate, player.context === ctx]),
+    onAudio: (s, placed) => got.audio.push([s.length, placed && placed.duration]),
+  });
+  const ws = await opened();
+  assert.deepEqual(ws.protocols, ["llmpipe", "bearer.s3cret"]);
+  assert.deepEqual(ws.sent, [{ type: "request", prompt: "Hi", speech: { voice: "en" } }]);
+  ws.serve({ type: "text", turn: 1, seq: 1, text: "Hello there." });
+  ws.serve(FORMAT);
+  ws.serve(new Uint8Array(882).buffer);
+  ws.serve({ type: "word", turn: 1, text: "Hello", sample: 0 });
+  ws.serve(new Uint8Array(882).buffer);
+  ws.serve({ type: "done", turn: 1, seq: 2 });
+  assert.equal(ws.closed, 1000);
+  let end = null;
+  turn.then((ev) => { end = ev; });
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(end, null, "resolved before its audio played");
+  for (const s of ctx.sources) s.onended();
+  assert.equal((await turn).type, "done");
+  assert.deepEqual(got, { text: "Hello there.", words: ["Hello"], audio: [[441, 0.02], [441, 0.02]], formats: [[22050, true]] });
+});
+
+test("speakChat: abort sends interrupt, stops the audio, resolves with heard", async () => {
+  FakeSocket.last = null;
+  const ctx = fakeContext();
+  const ctl = new AbortController();
+  const placed = [];
+  const tap = { name: "analyser" };
+  const turn = speakChat("ws://x/v1/ws", { prompt: "Count" }, {
+    WebSocketImpl: FakeSocket, audioContext: ctx, signal: ctl.signal, destination: tap,
+    onAudio: (s, p) => placed.push(p !== null),
+  });
+  const ws = await opened();
+  assert.deepEqual(ws.protocols, ["llmpipe"]);
+  assert.deepEqual(ws.sent[0].speech, {}); // the server's default voice and rate
+  ws.serve(FORMAT);
+  ws.serve(new Uint8Array(882).buffer);
+  ws.serve(new Uint8Array(882).buffer);
+  ctl.abort();
+  assert.deepEqual(ws.sent.at(-1), { type: "interrupt" });
+  assert.ok(ctx.sources.every((s) => s.stopped), "a source played on after Stop");
+  assert.equal(ctx.sources.length, 2);
+  assert.ok(ctx.sources.every((s) => s.connectedTo === tap && s.connected === null));
+  ws.serve(new Uint8Array(882).buffer); // in flight when the interrupt was sent: dropped
+  ws.serve({ type: "interrupted", turn: 1, delivered_chars: 9, heard: "One two ", heard_exact: true });
+  const end = await turn;
+  assert.equal(end.heard, "One two ");
+  assert.deepEqual(placed, [true, true, false]);
+  assert.equal(ctx.sources.length, 2);
+  assert.equal(ws.closed, 1000);
+});
+
+test("speakChat: a protocol error rejects", async () => {
+  FakeSocket.last = null;
+  const turn = speakChat("ws://x/v1/ws", { prompt: "x", speech: { rate: 1000 } }, { WebSocketImpl: FakeSocket });
+  const ws = await opened();
+  ws.serve({ type: "error", error: { type: "invalid_request", field: "speech.rate", message: "too fast" } });
+  await assert.rejects(turn, (err) => err instanceof SpeechProtocolError && err.field === "speech.rate");
 });

@@ -13,6 +13,10 @@
 //                    "done"/"error"
 //   streamChat       POST /v1/streams, then followEvents; stop() cancels the generation upstream
 //   streamEvents     one-shot POST /v1/stream (not resumable), for servers without the store
+//   pcm16ToFloat32   s16le PCM bytes -> Float32Array samples in [-1, 1)
+//   PlaybackCursor   where the next audio chunk starts on an AudioContext's clock (back to back)
+//   PcmPlayer        schedules PCM chunks on an AudioContext; stopAll() silences them at once
+//   speakChat        a speech turn over WS /v1/ws: text, words and audio; abort = barge-in
 
 /** The event types that end a stream. */
 export const TERMINAL = new Set(["done", "error"]);
@@ -279,4 +283,232 @@ export async function* streamEvents(url, { body, signal, headers = {}, fetchImpl
     if (TERMINAL.has(ev.type)) return;
   }
   throw new Error("the stream ended before a done or error event");
+}
+
+
+// ---- speech over the WebSocket --------------------------------------------------------------
+
+/**
+ * Decode 16-bit little-endian mono PCM (an ArrayBuffer, or a view on one) into Float32 samples
+ * in [-1, 1): each sample divided by 32768. A trailing odd byte (half a sample) is ignored.
+ */
+export function pcm16ToFloat32(data) {
+  const bytes = ArrayBuffer.isView(data)
+    ? new DataView(data.buffer, data.byteOffset, data.byteLength)
+    : new DataView(data);
+  const out = new Float32Array(bytes.byteLength >> 1);
+  for (let i = 0; i < out.length; i++) out[i] = bytes.getInt16(2 * i, true) / 32768;
+  return out;
+}
+
+/**
+ * The scheduling cursor of a player: chunks are placed back to back (`nextTime` is where the
+ * previous one ends). The first chunk, and the first after an underrun (the cursor fell behind
+ * the clock because audio arrived late), starts `lead` seconds after the current time, so that
+ * it is never scheduled in the past (which would clip its start).
+ */
+export class PlaybackCursor {
+  constructor(lead = 0.1) {
+    this.lead = lead;
+    this.nextTime = 0;
+    this.underruns = 0;
+    this._started = false;
+  }
+
+  /** Place a chunk of `duration` seconds when the clock reads `now`; return its start time. */
+  place(now, duration) {
+    let start = this.nextTime;
+    if (!this._started || start < now) {
+      if (this._started) this.underruns++;
+      this._started = true;
+      start = now + this.lead;
+    }
+    this.nextTime = start + duration;
+    return start;
+  }
+
+  /** Seconds of audio scheduled ahead of `now` (0 when nothing is queued). */
+  ahead(now) {
+    return Math.max(0, this.nextTime - now);
+  }
+}
+
+/**
+ * Plays PCM chunks on an AudioContext, one AudioBufferSourceNode per chunk, scheduled back to
+ * back with a PlaybackCursor. The buffers are made at the audio's own sample rate (the context
+ * resamples if its rate differs). `stopAll()` stops every scheduled source at once (barge-in)
+ * and makes later `play()` calls no-ops. Counters, for tests and meters: `samplesScheduled`,
+ * `sourcesStarted`, `sourcesStopped`, `samplesDropped` (played after stopAll: ignored).
+ */
+export class PcmPlayer {
+  constructor(context, { lead = 0.1, destination = context.destination } = {}) {
+    this.context = context;
+    this.destination = destination;
+    this.cursor = new PlaybackCursor(lead);
+    this.samplesScheduled = 0;
+    this.sourcesStarted = 0;
+    this.sourcesStopped = 0;
+    this.samplesDropped = 0;
+    this.stopped = false;
+    this._live = new Set();
+    this._idle = []; // resolvers of whenIdle()
+  }
+
+  /**
+   * Schedule `samples` (Float32Array) at `sampleRate`; returns {start, duration, sampleRate} (the
+   * buffer's own rate, as the context made it), or null when nothing was scheduled.
+   */
+  play(samples, sampleRate) {
+    if (this.stopped) {
+      this.samplesDropped += samples.length;
+      return null;
+    }
+    if (!samples.length) return null;
+    const buffer = this.context.createBuffer(1, samples.length, sampleRate);
+    buffer.copyToChannel(samples, 0);
+    const source = this.context.createBufferSource();
+    source.buffer = buffer;
+    source.connect(this.destination);
+    const duration = samples.length / sampleRate;
+    const start = this.cursor.place(this.context.currentTime, duration);
+    this._live.add(source);
+    source.onended = () => {
+      this._live.delete(source);
+      if (!this._live.size) this._wake();
+    };
+    source.start(start);
+    this.sourcesStarted++;
+    this.samplesScheduled += samples.length;
+    return { start, duration, sampleRate: buffer.sampleRate };
+  }
+
+  /** Barge-in: stop every scheduled or playing source now; returns how many were stopped. */
+  stopAll() {
+    this.stopped = true;
+    const n = this._live.size;
+    for (const source of this._live) {
+      source.onended = null;
+      try { source.stop(); } catch { /* already ended */ }
+      source.disconnect();
+    }
+    this._live.clear();
+    this.sourcesStopped += n;
+    this._wake();
+    return n;
+  }
+
+  /** Resolves when nothing is scheduled any more (all played, or stopAll()). */
+  whenIdle() {
+    if (!this._live.size) return Promise.resolve();
+    return new Promise((resolve) => this._idle.push(resolve));
+  }
+
+  _wake() {
+    for (const resolve of this._idle.splice(0)) resolve();
+  }
+}
+
+/** The WebSocket URL of a path on the page's server: `/v1/ws` -> `ws://host/v1/ws`. */
+export function webSocketUrl(path = "/v1/ws", base = globalThis.location?.href) {
+  const url = new URL(path, base);
+  if (url.protocol === "http:") url.protocol = "ws:";
+  else if (url.protocol === "https:") url.protocol = "wss:";
+  return url.href;
+}
+
+/** A message of the server that is no turn's event (an invalid request, a busy connection). */
+export class SpeechProtocolError extends Error {
+  constructor(error) {
+    super(error?.message || "protocol error");
+    this.field = error?.field;
+  }
+}
+
+/**
+ * One speech turn over `WS /v1/ws`: sends `body` (`{prompt}` or `{messages}`, plus `speech`,
+ * default `{}`: the server's voice and rate) as a request, delivers the text as it arrives and
+ * plays the audio (s16le mono PCM frames at playback speed) through a PcmPlayer.
+ *
+ * Resolves with the turn's end: the `done` or `error` event once its audio has finished
+ * playing here, or, after `signal` aborts, the server's `interrupted` answer (`heard` is the
+ * text the listener heard). Aborting is barge-in: `{"type": "interrupt"}` is sent and every
+ * scheduled source stops at once; audio still in flight is dropped. Rejects on a protocol
+ * error (SpeechProtocolError) or a connection lost before the end.
+ *
+ * Options: signal, token (bearer token, sent as the `bearer.<token>` subprotocol since browsers
+ * cannot set headers), audioContext (else one is made at the audio's sample rate; make it in a
+ * user gesture, or autoplay policy keeps it suspended), destination (an AudioNode of that context
+ * to play into; default its destination), lead (seconds, 0.1), WebSocketImpl,
+ * and callbacks onText(text, ev), onWord(ev), onFormat(ev, player), onAudio(samples, placed)
+ * (`placed` null when dropped), onDone(ev) (as the terminal event arrives).
+ */
+export function speakChat(url, body, opts = {}) {
+  const { signal, token, lead = 0.1, WebSocketImpl = globalThis.WebSocket } = opts;
+  const protocols = token ? ["llmpipe", `bearer.${token}`] : ["llmpipe"];
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const ws = new WebSocketImpl(url, protocols);
+    ws.binaryType = "arraybuffer";
+    let player = null, format = null;
+    let aborted = false, ending = false, ended = false; // ending: the turn ended, audio plays on
+    const finish = (fn, value) => {
+      if (ended) return;
+      ended = true;
+      signal?.removeEventListener("abort", onAbort);
+      if (fn === reject) player?.stopAll();
+      ws.onclose = ws.onerror = ws.onmessage = null;
+      try { ws.close(1000); } catch { /* closing already */ }
+      fn(value);
+    };
+    const onAbort = () => {
+      aborted = true;
+      player?.stopAll(); // barge-in: silence first, then tell the server
+      if (ending) return; // the turn is over: whenIdle() resolves, finish with its end
+      if (ws.readyState === 1) ws.send(JSON.stringify({ type: "interrupt" }));
+      else finish(reject, signal.reason); // not connected yet: no turn to interrupt
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    ws.onopen = () => {
+      ws.send(JSON.stringify({ type: "request", ...body, speech: body.speech ?? {} }));
+    };
+    ws.onerror = () => finish(reject, new Error(`WebSocket error on ${url}`));
+    ws.onclose = (e) => finish(reject, new Error(`the connection closed before the turn ended (code ${e.code})`));
+    ws.onmessage = async (e) => {
+      if (typeof e.data !== "string") {
+        if (!player) return; // audio before its format: not in the protocol
+        const samples = pcm16ToFloat32(e.data);
+        opts.onAudio?.(samples, player.play(samples, format.sample_rate)); // dropped after abort
+        return;
+      }
+      const ev = JSON.parse(e.data);
+      switch (ev.type) {
+        case "text": opts.onText?.(ev.text, ev); break;
+        case "word": opts.onWord?.(ev); break;
+        case "audio_format": {
+          format = ev;
+          const ctx = opts.audioContext ?? new AudioContext({ sampleRate: ev.sample_rate });
+          player = new PcmPlayer(ctx, { lead, destination: opts.destination ?? ctx.destination });
+          if (aborted) player.stopAll();
+          opts.onFormat?.(ev, player);
+          break;
+        }
+        case "interrupted": finish(resolve, ev); break;
+        case "done":
+        case "error":
+          if (ev.type === "error" && !("turn" in ev)) {
+            finish(reject, new SpeechProtocolError(ev.error));
+            break;
+          }
+          // The turn's end (also when an interrupt crossed it: the server ignores that one).
+          opts.onDone?.(ev);
+          ending = true;
+          ws.onclose = ws.onerror = ws.onmessage = null;
+          ws.close(1000);
+          if (player) await player.whenIdle();
+          finish(resolve, ev);
+          break;
+        default: break; // metadata, usage, heartbeat, pong
+      }
+    };
+  });
 }
