@@ -42,7 +42,7 @@ from sinks.server import StreamRequest, create_app, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = ROOT / "tests" / "browser"
-STATIC_DIR = ROOT / "sinks" / "http" / "static"
+STATIC_DIR = ROOT / "sinks" / "server" / "static"
 CHROMIUM = "/usr/bin/chromium"
 
 TEXT = (
