@@ -32,6 +32,8 @@ table); :func:`error_event` is the one place where an exception becomes an ``Err
 
 from __future__ import annotations
 
+from typing import overload
+
 from ._events import Error
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "ProducerTimeout",
     "StageError",
     "error_event",
+    "lone_exception",
 ]
 
 
@@ -155,3 +158,17 @@ def error_event(exc: BaseException) -> Error:
     if isinstance(exc, LLMPipeError):
         return Error(kind=exc.kind, message=str(exc), retryable=exc.retryable)
     return Error(kind="internal", message=f"{type(exc).__name__}: {exc}", retryable=False)
+
+
+@overload
+def lone_exception(exc: Exception) -> Exception: ...
+@overload
+def lone_exception(exc: BaseException) -> BaseException: ...
+def lone_exception(exc: BaseException) -> BaseException:
+    """The exception inside (nested) exception groups of one, else ``exc`` itself.
+
+    What a task failing inside nested nurseries raises is such a group; callers that report a
+    failure (an HTTP status, a CLI message, a sink's own error) look at the one inside."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -25,6 +25,7 @@ from pipeline import (
     ProducerConnectionError,
     ProducerStatusError,
     ProducerTimeout,
+    lone_exception,
 )
 
 from . import _client, _emulate, _serve, _speak, _stream
@@ -129,7 +130,7 @@ def main(
     try:
         return int(trio.run(run, args, io))
     except BaseException as raised:
-        failure = _unwrap(raised)
+        failure = lone_exception(raised)
         if isinstance(failure, LLMPipeError):
             _say(io.err, "llmpipe", str(failure), _hint(failure, args.command))
             return ExitCode.ERROR
@@ -138,10 +139,3 @@ def main(
         if isinstance(failure, BrokenPipeError):  # the reader went away (| head): not our failure
             return ExitCode.OK
         raise
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-exception groups (what a nursery raises)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc

@@ -46,6 +46,7 @@ from pipeline import (
     Pipeline,
     TextDelta,
     is_terminal,
+    lone_exception,
 )
 from pipeline.stores import StoreError, StreamInfo, StreamNotFound, StreamStore, open_store
 
@@ -133,12 +134,6 @@ def client_key(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def _unwrap(exc: Exception) -> Exception:
-    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 # ---------------------------------------------------------------------------------------------
 # Live streams
 
@@ -214,7 +209,7 @@ async def _serve_live(
             ):
                 await pump(runtime, events, writer, record)
         except Exception as group:
-            exc = _unwrap(group)
+            exc = lone_exception(group)
             if isinstance(exc, ClientGone):
                 raise exc from None
             if not isinstance(exc, LLMPipeError):
@@ -293,7 +288,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
             try:
                 await follow_stream(runtime, store, stream_id, after, writer)
             except Exception as group:
-                exc = _unwrap(group)
+                exc = lone_exception(group)
                 if isinstance(exc, ClientGone):
                     raise exc from None
                 if isinstance(exc, StreamNotFound):

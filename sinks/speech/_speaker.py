@@ -60,7 +60,14 @@ from typing import Final, Literal, Protocol, runtime_checkable
 import attrs
 import trio
 
-from pipeline import ConfigError, ConsumerGone, EventReceiver, TextDelta, is_terminal
+from pipeline import (
+    ConfigError,
+    ConsumerGone,
+    EventReceiver,
+    TextDelta,
+    is_terminal,
+    lone_exception,
+)
 from pipeline.text import SentenceBuffer
 
 from ._audio import Player
@@ -267,9 +274,7 @@ class Speaker:
         except BaseExceptionGroup as group:
             # An engine or output failing in one of the tasks: raise it as itself, as
             # Pipeline.open does (nested groups of one come from the nested nurseries).
-            lone: BaseException = group
-            while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
-                lone = lone.exceptions[0]
+            lone = lone_exception(group)
             if lone is group:
                 raise
             raise lone from lone.__cause__
