@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 
-def run(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path = ROOT, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
@@ -22,6 +27,7 @@ def run(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.Complet
         text=True,
         timeout=timeout,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -81,7 +87,9 @@ def test_cli_streams_a_real_answer_from_the_embedded_local_model(tmp_path: Path)
     assert "[done:" in result.stderr
 
 
-def _emulator_process(*extra: str) -> tuple[subprocess.Popen[str], str]:
+@contextmanager
+def emulator_process(*extra: str) -> Iterator[str]:
+    """``llmpipe emulate`` in a subprocess for the block; yields its base URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sinks.cli", "emulate", "--port", "0", *extra],
         cwd=ROOT,
@@ -89,30 +97,27 @@ def _emulator_process(*extra: str) -> tuple[subprocess.Popen[str], str]:
         text=True,
     )
     assert proc.stderr is not None
-    first = proc.stderr.readline()
-    assert "listening on" in first, first
-    base = first.split("listening on", 1)[1].strip()
-    return proc, base
+    try:
+        first = proc.stderr.readline()
+        assert "listening on" in first, first
+        yield first.split("listening on", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()
 
 
 @pytest.mark.parametrize(
     ("provider", "suffix"), [("openai", "/v1"), ("openai-responses", "/v1"), ("anthropic", "")]
 )
 def test_cli_streams_from_a_remote_provider(provider: str, suffix: str) -> None:
-    proc, base = _emulator_process("--text", "Hello from the emulator.", "--tokens-per-second", "0")
-    try:
-        env_key = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
-        result = subprocess.run(
-            [sys.executable, "-m", "sinks.cli", "stream", "hi", "--provider", provider,
-             "--base-url", base + suffix, "--model", "test-model"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-            env={**__import__("os").environ, env_key: "sk-test-key-not-real"},
+    env_key = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
+    with emulator_process("--text", "Hello from the emulator.", "--tokens-per-second", "0") as base:
+        result = run(
+            "-m", "sinks.cli", "stream", "hi", "--provider", provider,
+            "--base-url", base + suffix, "--model", "test-model",
+            env={env_key: "sk-test-key-not-real"},
         )  # fmt: skip
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        assert proc.stderr is not None
-        proc.stderr.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Hello from the emulator."
 
@@ -152,21 +157,13 @@ def test_cli_speak_plays_writes_the_wav_and_prints_what_was_heard(tmp_path: Path
 
 def test_cli_speak_with_the_openai_speech_api(tmp_path: Path) -> None:
     # The speech API of the emulator (real loopback HTTP, the real openai SDK): a tone.
-    proc, base = _emulator_process()
     pcm = tmp_path / "a.raw"
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "sinks.cli", "speak", "--scripted", "Short and sweet.",
-             "--rate", "0", "--engine", "openai", "--tts-base-url", base + "/v1",
-             "--pcm", str(pcm)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-            env={**__import__("os").environ, "OPENAI_API_KEY": "sk-test-key-not-real"},
+    with emulator_process() as base:
+        result = run(
+            "-m", "sinks.cli", "speak", "--scripted", "Short and sweet.", "--rate", "0",
+            "--engine", "openai", "--tts-base-url", base + "/v1", "--pcm", str(pcm),
+            env={"OPENAI_API_KEY": "sk-test-key-not-real"},
         )  # fmt: skip
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        assert proc.stderr is not None
-        proc.stderr.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Short and sweet.\n"
     assert pcm.stat().st_size > 2 * 24000 * 0.3  # audio at 24 kHz, played through
