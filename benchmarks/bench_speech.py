@@ -47,8 +47,8 @@ Variants (what decides the text of each engine request and when it is sent):
 
 ``llmpipe speaker``
     ``sinks.speech.Speaker`` with its defaults (first-clause fast path at 20 characters, pacing
-    by audio queued ahead with ``ahead_seconds=(1.5, 4.0)``), fed by a real ``Pipeline``
-    (coalescing route).
+    by audio queued ahead with ``ahead_seconds=(1.5, 15.0)``), fed by a real ``Pipeline``
+    (coalescing route). A sweep runs it again with other ``high`` values.
 ``whole sentences``
     The baseline: ``pipeline.text.SentenceBuffer`` with no clause fast path; each sentence is
     sent to the engine as one request the moment it is complete (queued while the engine is
@@ -465,12 +465,18 @@ class TraceProducer:
         await emit(Done("stop"))
 
 
-def run_llmpipe(tokens: Sequence[Token], voice: Voice, prompt: int) -> Outcome:
+def run_llmpipe(
+    tokens: Sequence[Token], voice: Voice, prompt: int, high: float | None = None
+) -> Outcome:
+    """The speaker with its defaults; ``high`` replaces the default ``ahead_seconds`` high."""
+
     async def main() -> Outcome:
         t0 = trio.current_time()
         engine = TimedEngine(voice.engine())
         player = Player()
-        speaker = Speaker(engine, player=player)
+        low, default_high = attrs.fields(Speaker).ahead_seconds.default
+        ahead = (low, default_high if high is None else high)
+        speaker = Speaker(engine, player=player, ahead_seconds=ahead)
         stats = await Pipeline(
             TraceProducer(tokens), sinks=[Route(speaker, policy="coalesce")]
         ).run()
@@ -908,6 +914,29 @@ def render_per_prompt(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+SWEEP_HIGH: Final = (4.0, 8.0, 15.0, 25.0)
+"""The ``high`` of ``ahead_seconds`` tried by the pacing sweep (the default is among them)."""
+
+
+def sweep_high(trace: Trace, prompts: Sequence[int]) -> str:
+    """The llmpipe speaker over the prompts for each ``high`` of :data:`SWEEP_HIGH`: engine
+    requests against the text committed ahead of the listener."""
+    lines = [
+        "| high (s) | requests | requests/min | chars/request | underruns | first audio (s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    default = attrs.fields(Speaker).ahead_seconds.default[1]
+    for high in SWEEP_HIGH:
+        outs = [run_llmpipe(trace.tokens[p], trace.voice, p, high) for p in prompts]
+        (f,) = summarise(outs)
+        mark = " (default)" if high == default else ""
+        lines.append(
+            f"| {high:g}{mark} | {f.requests} | {f.requests_per_minute:.1f} "
+            f"| {f.chars / f.requests:.0f} | {f.underruns} | {f.first_audio:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
@@ -951,7 +980,9 @@ def machine() -> str:
     )
 
 
-def write_results(trace: Trace, s: Setup, outcomes: Sequence[Outcome], args: Any) -> None:
+def write_results(
+    trace: Trace, s: Setup, outcomes: Sequence[Outcome], args: Any, sweep: str
+) -> None:
     rows = summarise(outcomes)
     v = trace.voice
     e = trace.meta["espeak"]
@@ -1012,6 +1043,15 @@ Per prompt:
 
 {goal(rows)}
 
+## Pacing: engine requests against `high`
+
+`high` (of `Speaker(ahead_seconds=(low, high))`) bounds the text sent to the engine ahead of
+the listener (about `high` seconds of speech and one sentence): text that is paid for but not
+heard if the listener barges in. A smaller `high` means more, smaller requests. The llmpipe
+speaker over the same prompts, `low` at its default:
+
+{sweep}
+
 ## Interpretation
 
 {interpretation(trace, outcomes, rows)}
@@ -1034,6 +1074,7 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Fig
     clause = [p for p in prompts if first[LLMPIPE, p].first_text != first[WHOLE, p].first_text]
     words = sum(len(_text(trace.tokens[p]).split()) for p in prompts)
     low, high = attrs.fields(Speaker).ahead_seconds.default
+    max_batch = attrs.fields(Speaker).max_batch_chars.default
     per_char = lp.audio_seconds / lp.chars  # seconds of speech per character sent
     sentence = whole.chars / whole.requests
     text_seconds = sum(trace.tokens[p][-1][0] - trace.tokens[p][0][0] for p in prompts)
@@ -1052,8 +1093,10 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Fig
         f"to its last; the voice speaks {words / lp.audio_seconds:.1f} words/s.",
         f"* llmpipe sent {lp.requests} requests for {lp.audio_seconds:.0f} s of audio, against "
         f"{whole.requests} for one request per sentence. Its pacing waits until less than "
-        f"{low} s of audio is queued ahead, then sends as many sentences as fill the queue to "
-        f"about {high} s (at least one): about {(high - low) / per_char:.0f} characters of "
+        f"{low} s of audio is queued ahead, then sends whole sentences until they should fill "
+        f"the queue to {high:g} s (the one that crosses it too, {max_batch} characters at "
+        "most): "
+        f"about {(high - low) / per_char:.0f} characters of "
         f"text at this voice's {per_char * 1000:.0f} ms per character, while a sentence here "
         f"averaged {sentence:.0f} characters ({sentence * per_char:.1f} s of speech)"
         + (
@@ -1129,8 +1172,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"skipped: {name}: {why}")
     print()
     print(goal(rows))
+    sweep = sweep_high(trace, prompts)
+    print()
+    print(sweep)
     if args.write:
-        write_results(trace, s, outcomes, args)
+        write_results(trace, s, outcomes, args, sweep)
         print(f"\nwrote {RESULTS}")
     return 0
 

@@ -51,7 +51,7 @@ usually well ahead of the voice), and the answer is also spoken by
 :class:`sinks.speech.Speaker` with :class:`sinks.speech.EspeakEngine` (markdown cleaned for
 speech as ``llmpipe speak`` does), played by a :class:`sinks.speech.Player` on trio's clock
 whose output is this connection. So the audio goes out **at playback speed** (a client may play
-it as it arrives; the server holds at most the speaker's ``ahead_seconds`` of audio, 4 s):
+it as it arrives; the server holds at most the speaker's ``ahead_seconds`` of audio, 15 s):
 
 * ``{"type": "audio_format", "turn": N, "encoding": "pcm_s16le", "sample_rate": 22050,
   "channels": 1}`` once, just before the turn's first audio;

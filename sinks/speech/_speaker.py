@@ -22,12 +22,15 @@ Tasks (one nursery, inside :meth:`Speaker.consume`)::
 Pacing is by the audio queued ahead of playback (synthesised, not yet played), not by text. The
 first piece (a clause with the fast path) goes to the engine at once. After that the synthesis
 waits while more than ``low`` seconds are queued ahead (``ahead_seconds=(low, high)``); below
-that it sends, as one request, as many waiting sentences as should bring the queue to about
-``high`` seconds (seconds per character are estimated from the audio synthesised so far), at
-most ``max_batch_chars`` (at least one sentence). The engine's ``emit`` waits while more than
-``high`` seconds are queued, so the audio held is bounded too. An engine faster than real time
-is therefore never starved (a request goes out while ``low`` seconds are still to play) and
-never flooded (few, large requests).
+that it sends, as one request, the waiting sentences until they should bring the queue to
+``high`` seconds (seconds per character are estimated from the audio synthesised so far): at
+least one sentence, whole sentences (the last one may cross ``high``), at most
+``max_batch_chars``. The engine's ``emit`` waits while more than ``high`` seconds are queued, so
+the audio held is bounded too. An engine faster than real time is therefore never starved (a
+request goes out while ``low`` seconds are still to play) and never flooded (few, large
+requests). ``high`` is the trade-off between engine requests and text paid for but not heard
+at a barge-in: the text sent ahead of the listener is at most about ``high`` seconds of speech
+and one sentence (``benchmarks/SPEECH.md`` measures requests per minute against ``high``).
 
 What was heard: each utterance (one engine request) keeps its text as sent to the engine, the
 original text of each sentence in it, its first sample on the speaker's timeline (the samples it
@@ -89,6 +92,7 @@ _RECHECK: Final = 0.005  # shortest wait while audio drains (for players that co
 _WORD: Final = re.compile(r"\S+")
 _TOKEN: Final = re.compile(r"\w+")
 _ALIGN_WINDOW: Final = 200  # how far a spoken word is looked for in its original text
+_HEARD_PARTS: Final = 256  # heard sentences kept apart before they are joined into one string
 
 
 @runtime_checkable
@@ -211,7 +215,7 @@ class Speaker:
     transform: Callable[[str], str] | None = None
     first_clause_min_chars: int | None = 20
     first_piece_max_chars: int | None = 40
-    ahead_seconds: tuple[float, float] = (1.5, 4.0)
+    ahead_seconds: tuple[float, float] = (1.5, 15.0)
     max_batch_chars: int = 500
     max_pending_chars: int = 1000
     keep_generation_on_interrupt: bool = False
@@ -470,14 +474,18 @@ class Speaker:
             self._audio_lot.unpark_all()
 
     def _take_batch(self, high: float) -> list[tuple[str, str]]:
-        """The next request: the first piece alone, later as many sentences as should bring the
-        audio queued ahead to about ``high`` seconds (at least one, ``max_batch_chars`` at
-        most)."""
+        """The next request: the first piece alone, later the sentences that should bring the
+        audio queued ahead to ``high`` seconds (at least one, the last one may cross it, and
+        ``max_batch_chars`` at most)."""
         batch = [self._sentences.popleft()]
         size = len(batch[0][1])
         if self._requests:
-            budget = min(self.max_batch_chars, (high - self._ahead()) / self._seconds_per_char())
-            while self._sentences and size + len(self._sentences[0][1]) <= budget:
+            target = (high - self._ahead()) / self._seconds_per_char()
+            while (
+                self._sentences
+                and size < target
+                and size + len(self._sentences[0][1]) <= self.max_batch_chars
+            ):
                 batch.append(self._sentences.popleft())
                 size += len(batch[-1][1])
         self._pending -= sum(len(original) for original, _ in batch)
@@ -554,6 +562,10 @@ class Speaker:
                 return
             u = self._utterances.popleft()
             self._heard_parts.extend(original for original, _ in u.pieces)
+            if len(self._heard_parts) > _HEARD_PARTS:
+                # One string instead of many small ones (~50 bytes of overhead each): over an
+                # hour-long answer the heard text is what is held, not its pieces.
+                self._heard_parts[:] = ["".join(self._heard_parts)]
 
 
 def _original_prefix(pieces: list[tuple[str, str]], spoken_end: int) -> str:
