@@ -38,13 +38,14 @@ _VOICE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")
 class StreamRequest:
     """A validated request for one generation."""
 
-    messages: tuple[Mapping[str, str], ...]
+    messages: tuple[Mapping[str, Any], ...]
     provider: str | None = None
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     policy: Policy = Policy.COALESCE
     max_buffer_bytes: int | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()  # Chat Completions function tools
 
     @classmethod
     def from_json(cls, body: object, *, providers: Sequence[str]) -> StreamRequest:
@@ -71,7 +72,7 @@ class StreamRequest:
             raise RequestError("messages", "expected a non-empty list")
         if len(messages) > MAX_MESSAGES:
             raise RequestError("messages", f"at most {MAX_MESSAGES} messages")
-        clean: list[Mapping[str, str]] = []
+        clean: list[Mapping[str, Any]] = []
         for i, m in enumerate(messages):
             if not isinstance(m, dict):
                 raise RequestError(f"messages[{i}]", "expected an object")
