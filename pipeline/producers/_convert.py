@@ -34,6 +34,17 @@ def _arguments(raw: object) -> Any:
         return {}
 
 
+def _calls(message: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
+    """An assistant message's tool calls as ``(id, name, arguments text)``."""
+    if message.get("role") != "assistant":
+        return []
+    out = []
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function", {})
+        out.append((call.get("id"), fn.get("name"), fn.get("arguments") or ""))
+    return out
+
+
 def anthropic_messages(
     messages: Sequence[Mapping[str, Any]],
 ) -> tuple[str | None, list[dict[str, Any]]]:
@@ -57,21 +68,15 @@ def anthropic_messages(
             else:
                 out.append({"role": "user", "content": [block]})
             continue
-        calls = m.get("tool_calls") if role == "assistant" else None
+        calls = _calls(m)
         if calls:
             blocks: list[dict[str, Any]] = []
             if _text(m.get("content")):
                 blocks.append({"type": "text", "text": m["content"]})
-            for call in calls:
-                fn = call.get("function", {})
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.get("id"),
-                        "name": fn.get("name"),
-                        "input": _arguments(fn.get("arguments")),
-                    }
-                )
+            blocks.extend(
+                {"type": "tool_use", "id": i, "name": name, "input": _arguments(args)}
+                for i, name, args in calls
+            )
             out.append({"role": "assistant", "content": blocks})
         else:
             out.append({"role": role, "content": _text(m.get("content"))})
@@ -114,17 +119,10 @@ def responses_input(
             continue
         if _text(m.get("content")) or not m.get("tool_calls"):
             out.append({"role": role, "content": _text(m.get("content"))})
-        calls = (m.get("tool_calls") or ()) if role == "assistant" else ()
-        for call in calls:
-            fn = call.get("function", {})
-            out.append(
-                {
-                    "type": "function_call",
-                    "call_id": call.get("id"),
-                    "name": fn.get("name"),
-                    "arguments": fn.get("arguments") or "",
-                }
-            )
+        out.extend(
+            {"type": "function_call", "call_id": i, "name": name, "arguments": args}
+            for i, name, args in _calls(m)
+        )
     return _system(messages), out
 
 

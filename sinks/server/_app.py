@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 import trio
@@ -86,6 +86,7 @@ STATIC_DIR: Final = Path(__file__).parent / "static"
 __all__ = ["STATIC_DIR", "create_app"]
 
 log = logging.getLogger("llmpipe.http")
+_Parsed = TypeVar("_Parsed")
 
 BATCH_MAX_EVENTS: Final = 64
 """At most this many queued events are written with one ``send`` (fewer, larger writes when the
@@ -132,11 +133,19 @@ async def read_json_body(runtime: AppRuntime, request: Request) -> object:
         raise RequestError("body", f"malformed JSON ({exc})") from None
 
 
-async def read_stream_request(runtime: AppRuntime, request: Request) -> StreamRequest:
-    """Authenticate, read and validate a generation request (see :func:`read_json_body`)."""
+async def read_request(
+    runtime: AppRuntime, request: Request, parse: Callable[..., _Parsed]
+) -> _Parsed:
+    """Authenticate, read and validate a request (see :func:`read_json_body`) with the route's
+    validator, ``parse(body, providers=...)``."""
     runtime.check_auth(request.headers)
     data = await read_json_body(runtime, request)
-    return StreamRequest.from_json(data, providers=runtime.config.providers)
+    return parse(data, providers=runtime.config.providers)
+
+
+async def read_stream_request(runtime: AppRuntime, request: Request) -> StreamRequest:
+    """Authenticate, read and validate a generation request (llmpipe's own format)."""
+    return await read_request(runtime, request, StreamRequest.from_json)
 
 
 def client_key(scope: Scope) -> str:
@@ -286,9 +295,7 @@ async def _chat_completions_endpoint(
     """``POST /v1/chat/completions``: the OpenAI API's, streamed or not (``_openai_compat.py``)."""
     request = Request(scope, receive)
     try:
-        runtime.check_auth(request.headers)
-        data = await read_json_body(runtime, request)
-        chat = parse_chat_completion(data, providers=runtime.config.providers)
+        chat = await read_request(runtime, request, parse_chat_completion)
         with runtime.admit(client_key(scope)):
             if chat.stream:
                 writer = ChatCompletionWriter(send, chat)
@@ -306,9 +313,7 @@ async def _ui_chat_endpoint(
     (``_ui_chat.py``)."""
     request = Request(scope, receive)
     try:
-        runtime.check_auth(request.headers)
-        data = await read_json_body(runtime, request)
-        parsed = parse_ui_chat(data, providers=runtime.config.providers)
+        parsed = await read_request(runtime, request, parse_ui_chat)
         with runtime.admit(client_key(scope)):
             await _serve_live(runtime, parsed, UIMessageWriter(send), receive, UI_CHAT_ROUTE)
     except ClientDisconnect:

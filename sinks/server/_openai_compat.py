@@ -33,7 +33,7 @@ from starlette.types import Receive, Send
 from pipeline import Error, Event, LLMPipeError, Pipeline, TextDelta, is_terminal, lone_exception
 from pipeline.wire import ChatCompletionBuilder, ChatCompletionChunks
 
-from ._context import MAX_MESSAGES, StreamRequest
+from ._context import StreamRequest, message_objects
 from ._errors import (
     ClientGone,
     ErrorReply,
@@ -151,15 +151,9 @@ def _tool_calls(value: object, field: str) -> list[dict[str, Any]]:
 
 
 def _messages(value: object) -> tuple[dict[str, Any], ...]:
-    if not isinstance(value, list) or not value:
-        raise RequestError("messages", "expected a non-empty list")
-    if len(value) > MAX_MESSAGES:
-        raise RequestError("messages", f"at most {MAX_MESSAGES} messages")
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(value):
+    for i, m in enumerate(message_objects(value)):
         where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise RequestError(where, "expected an object")
         role = _ROLES.get(m.get("role"))  # type: ignore[arg-type]
         if role is None:
             raise RequestError(f"{where}.role", f"expected one of {sorted(_ROLES)}")

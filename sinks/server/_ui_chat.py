@@ -29,7 +29,7 @@ from starlette.types import Send
 from pipeline import Error, Event
 from pipeline.wire import UI_MESSAGE_HEADERS, UIMessageStream
 
-from ._context import MAX_MESSAGES, StreamRequest
+from ._context import StreamRequest, message_objects
 from ._errors import RequestError
 from ._stream import StreamWriter
 
@@ -61,15 +61,9 @@ def _tool_part(part: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[s
 
 
 def _messages(value: object) -> tuple[dict[str, Any], ...]:
-    if not isinstance(value, list) or not value:
-        raise RequestError("messages", "expected a non-empty list of UI messages")
-    if len(value) > MAX_MESSAGES:
-        raise RequestError("messages", f"at most {MAX_MESSAGES} messages")
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(value):
+    for i, m in enumerate(message_objects(value)):
         where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise RequestError(where, "expected an object")
         role = m.get("role")
         if role not in _ROLES:
             raise RequestError(f"{where}.role", f"expected one of {sorted(_ROLES)}")
