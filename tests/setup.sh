@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the test suite drives for real, beyond the Python packages: a redis-server (the Redis
 # store tests start their own on a free port), Debian's chromium and the browser test's node
-# modules (playwright-core, no browser download). Idempotent; installs only what is missing.
+# modules (playwright-core, no browser download; the Vercel AI SDK's ai package). Idempotent;
+# installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/ai ]; then
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi

@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from .. import ConfigError, Producer
+from ._convert import anthropic_messages, anthropic_tools, responses_input, responses_tools
 from ._scripted import ScriptedProducer
 
 __all__ = [
@@ -50,7 +51,10 @@ DEMO_TEXT: Final = (
 
 LOCAL_SYSTEM_PROMPT: Final = "You are a helpful assistant."
 
-_MakeProducer = Callable[[list[dict[str, Any]], str | None, int | None, float | None], Producer]
+_Tools = Sequence[Mapping[str, Any]]
+_MakeProducer = Callable[
+    [list[dict[str, Any]], str | None, int | None, float | None, _Tools], Producer
+]
 
 
 class ProducerRequest(Protocol):
@@ -64,6 +68,8 @@ class ProducerRequest(Protocol):
     def max_tokens(self) -> int | None: ...
     @property
     def temperature(self) -> float | None: ...
+    @property
+    def tools(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 @attrs.define(eq=False)
@@ -72,9 +78,10 @@ class Backend:
     for ``local``, one running llama.cpp server). Safe to use from many tasks; valid only inside
     the :func:`open_backend` block that made it.
 
-    Calling it with a request (anything with ``messages``, ``model``, ``max_tokens`` and
-    ``temperature``) gives an async context manager holding that request's producer, which is
-    the shape of a ``sinks.server.ProducerFactory``: ``create_app(backend, config)``.
+    Calling it with a request (anything with ``messages``, ``model``, ``max_tokens``,
+    ``temperature`` and ``tools``) gives an async context manager holding that request's
+    producer, which is the shape of a ``sinks.server.ProducerFactory``:
+    ``create_app(backend, config)``.
     """
 
     name: str
@@ -88,15 +95,19 @@ class Backend:
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        tools: Sequence[Mapping[str, Any]] = (),
     ) -> Producer:
         """A producer for one request. ``None`` keeps what :func:`open_backend` was given.
 
-        The backend's default system prompt (if any) is put first unless ``messages`` has one.
+        ``messages`` and ``tools`` are in the Chat Completions form (tool calls and tool
+        results included); the Anthropic and Responses backends convert them
+        (``_convert.py``); ``scripted`` ignores both. The backend's default system prompt (if
+        any) is put first unless ``messages`` has one.
         """
         msgs = [dict(m) for m in messages]
         if self.default_system and not any(m.get("role") == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": self.default_system})
-        return self._make_producer(msgs, model, max_tokens, temperature)
+        return self._make_producer(msgs, model, max_tokens, temperature, tools)
 
     def __call__(self, request: ProducerRequest) -> AbstractAsyncContextManager[Producer]:
         return _held(
@@ -105,6 +116,7 @@ class Backend:
                 model=request.model,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                tools=request.tools,
             )
         )
 
@@ -112,11 +124,6 @@ class Backend:
 @asynccontextmanager
 async def _held(producer: Producer) -> AsyncIterator[Producer]:
     yield producer
-
-
-def _split_system(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
-    system = "\n\n".join(m["content"] for m in messages if m.get("role") == "system") or None
-    return system, [m for m in messages if m.get("role") != "system"]
 
 
 @asynccontextmanager
@@ -165,7 +172,11 @@ async def open_backend(
             async with local:
 
                 def make_local(
-                    msgs: list[dict[str, Any]], _model: str | None, mt: int | None, t: float | None
+                    msgs: list[dict[str, Any]],
+                    _model: str | None,
+                    mt: int | None,
+                    t: float | None,
+                    tools: _Tools,
                 ) -> Producer:
                     return OpenAIChatProducer(
                         local,
@@ -173,6 +184,7 @@ async def open_backend(
                         messages=msgs,
                         max_tokens=mt or max_tokens,
                         temperature=temperature if t is None else t,
+                        tools=[dict(tool) for tool in tools] or None,
                     )
 
                 # SmolLM2's chat template otherwise adds its own system prompt, with which the
@@ -188,9 +200,13 @@ async def open_backend(
         async with aclient:
 
             def make_anthropic(
-                msgs: list[dict[str, Any]], m: str | None, mt: int | None, t: float | None
+                msgs: list[dict[str, Any]],
+                m: str | None,
+                mt: int | None,
+                t: float | None,
+                tools: _Tools,
             ) -> Producer:
-                system, rest = _split_system(msgs)
+                system, rest = anthropic_messages(msgs)
                 return AnthropicProducer(
                     aclient,
                     model=m or default_model,
@@ -198,6 +214,7 @@ async def open_backend(
                     system=system,
                     max_tokens=mt or max_tokens or 1024,
                     temperature=temperature if t is None else t,
+                    tools=anthropic_tools(tools) if tools else None,
                 )
 
             yield Backend(provider, make_anthropic)
@@ -206,10 +223,14 @@ async def open_backend(
     async with oclient:
 
         def make_openai(
-            msgs: list[dict[str, Any]], m: str | None, mt: int | None, t: float | None
+            msgs: list[dict[str, Any]],
+            m: str | None,
+            mt: int | None,
+            t: float | None,
+            tools: _Tools,
         ) -> Producer:
             if provider == "openai-responses":
-                system, rest = _split_system(msgs)
+                system, rest = responses_input(msgs)
                 return OpenAIResponsesProducer(
                     oclient,
                     model=m or default_model,
@@ -217,6 +238,7 @@ async def open_backend(
                     instructions=system,
                     max_output_tokens=mt or max_tokens,
                     temperature=temperature if t is None else t,
+                    tools=responses_tools(tools) or None,
                 )
             return OpenAIChatProducer(
                 oclient,
@@ -224,6 +246,7 @@ async def open_backend(
                 messages=msgs,
                 max_tokens=mt or max_tokens,
                 temperature=temperature if t is None else t,
+                tools=[dict(tool) for tool in tools] or None,
             )
 
         yield Backend(provider, make_openai)

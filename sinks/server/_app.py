@@ -6,6 +6,9 @@ Routes (see :func:`create_app`)::
     POST   /v1/streams                start a resumable generation -> 201 {id, events_url}
     GET    /v1/streams/{id}/events    SSE of a stored stream from Last-Event-ID, then live
     DELETE /v1/streams/{id}           cancel a resumable generation -> 202 (204 if it had ended)
+    POST   /v1/chat/completions       the OpenAI API's, streamed or not (``_openai_compat.py``)
+    GET    /v1/models                 the providers, as the OpenAI API lists models
+    POST   /api/chat                  the Vercel AI SDK's chat route (``_ui_chat.py``)
     WS     /v1/ws                     the WebSocket endpoint (``_ws.py``)
     GET    /health                    {"status": "ok"}
     GET    /metrics                   Prometheus text
@@ -26,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 import trio
@@ -64,10 +67,18 @@ from ._errors import (
     error_reply,
 )
 from ._metrics import PROMETHEUS_CONTENT_TYPE, StreamReason, StreamRecord
+from ._openai_compat import (
+    CHAT_COMPLETIONS_ROUTE,
+    ChatCompletionWriter,
+    collect_completion,
+    models_list,
+    parse_chat_completion,
+)
 from ._otel import otel_observer
 from ._resumable import follow_stream, parse_last_event_id, run_generation
 from ._runtime import STATE_KEY, AppRuntime
-from ._stream import StreamWriter, begin_stream, choose_format, run_stream
+from ._stream import OUTCOME_REASONS, StreamWriter, begin_stream, choose_format, run_stream
+from ._ui_chat import UI_CHAT_ROUTE, UIMessageWriter, parse_ui_chat
 from ._ws import websocket_endpoint
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -75,6 +86,7 @@ STATIC_DIR: Final = Path(__file__).parent / "static"
 __all__ = ["STATIC_DIR", "create_app"]
 
 log = logging.getLogger("llmpipe.http")
+_Parsed = TypeVar("_Parsed")
 
 BATCH_MAX_EVENTS: Final = 64
 """At most this many queued events are written with one ``send`` (fewer, larger writes when the
@@ -121,11 +133,19 @@ async def read_json_body(runtime: AppRuntime, request: Request) -> object:
         raise RequestError("body", f"malformed JSON ({exc})") from None
 
 
-async def read_stream_request(runtime: AppRuntime, request: Request) -> StreamRequest:
-    """Authenticate, read and validate a generation request (see :func:`read_json_body`)."""
+async def read_request(
+    runtime: AppRuntime, request: Request, parse: Callable[..., _Parsed]
+) -> _Parsed:
+    """Authenticate, read and validate a request (see :func:`read_json_body`) with the route's
+    validator, ``parse(body, providers=...)``."""
     runtime.check_auth(request.headers)
     data = await read_json_body(runtime, request)
-    return StreamRequest.from_json(data, providers=runtime.config.providers)
+    return parse(data, providers=runtime.config.providers)
+
+
+async def read_stream_request(runtime: AppRuntime, request: Request) -> StreamRequest:
+    """Authenticate, read and validate a generation request (llmpipe's own format)."""
+    return await read_request(runtime, request, StreamRequest.from_json)
 
 
 def client_key(scope: Scope) -> str:
@@ -189,17 +209,16 @@ async def pump(
         nursery.cancel_scope.cancel()
 
 
-_OUTCOME_REASONS: Final[dict[str, StreamReason]] = {
-    "done": "done",
-    "gone": "consumer_gone",
-    "shutdown": "cancelled",
-}
-
-
 async def _serve_live(
-    runtime: AppRuntime, request: StreamRequest, writer: StreamWriter, receive: Receive
+    runtime: AppRuntime,
+    request: StreamRequest,
+    writer: StreamWriter,
+    receive: Receive,
+    route: str = "/v1/stream",
 ) -> None:
-    record = begin_stream(runtime, "live", "/v1/stream", request)
+    """Stream one generation on ``writer`` (whose class decides the wire format: llmpipe's
+    SSE or NDJSON, or another API's; see :data:`~._compat.ServeLive`), metered as ``route``."""
+    record = begin_stream(runtime, "live", route, request)
 
     async def body() -> None:
         try:
@@ -222,12 +241,12 @@ async def _serve_live(
             if writer.headers_sent:
                 await writer.write(writer.error_frame(reply.event()))
             else:
-                await writer.send_json(reply.status, reply.body, reply.headers)
+                await writer.send_error(reply)
 
     reason: StreamReason = "cancelled"
     try:
         outcome = await run_stream(runtime, receive, writer, body)
-        reason = _OUTCOME_REASONS[outcome]
+        reason = OUTCOME_REASONS[outcome]
         log.debug("live stream ended: %s", outcome)
     finally:
         runtime.metrics.end_stream(record, reason)
@@ -245,6 +264,7 @@ class _Endpoint:
 
     fn: Callable[[AppRuntime, Scope, Receive, Send], Awaitable[None]]
     runtime: AppRuntime
+    openai: bool = False  # refusals in the OpenAI API's error format
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -252,7 +272,9 @@ class _Endpoint:
         except REFUSALS as exc:
             if isinstance(exc, StoreError):
                 log.warning("%s %s: the store failed: %r", scope["method"], scope["path"], exc)
-            await self.runtime.refuse(exc).response()(scope, receive, send)
+            reply = self.runtime.refuse(exc)
+            response = reply.openai_response() if self.openai else reply.response()
+            await response(scope, receive, send)
 
 
 async def _stream_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -265,6 +287,37 @@ async def _stream_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
             await _serve_live(runtime, parsed, writer, receive)
     except ClientDisconnect:
         pass  # gone while sending the body
+
+
+async def _chat_completions_endpoint(
+    runtime: AppRuntime, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """``POST /v1/chat/completions``: the OpenAI API's, streamed or not (``_openai_compat.py``)."""
+    request = Request(scope, receive)
+    try:
+        chat = await read_request(runtime, request, parse_chat_completion)
+        with runtime.admit(client_key(scope)):
+            if chat.stream:
+                writer = ChatCompletionWriter(send, chat)
+                await _serve_live(runtime, chat.request, writer, receive, CHAT_COMPLETIONS_ROUTE)
+            else:
+                await collect_completion(runtime, chat, send, receive)
+    except ClientDisconnect:
+        pass
+
+
+async def _ui_chat_endpoint(
+    runtime: AppRuntime, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """``POST /api/chat``: the Vercel AI SDK's chat request, answered with a UI message stream
+    (``_ui_chat.py``)."""
+    request = Request(scope, receive)
+    try:
+        parsed = await read_request(runtime, request, parse_ui_chat)
+        with runtime.admit(client_key(scope)):
+            await _serve_live(runtime, parsed, UIMessageWriter(send), receive, UI_CHAT_ROUTE)
+    except ClientDisconnect:
+        pass
 
 
 async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,7 +333,12 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
         after = parse_last_event_id(raw_after)
     except ValueError:
         raise RequestError("Last-Event-ID", "expected a non-negative integer") from None
-    await _info_or_404(store, stream_id)
+    info = await _info_or_404(store, stream_id)
+    if info.ended and after >= info.last_seq:
+        # Nothing will ever follow: 204 is how the SSE standard stops a browser's EventSource
+        # from reconnecting (it would otherwise retry for the stream's whole retention).
+        await Response(status_code=204)(scope, receive, send)
+        return
     with runtime.admit(client_key(scope)):
         writer = StreamWriter(send, "sse")
 
@@ -370,6 +428,13 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
             return JSONResponse({"status": "shutting_down"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    async def models(request: Request) -> Response:
+        try:
+            runtime.check_auth(request.headers)
+        except REFUSALS as exc:
+            return runtime.refuse(exc).openai_response()
+        return JSONResponse(models_list(runtime.config.providers))
+
     async def metrics(request: Request) -> Response:
         return Response(runtime.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
@@ -382,6 +447,13 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
             methods=["GET"],
         ),
         Route("/v1/streams/{stream_id}", _Endpoint(_cancel_endpoint, runtime), methods=["DELETE"]),
+        Route(
+            CHAT_COMPLETIONS_ROUTE,
+            _Endpoint(_chat_completions_endpoint, runtime, openai=True),
+            methods=["POST"],
+        ),
+        Route("/v1/models", models, methods=["GET"]),
+        Route(UI_CHAT_ROUTE, _Endpoint(_ui_chat_endpoint, runtime), methods=["POST"]),
         WebSocketRoute("/v1/ws", partial(websocket_endpoint, runtime)),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

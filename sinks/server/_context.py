@@ -27,6 +27,7 @@ __all__ = [
     "ServerConfig",
     "SpeechRequest",
     "StreamRequest",
+    "message_objects",
 ]
 
 MAX_MESSAGES: Final = 256
@@ -34,17 +35,32 @@ _ROLES: Final = frozenset({"system", "user", "assistant"})
 _VOICE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")
 
 
+def message_objects(value: object) -> list[dict[str, Any]]:
+    """A request's ``messages``, checked to be a non-empty list of at most
+    :data:`MAX_MESSAGES` objects (each route then checks their fields). Raises
+    :class:`RequestError` naming ``messages`` or ``messages[i]``."""
+    if not isinstance(value, list) or not value:
+        raise RequestError("messages", "expected a non-empty list")
+    if len(value) > MAX_MESSAGES:
+        raise RequestError("messages", f"at most {MAX_MESSAGES} messages")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise RequestError(f"messages[{i}]", "expected an object")
+    return value
+
+
 @attrs.frozen
 class StreamRequest:
     """A validated request for one generation."""
 
-    messages: tuple[Mapping[str, str], ...]
+    messages: tuple[Mapping[str, Any], ...]
     provider: str | None = None
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     policy: Policy = Policy.COALESCE
     max_buffer_bytes: int | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()  # Chat Completions function tools
 
     @classmethod
     def from_json(cls, body: object, *, providers: Sequence[str]) -> StreamRequest:
@@ -67,14 +83,8 @@ class StreamRequest:
             messages = [{"role": "user", "content": body["prompt"]}]
         if messages is None:
             raise RequestError("messages", "missing (give messages, or a prompt string)")
-        if not isinstance(messages, list) or not messages:
-            raise RequestError("messages", "expected a non-empty list")
-        if len(messages) > MAX_MESSAGES:
-            raise RequestError("messages", f"at most {MAX_MESSAGES} messages")
-        clean: list[Mapping[str, str]] = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict):
-                raise RequestError(f"messages[{i}]", "expected an object")
+        clean: list[Mapping[str, Any]] = []
+        for i, m in enumerate(message_objects(messages)):
             role, content = m.get("role"), m.get("content")
             if role not in _ROLES:
                 raise RequestError(f"messages[{i}].role", f"expected one of {sorted(_ROLES)}")

@@ -8,6 +8,8 @@ The server's own exceptions extend llmpipe's tree (``pipeline.LLMPipeError``)::
     │   └── RequestError           an invalid request field (400 unless it says otherwise)
     ├── ConsumerGone
     │   └── ClientGone             the HTTP client went away (disconnect, failed write)
+    ├── StreamFailed               a generation ended with an ``Error`` event before its
+    │                              answer was sent (a non-streamed answer): 502/503
     └── Refused                    the server refuses a request
         ├── Unauthorized           401, with a ``WWW-Authenticate`` challenge
         │   ├── MissingToken
@@ -26,7 +28,8 @@ maps the store's errors and, for a generation that failed before its first event
 error (``upstream``: 503 when retryable, else 502) and anything else (``internal``: 500, the body
 does not echo internals). :func:`error_reply` looks an exception up by its type (the nearest
 class in its MRO that the table names) and builds the answer; the WebSocket turns the same
-answer into its error frame (:meth:`ErrorReply.event`).
+answer into its error frame (:meth:`ErrorReply.event`), and the OpenAI-compatible routes into
+the OpenAI API's error body (:meth:`ErrorReply.openai_body`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from starlette.responses import JSONResponse
 
 from pipeline import ConfigError, ConsumerGone, Error, LLMPipeError, error_event
 from pipeline.stores import StoreError, StoreFull
+from pipeline.wire import openai_error
 
 __all__ = [
     "ERRORS",
@@ -56,6 +60,7 @@ __all__ = [
     "Refused",
     "RequestError",
     "ShuttingDown",
+    "StreamFailed",
     "Unauthorized",
     "UnsupportedMediaType",
     "error_reply",
@@ -77,6 +82,18 @@ class RequestError(ConfigError):
 
 class ClientGone(ConsumerGone):
     """The HTTP client went away (``http.disconnect`` or a failed write)."""
+
+
+class StreamFailed(LLMPipeError):
+    """A generation ended with ``event`` (an :class:`pipeline.Error`) before anything of its
+    answer was sent, so the answer can still be an error status (``"stream": false``). Its
+    ``kind`` and ``retryable`` are the event's."""
+
+    def __init__(self, event: Error) -> None:
+        super().__init__(event.message)
+        self.kind = event.kind
+        self.retryable = event.retryable
+        self.event = event
 
 
 class Refused(LLMPipeError):
@@ -204,6 +221,29 @@ class ErrorReply:
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body, status_code=self.status, headers=dict(self.headers))
+
+    def openai_body(self) -> dict[str, Any]:
+        """The same answer as the OpenAI API's error body, for the OpenAI-compatible routes:
+        ``{"error": {"message", "type", "param", "code"}}``. ``type`` is OpenAI's class of error
+        (``invalid_request_error`` for a 4xx, ``requests`` for a 429, ``server_error`` for a
+        5xx), ``code`` llmpipe's (``kind``, else its type), ``param`` the request field."""
+        if self.status == 429:
+            kind = "requests"
+        elif self.status < 500:
+            kind = "invalid_request_error"
+        else:
+            kind = "server_error"
+        field = self.error.get("field")
+        return openai_error(
+            str(self.error["message"]),
+            kind,
+            param=None if field is None else str(field),
+            code=self.kind,
+        )
+
+    def openai_response(self) -> JSONResponse:
+        """:meth:`openai_body` with this answer's status and headers."""
+        return JSONResponse(self.openai_body(), status_code=self.status, headers=dict(self.headers))
 
     def event(self) -> Error:
         """The same answer as an :class:`pipeline.Error` event (a WebSocket turn's end, or a

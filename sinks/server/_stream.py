@@ -41,11 +41,12 @@ from pipeline.wire import (
 )
 
 from ._context import StreamRequest
-from ._errors import ClientGone
-from ._metrics import StreamKind, StreamRecord
+from ._errors import ClientGone, ErrorReply
+from ._metrics import StreamKind, StreamReason, StreamRecord
 from ._runtime import AppRuntime
 
 __all__ = [
+    "OUTCOME_REASONS",
     "Format",
     "StreamWriter",
     "begin_stream",
@@ -60,6 +61,13 @@ SHUTDOWN_WRITE_TIMEOUT: Final = 1.0
 """How long the final frame and the end of a response may take at shutdown (at most half the
 grace): a client that stopped reading does not hold the shutdown up longer."""
 _SEND_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+OUTCOME_REASONS: Final[Mapping[str, StreamReason]] = {
+    "done": "done",
+    "gone": "consumer_gone",
+    "shutdown": "cancelled",
+}
+"""The telemetry reason of a stream that :func:`run_stream` ended with each outcome."""
 
 
 def begin_stream(
@@ -184,6 +192,11 @@ class StreamWriter:
             {"type": "http.response.start", "status": status, "headers": raw},
             {"type": "http.response.body", "body": body, "more_body": False},
         )
+
+    async def send_error(self, reply: ErrorReply) -> None:
+        """Answer with an error status and body instead of a stream (only before
+        :meth:`start`). A subclass that speaks another API's error format overrides it."""
+        await self.send_json(reply.status, reply.body, reply.headers)
 
     async def end(self) -> None:
         """Finish the response (idempotent; errors from a gone client are ignored)."""
