@@ -142,6 +142,7 @@ class UIMessageStream:
             return self._finish(out, _FINISH.get(reason, "other"))
         elif isinstance(event, Error):
             self._end_text(out)
-            out.append(_frame({"type": "error", "errorText": event.message}))
+            text = event.message or event.kind  # useChat shows errorText: never empty
+            out.append(_frame({"type": "error", "errorText": text}))
             return self._finish(out, "error")
         return self.start() + "".join(out).encode()
