@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from .. import ConfigError, Producer
+from ._base import RetryPolicy
 from ._scripted import ScriptedProducer
 
 __all__ = [
@@ -129,6 +130,7 @@ async def open_backend(
     temperature: float | None = None,
     scripted_text: str | None = None,
     scripted_rate: float = 40.0,
+    retry: RetryPolicy | None = None,
 ) -> AsyncIterator[Backend]:
     """The model source ``provider`` names (one of :data:`PROVIDERS`), with whatever it needs
     running for as long as the block lasts.
@@ -139,7 +141,10 @@ async def open_backend(
     ``scripted`` plays ``scripted_text`` (default :data:`DEMO_TEXT`) word by word at
     ``scripted_rate`` tokens per second (0: as fast as possible), with no model at all.
     ``model``, ``max_tokens`` and ``temperature`` are the defaults of every producer; a request
-    may override them. API keys come from the SDKs' usual environment variables.
+    may override them. ``retry`` is every SDK producer's :class:`RetryPolicy` (``None``: the
+    producers' default); a caller that retries itself, as a batch that must count every request
+    against a rate limit does, passes ``RetryPolicy(max_attempts=1)``. API keys come from the
+    SDKs' usual environment variables.
 
     Raises :class:`pipeline.ConfigError` for an unknown provider or an invalid value, before
     anything is started.
@@ -173,6 +178,7 @@ async def open_backend(
                         messages=msgs,
                         max_tokens=mt or max_tokens,
                         temperature=temperature if t is None else t,
+                        retry=retry,
                     )
 
                 # SmolLM2's chat template otherwise adds its own system prompt, with which the
@@ -198,6 +204,7 @@ async def open_backend(
                     system=system,
                     max_tokens=mt or max_tokens or 1024,
                     temperature=temperature if t is None else t,
+                    retry=retry,
                 )
 
             yield Backend(provider, make_anthropic)
@@ -217,6 +224,7 @@ async def open_backend(
                     instructions=system,
                     max_output_tokens=mt or max_tokens,
                     temperature=temperature if t is None else t,
+                    retry=retry,
                 )
             return OpenAIChatProducer(
                 oclient,
@@ -224,6 +232,7 @@ async def open_backend(
                 messages=msgs,
                 max_tokens=mt or max_tokens,
                 temperature=temperature if t is None else t,
+                retry=retry,
             )
 
         yield Backend(provider, make_openai)
