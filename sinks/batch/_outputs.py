@@ -11,6 +11,8 @@ written for that API read them; ``results.jsonl`` is also the batch's manifest:
   loses no line already synced and never leaves a partial document under its name.
 * a torn last line (a crash in the middle of an append) is cut off when the directory is
   opened again; the job it named is not done.
+* a document that was being written when a run was killed (a hidden temporary file) is
+  removed when the directory is opened again (one process per directory at a time).
 * a failed job is appended to ``errors.jsonl`` with its reason; a later run tries it again.
   When a run ends, ``errors.jsonl`` is rewritten (atomically) with only the last failure of
   each job that is still not done.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -279,8 +282,15 @@ def _write_document(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_ORPHAN: Final = re.compile(r"\..+\.\d+\.[0-9a-f]+\.tmp")
+"""The name :func:`sinks.files.open_atomic` gives a file being written."""
+
+
 def _open(path: Path) -> BatchDirectory:
     path.mkdir(parents=True, exist_ok=True)
+    for leftover in path.iterdir():  # a document being written when a run was killed
+        if _ORPHAN.fullmatch(leftover.name):
+            leftover.unlink(missing_ok=True)
     done: set[str] = set()
     spent = 0
     for obj in _complete_lines(path / RESULTS_FILE):
