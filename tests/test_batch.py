@@ -440,3 +440,48 @@ async def test_emulator_rate_limits_answer_429_with_retry_after(
 
 async def _ignore(event: object) -> None:
     pass
+
+
+async def test_leaving_the_events_block_early_cancels_the_batch(
+    emulator: EmulatorFactory, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    emu = await emulator(lambda record: Reply(answer(job_number(record)), tokens_per_second=5))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 20)
+    out = tmp_path / "out"
+    async with (
+        openai_client(base_url=emu.openai_base_url, api_key=KEY) as client,
+        open_directory(out) as directory,
+    ):
+        batch = Batch(chat_producers(client), directory, LocalLimiter(concurrency=2))
+        async with batch.events(JobsFile(jobs)) as received:
+            async for event in received:
+                if isinstance(event, JobDone):
+                    break
+        stats = batch.statistics()
+    assert 1 <= stats.done < 20
+    assert stats.running == 0
+    assert stats.limiter.running == 0  # the permits of the abandoned requests came back
+    assert len(read_jsonl(out / "results.jsonl")) == stats.done
+    for r in emu.requests:
+        await r.ended.wait()
+    assert {r.outcome for r in emu.requests} <= {"completed", "disconnected"}
+    assert any(r.outcome == "disconnected" for r in emu.requests)  # in flight: cancelled
+
+
+def test_status_text_and_summary() -> None:
+    from sinks.batch import BatchStatistics, LimiterStatistics
+    from sinks.cli._batch import status_text, summary_line
+
+    limiter = LimiterStatistics(3, 30, 900, 4, 60, None, 60.0, 0.0, 0)
+    stats = BatchStatistics(
+        total=100, done=20, failed=5, skipped=0, invalid=0, running=3, requests=40, retries=2,
+        rate_limited=1, input_tokens=1000, output_tokens=2000, started_at=0.0, now=50.0,
+        limiter=limiter,
+    )  # fmt: skip
+    assert status_text(stats) == (
+        "done 20 failed 5 running 3 · 60 tok/s · 30/60 req/min · ETA 2:30"
+    )
+    assert summary_line(stats, "out") == (
+        "20 done, 5 failed, 0 already done, 0 invalid lines; 3000 tokens, 40 requests in 0:50; "
+        "the failures are in out/errors.jsonl"
+    )

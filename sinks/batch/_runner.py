@@ -24,6 +24,7 @@ import trio
 
 from pipeline import (
     Backoff,
+    ConfigError,
     Done,
     Error,
     Event,
@@ -224,8 +225,6 @@ class BatchConfig:
     events_buffer: int = 256
 
     def __attrs_post_init__(self) -> None:
-        from pipeline import ConfigError
-
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.default_max_tokens < 1:
