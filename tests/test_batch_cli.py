@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_examples_and_cli import emulator_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "One two three four five six seven eight nine ten."
@@ -28,22 +29,9 @@ ENV = {**os.environ, "OPENAI_API_KEY": "sk-test-key-not-real"}
 
 @contextmanager
 def emulator(*extra: str) -> Iterator[str]:
-    """``llmpipe emulate`` for the block; yields its OpenAI base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sinks.cli", "emulate", "--port", "0", "--text", TEXT, *extra],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    try:
-        first = proc.stderr.readline()
-        assert "listening on" in first, first
-        yield first.split("listening on", 1)[1].strip() + "/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stderr.close()
+    """``llmpipe emulate`` answering :data:`TEXT`, for the block; yields its OpenAI base URL."""
+    with emulator_process("--text", TEXT, *extra) as base:
+        yield base + "/v1"
 
 
 def batch_command(jobs: Path, out: Path, base_url: str, *extra: str) -> list[str]:
