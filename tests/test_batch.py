@@ -485,3 +485,13 @@ def test_status_text_and_summary() -> None:
         "20 done, 5 failed, 0 already done, 0 invalid lines; 3000 tokens, 40 requests in 0:50; "
         "the failures are in out/errors.jsonl"
     )
+
+
+async def test_a_document_left_half_written_by_a_killed_run_is_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".job-1.md.4242.7f3a9c.tmp").write_text("half a docu")
+    (out / ".notes").write_text("not ours")
+    async with open_directory(out) as directory:
+        assert not directory.is_done("job-1")
+    assert sorted(p.name for p in out.iterdir()) == [".notes", "errors.jsonl", "results.jsonl"]
