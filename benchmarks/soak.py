@@ -39,7 +39,6 @@ import os
 import random
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any
 
 import attrs
@@ -115,11 +115,20 @@ class Tally:
             ok = False
             self.failures.append(f"{scenario} #{n}: partial_chars {partial}, received {len(got)}")
         if not ok:
-            common = len(os.path.commonprefix([got, expected]))
+            common = _common_prefix(got, expected)
             self.bytes_lost += len(got[common:].encode()) + (
                 len(expected[common:].encode()) if ended == "done" else 0
             )
             self.failures.append(f"{scenario} #{n} ({ended}): text differs at char {common}")
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _free_port() -> int:
@@ -134,18 +143,18 @@ class RedisProcess:
 
     port: int
     directory: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: trio.Process | None = None
     restarts: int = 0
 
     async def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process = await trio.lowlevel.open_process(
             [
                 shutil.which("redis-server") or "redis-server",
                 "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=DEVNULL,
+            stderr=DEVNULL,
         )  # fmt: skip
         with trio.fail_after(10):
             while True:
@@ -160,10 +169,10 @@ class RedisProcess:
                     pass
                 await trio.sleep(0.05)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         if self.process is not None:
             self.process.kill()
-            self.process.wait()
+            await self.process.wait()
             self.process = None
 
 
@@ -175,7 +184,8 @@ async def open_redis() -> AsyncIterator[RedisProcess]:
         try:
             yield redis
         finally:
-            redis.kill()
+            with trio.CancelScope(shield=True):
+                await redis.kill()
 
 
 async def read_sse(response: httpx.Response, on_event: Callable[[dict[str, Any]], bool]) -> None:
@@ -252,8 +262,8 @@ class Soak:
         if ended == "cut" and scenario == "disconnect":
             # The server must cancel the upstream request: the emulator sees it end.
             with trio.move_on_after(5) as scope:
-                while (record := self.emulator_records.get(n)) is None:
-                    await trio.sleep(0.01)
+                while (record := self.emulator_records.get(n)) is None:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # (a dict another task fills; polling is enough)
                 await record.ended.wait()
             if scope.cancelled_caught:
                 self.tally.failures.append(f"disconnect #{n}: the upstream request went on")
@@ -381,10 +391,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
             # Warm up (imports; the connection pools grow to the concurrency), then take the
             # baseline.
+            warm = {"messages": [{"role": "user", "content": prompt_for(0, "none")}]}
             async with trio.open_nursery() as nursery:
                 for _ in range(args.streams):
-                    nursery.start_soon(run.live, client, "live", 0, {"messages": [
-                        {"role": "user", "content": prompt_for(0, "none")}]})  # fmt: skip
+                    nursery.start_soon(run.live, client, "live", 0, warm)
             tally.outcomes.clear()
             gc.collect()
             base = (trio.lowlevel.current_statistics().tasks_living, _fds(), _rss_mb())
@@ -398,30 +408,22 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             async def chaos() -> None:
                 while True:
                     await trio.sleep(args.redis_restart_every)
-                    if trio.current_time() >= deadline:
-                        return
-                    redis.kill()
+                    await redis.kill()
                     await trio.sleep(0.5)
                     await redis.start()
                     redis.restarts += 1
 
-            async with trio.open_nursery() as nursery:
-                for _ in range(args.streams):
-                    nursery.start_soon(worker)
+            async with trio.open_nursery() as outer:
                 if redis_url is not None:
-                    chaos_scope = trio.CancelScope()
-
-                    async def chaos_task() -> None:
-                        with chaos_scope:
-                            await chaos()
-
-                    nursery.start_soon(chaos_task)
-                    # The workers end by themselves; chaos ends with them.
-                    nursery.start_soon(_stop_when_workers_end, nursery, chaos_scope, args.streams)
+                    outer.start_soon(chaos)
+                async with trio.open_nursery() as workers:
+                    for _ in range(args.streams):
+                        workers.start_soon(worker)
+                outer.cancel_scope.cancel()  # the workers are done: so is the chaos
             elapsed = time.monotonic() - started
         # Everything the traffic opened must be gone: the servers' streams, tasks, sockets.
         with trio.move_on_after(10):
-            while get_runtime(memory_app).active or get_runtime(redis_app).active:
+            while get_runtime(memory_app).active or get_runtime(redis_app).active:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         await trio.sleep(0.5)
         gc.collect()
@@ -456,16 +458,6 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "leaks": leaks,
         "seconds": round(elapsed, 1),
     }
-
-
-async def _stop_when_workers_end(
-    nursery: trio.Nursery, chaos: trio.CancelScope, workers: int
-) -> None:
-    # The workers and this task and chaos are the nursery's children; when only the last two
-    # remain, stop chaos.
-    while len(nursery.child_tasks) > 2:
-        await trio.sleep(0.1)
-    chaos.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ list, and a package's private modules only from inside that package)::
     pipeline.text  pipeline.wire               pure text; wire formats
     pipeline.producers  pipeline.stores  pipeline.client
     pipeline.testing  sinks                    the test kit; terminal and file sinks
-    sinks.server                               the ASGI app
+    sinks.server  sinks.batch                  the ASGI app; batch document generation
     sinks.cli                                  the command line, which wires them all
 """
 
@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "pipeline.testing": 3,
     "sinks": 3,
     "sinks.server": 4,
+    "sinks.batch": 4,
     "sinks.cli": 5,
 }
 

@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from .. import ConfigError, Producer
+from ._base import RetryPolicy
 from ._convert import anthropic_messages, anthropic_tools, responses_input, responses_tools
 from ._scripted import ScriptedProducer
 
@@ -136,6 +137,7 @@ async def open_backend(
     temperature: float | None = None,
     scripted_text: str | None = None,
     scripted_rate: float = 40.0,
+    retry: RetryPolicy | None = None,
 ) -> AsyncIterator[Backend]:
     """The model source ``provider`` names (one of :data:`PROVIDERS`), with whatever it needs
     running for as long as the block lasts.
@@ -146,7 +148,10 @@ async def open_backend(
     ``scripted`` plays ``scripted_text`` (default :data:`DEMO_TEXT`) word by word at
     ``scripted_rate`` tokens per second (0: as fast as possible), with no model at all.
     ``model``, ``max_tokens`` and ``temperature`` are the defaults of every producer; a request
-    may override them. API keys come from the SDKs' usual environment variables.
+    may override them. ``retry`` is every SDK producer's :class:`RetryPolicy` (``None``: the
+    producers' default); a caller that retries itself, as a batch that must count every request
+    against a rate limit does, passes ``RetryPolicy(max_attempts=1)``. API keys come from the
+    SDKs' usual environment variables.
 
     Raises :class:`pipeline.ConfigError` for an unknown provider or an invalid value, before
     anything is started.
@@ -185,6 +190,7 @@ async def open_backend(
                         max_tokens=mt or max_tokens,
                         temperature=temperature if t is None else t,
                         tools=[dict(tool) for tool in tools] or None,
+                        retry=retry,
                     )
 
                 # SmolLM2's chat template otherwise adds its own system prompt, with which the
@@ -215,6 +221,7 @@ async def open_backend(
                     max_tokens=mt or max_tokens or 1024,
                     temperature=temperature if t is None else t,
                     tools=anthropic_tools(tools) if tools else None,
+                    retry=retry,
                 )
 
             yield Backend(provider, make_anthropic)
@@ -239,6 +246,7 @@ async def open_backend(
                     max_output_tokens=mt or max_tokens,
                     temperature=temperature if t is None else t,
                     tools=responses_tools(tools) or None,
+                    retry=retry,
                 )
             return OpenAIChatProducer(
                 oclient,
@@ -247,6 +255,7 @@ async def open_backend(
                 max_tokens=mt or max_tokens,
                 temperature=temperature if t is None else t,
                 tools=[dict(tool) for tool in tools] or None,
+                retry=retry,
             )
 
         yield Backend(provider, make_openai)

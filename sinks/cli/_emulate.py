@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pipeline import ConfigError
-from pipeline.testing.emulator import DEFAULT_REPLY, Emulator, Reply, parse_fault, serve_emulator
+from pipeline.testing.emulator import (
+    DEFAULT_REPLY,
+    Emulator,
+    RateLimits,
+    Reply,
+    parse_fault,
+    serve_emulator,
+)
 
 if TYPE_CHECKING:
     from ._main import IO
@@ -32,6 +39,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tokens-per-second", type=float, default=20.0, help="0: no pacing")
     parser.add_argument("--input-tokens", type=int, default=10)
     parser.add_argument("--fault", default="none", help="e.g. reset_after:3, status:429:1:2")
+    parser.add_argument("--rpm", type=int, help="requests per minute before answering 429")
+    parser.add_argument("--tpm", type=int, help="tokens per minute before answering 429")
+    parser.add_argument(
+        "--window", type=float, default=60.0, help="seconds the --rpm/--tpm limits span"
+    )
+    parser.add_argument("--log", metavar="FILE", help="append one JSON line per request to FILE")
     return parser
 
 
@@ -46,9 +59,14 @@ async def run(args: argparse.Namespace, io: IO) -> int:
         tokens_per_second=args.tokens_per_second,
         fault=fault,
     )
+    limits = None
+    if args.rpm is not None or args.tpm is not None:
+        if args.window <= 0 or any(v is not None and v < 1 for v in (args.rpm, args.tpm)):
+            raise ConfigError("--rpm and --tpm must be >= 1 and --window > 0")
+        limits = RateLimits(args.rpm, args.tpm, args.window)
     async with trio.open_nursery() as nursery:
         emulator: Emulator = await nursery.start(
-            partial(serve_emulator, args.host, args.port, reply)
+            partial(serve_emulator, args.host, args.port, reply, limits=limits, log=args.log)
         )
         print(
             f"llmpipe emulator listening on {emulator.base_url}\n"

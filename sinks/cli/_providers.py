@@ -1,4 +1,5 @@
-"""The options that choose and configure the model, shared by ``stream`` and ``serve``."""
+"""The options that choose and configure the model, shared by ``stream``, ``speak``,
+``serve`` and ``batch``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from pipeline import ConfigError
-from pipeline.producers import DEMO_TEXT, PROVIDERS, Backend, open_backend
+from pipeline.producers import DEMO_TEXT, PROVIDERS, Backend, RetryPolicy, open_backend
 
 __all__ = ["add_provider_options", "backend_from_args", "messages_from_args"]
 
@@ -49,9 +50,12 @@ def _provider_name(args: argparse.Namespace) -> str:
     return "local"
 
 
-def backend_from_args(args: argparse.Namespace) -> AbstractAsyncContextManager[Backend]:
-    """:func:`pipeline.producers.open_backend` for the options; bad values are reported with
-    the option's name (:class:`pipeline.ConfigError`), before anything starts."""
+def backend_from_args(
+    args: argparse.Namespace, *, retry: RetryPolicy | None = None
+) -> AbstractAsyncContextManager[Backend]:
+    """:func:`pipeline.producers.open_backend` for the options (``retry``: the producers'
+    retries, see there); bad values are reported with the option's name
+    (:class:`pipeline.ConfigError`), before anything starts."""
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("--max-tokens must be >= 1")
     if args.rate < 0:
@@ -64,6 +68,7 @@ def backend_from_args(args: argparse.Namespace) -> AbstractAsyncContextManager[B
         temperature=args.temperature,
         scripted_text=args.scripted,
         scripted_rate=args.rate,
+        retry=retry,
     )
 
 

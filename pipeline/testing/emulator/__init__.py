@@ -4,7 +4,9 @@ OpenAI speech (``POST /v1/audio/speech``, streamed PCM, :class:`SpeechReply`).
 
 Start one with ``async with open_emulator(Reply("Hello world")) as emu:`` and point the real
 SDKs at ``emu.openai_base_url`` / ``emu.anthropic_base_url``. Each request is recorded in
-``emu.requests`` (path, body, redacted headers, bytes and events sent, disconnect time).
+``emu.requests`` (path, body, redacted headers, bytes and events sent, disconnect time, the
+tokens it counted for); :class:`RateLimits` make it answer 429 with ``retry-after`` past a
+requests- or tokens-per-minute limit, and ``emu.peak_usage()`` tells the most any window held.
 """
 
 from ...packaging import fixup_module_metadata as _fixup_module_metadata
@@ -36,6 +38,7 @@ from ._server import DEFAULT_REPLY as DEFAULT_REPLY
 from ._server import DEFAULT_SPEECH as DEFAULT_SPEECH
 from ._server import ConnectionRecord as ConnectionRecord
 from ._server import Emulator as Emulator
+from ._server import RateLimits as RateLimits
 from ._server import RequestRecord as RequestRecord
 from ._server import open_emulator as open_emulator
 from ._server import serve_emulator as serve_emulator
@@ -51,6 +54,7 @@ __all__ = [
     "Finish",
     "MalformedAfter",
     "Provider",
+    "RateLimits",
     "Reply",
     "ReplySource",
     "RequestRecord",

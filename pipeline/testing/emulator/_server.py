@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import attrs
@@ -58,6 +60,7 @@ __all__ = [
     "DEFAULT_SPEECH",
     "ConnectionRecord",
     "Emulator",
+    "RateLimits",
     "RequestRecord",
     "open_emulator",
     "serve_emulator",
@@ -108,6 +111,10 @@ class RequestRecord:
     not necessarily read);
     ``disconnected_at`` is when the client was seen going away before that (EOF or a failed
     read/write). ``ended`` is set when the server is done with the request for any reason.
+    ``counted`` tells whether the request counts against the :class:`RateLimits` (a text
+    stream request the limits let through, a status fault included), ``tokens`` how many
+    tokens it counts for (the reply's input and output tokens; 0 for a status fault), and
+    ``rate_limited`` whether the limits refused it with a 429.
     Header names are lower-case; secret values (``authorization``, ``x-api-key``, …) are
     replaced by ``"<redacted>"``.
     """
@@ -128,6 +135,9 @@ class RequestRecord:
     events_sent: int = 0
     deltas_sent: int = 0
     audio_bytes_sent: int = 0
+    counted: bool = False
+    tokens: int = 0
+    rate_limited: bool = False
     first_byte_at: float | None = None
     completed_at: float | None = None
     disconnected_at: float | None = None
@@ -139,6 +149,19 @@ class RequestRecord:
         """The (first) value of header ``name``, case-insensitive; ``None`` if absent."""
         name = name.lower()
         return next((value for key, value in self.headers if key == name), None)
+
+
+@attrs.frozen
+class RateLimits:
+    """A provider's rate limits: at most ``requests_per_minute`` requests and
+    ``tokens_per_minute`` tokens (input + output of the reply, counted when the request
+    arrives) in any ``window`` seconds (60 unless a test scales it). A text stream request over
+    a limit gets a 429 whose ``retry-after`` says when it would fit; refused requests do not
+    count. ``None``: no such limit."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    window: float = 60.0
 
 
 @attrs.define(eq=False)
@@ -289,6 +312,13 @@ class _Writer:
         self.record.outcome = "completed"
 
 
+def _append_line(path: Path, obj: dict[str, Any]) -> None:
+    """One JSON line, appended and flushed (blocking, but small: the emulator is a test
+    double)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
 def _mark_disconnected(record: RequestRecord) -> None:
     if record.disconnected_at is None and record.completed_at is None:
         record.disconnected_at = trio.current_time()
@@ -321,6 +351,9 @@ class Emulator:
     source: ReplySource = attrs.field(repr=False)
     models: tuple[str, ...] = DEFAULT_MODELS
     speech: SpeechReply = attrs.field(default=DEFAULT_SPEECH, repr=False)
+    limits: RateLimits | None = None
+    log: Path | None = None
+    """A JSON Lines file that gets one line per request when it ends (see :meth:`log_line`)."""
     requests: list[RequestRecord] = attrs.field(factory=list, init=False, repr=False)
     connections: list[ConnectionRecord] = attrs.field(factory=list, init=False, repr=False)
     _arrived: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
@@ -439,6 +472,72 @@ class Emulator:
                 record.outcome = "closed"
             record.ended_at = trio.current_time()
             record.ended.set()
+            if self.log is not None:
+                _append_line(self.log, self.log_line(record))
+
+    @staticmethod
+    def log_line(record: RequestRecord) -> dict[str, Any]:
+        """What the request log (``log``) says of a request: index, path, status, outcome,
+        the limits' accounting (``counted``, ``tokens``, ``rate_limited``), times (this
+        emulator's ``trio.current_time()``) and the request body."""
+        return {
+            "index": record.index,
+            "path": record.path,
+            "status": record.status,
+            "outcome": record.outcome,
+            "counted": record.counted,
+            "tokens": record.tokens,
+            "rate_limited": record.rate_limited,
+            "received_at": record.received_at,
+            "ended_at": record.ended_at,
+            "body": record.body,
+        }
+
+    def peak_usage(self, window: float | None = None) -> tuple[int, int]:
+        """The most requests and the most tokens that counted against the limits in any
+        ``window`` seconds (default: the limits' window, else 60), by arrival time."""
+        if window is None:
+            window = self.limits.window if self.limits is not None else 60.0
+        counted = sorted((r.received_at, r.tokens) for r in self.requests if r.counted)
+        most_requests = most_tokens = 0
+        end = tokens = 0
+        for start, (t, _) in enumerate(counted):  # windows [t, t + window)
+            while end < len(counted) and counted[end][0] < t + window:
+                tokens += counted[end][1]
+                end += 1
+            most_requests = max(most_requests, end - start)
+            most_tokens = max(most_tokens, tokens)
+            tokens -= counted[start][1]
+        return most_requests, most_tokens
+
+    def _over_limits(self, record: RequestRecord, tokens: int) -> float | None:
+        """``None`` if a request of ``tokens`` fits the limits now, else the seconds until it
+        would."""
+        limits = self.limits
+        if limits is None:
+            return None
+        now = record.received_at
+        recent = [
+            r
+            for r in self.requests
+            if r.counted and r is not record and r.received_at > now - limits.window
+        ]
+        recent.sort(key=lambda r: r.received_at)
+        wait = 0.0
+        rpm = limits.requests_per_minute
+        if rpm is not None and len(recent) + 1 > rpm:
+            wait = recent[len(recent) - rpm].received_at + limits.window - now
+        tpm = limits.tokens_per_minute
+        if tpm is not None:
+            excess = sum(r.tokens for r in recent) + tokens - tpm
+            for r in recent:
+                if excess <= 0:
+                    break
+                excess -= r.tokens
+                wait = max(wait, r.received_at + limits.window - now)
+            if excess > 0:
+                wait = math.inf  # more than the whole limit: never
+        return wait if wait > 0 else None
 
     async def _respond(
         self, stream: trio.SocketStream, record: RequestRecord, head: _Head, buf: bytearray
@@ -475,9 +574,23 @@ class Emulator:
             return keep_alive
 
         reply = await self._reply_for(record)
+        tokens = reply.input_tokens + reply.completion_tokens
+        over = self._over_limits(record, tokens)
+        if over is not None:
+            record.rate_limited = True
+            message = "rate limit reached (requests or tokens per minute)"
+            body = status_body(provider, 429, message, request_id=request_id)
+            extra = (
+                [] if math.isinf(over) else [("retry-after", f"{math.ceil(over * 1000) / 1000:g}")]
+            )
+            await self._send_json(writer, 429, body, keep_alive, request_id=request_id, extra=extra)
+            return keep_alive
+        record.counted = True
+        record.tokens = tokens
         fault = reply.fault
         if isinstance(fault, StatusFault):
             if await self._status_fault(writer, reply, fault, provider, keep_alive, request_id):
+                record.tokens = 0
                 return keep_alive
             fault = None
         record.fault = fault
@@ -716,12 +829,15 @@ async def serve_emulator(
     *,
     models: tuple[str, ...] = DEFAULT_MODELS,
     speech: SpeechReply = DEFAULT_SPEECH,
+    limits: RateLimits | None = None,
+    log: str | Path | None = None,
     task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (``0``: any free port) and serve until cancelled.
 
     ``reply`` answers the streaming text endpoints (see :func:`open_emulator`), ``speech``
-    every ``POST /v1/audio/speech``.
+    every ``POST /v1/audio/speech``; ``limits`` are the provider's rate limits
+    (:class:`RateLimits`); ``log`` a JSON Lines file that gets a line per request.
 
     Use with ``nursery.start``: the :class:`Emulator` (with the real port) is passed to
     ``task_status.started`` once the socket listens. Cancelling the task closes the listener
@@ -731,7 +847,9 @@ async def serve_emulator(
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port = listeners[0].socket.getsockname()[1]
-    emulator = Emulator(host, bound_port, reply, models, speech)
+    emulator = Emulator(
+        host, bound_port, reply, models, speech, limits, None if log is None else Path(log)
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, emulator.handle_connection, listeners)
         task_status.started(emulator)
@@ -745,20 +863,24 @@ async def open_emulator(
     port: int = 0,
     models: tuple[str, ...] = DEFAULT_MODELS,
     speech: SpeechReply = DEFAULT_SPEECH,
+    limits: RateLimits | None = None,
 ) -> AsyncIterator[Emulator]:
     """Run an emulator for the duration of the ``async with`` block.
 
     ``reply`` is one :class:`Reply` for every request, a :class:`Script` or sequence (one per
     request, in arrival order), or a callable given each :class:`RequestRecord` (sync or
     async; an async one may block to hold a request back); ``speech`` answers
-    ``POST /v1/audio/speech`` (:class:`SpeechReply`). On exit the server and all its
+    ``POST /v1/audio/speech`` (:class:`SpeechReply`); ``limits`` are rate limits
+    (:class:`RateLimits`). On exit the server and all its
     connections are closed (cancelled), even mid-stream. An exception from the block comes out
     as itself, not wrapped in an exception group.
     """
     try:
         async with trio.open_nursery() as nursery:
             emulator: Emulator = await nursery.start(
-                partial(serve_emulator, host, port, reply, models=models, speech=speech)
+                partial(
+                    serve_emulator, host, port, reply, models=models, speech=speech, limits=limits
+                )
             )
             try:
                 yield emulator

@@ -1,0 +1,245 @@
+"""``llmpipe batch JOBS.jsonl --out DIR``: one document per job, inside the provider's limits.
+
+Progress goes to standard error with rich when it is a terminal (jobs done/failed/running,
+tokens per second, requests per minute against the limit, ETA), nothing when it is not; a
+summary at the end on standard output, or with ``--json`` one JSON object per event and the
+summary as the last. Run the same command again to resume: jobs recorded done are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import attrs
+import trio
+
+from pipeline import ConfigError, Producer
+from pipeline.producers import CostGuard, RetryPolicy
+
+from ..batch import (
+    ERRORS_FILE,
+    Batch,
+    BatchConfig,
+    BatchEvent,
+    BatchStatistics,
+    Job,
+    JobsFile,
+    LineSkipped,
+    LocalLimiter,
+    ProducerFactory,
+    backend_producers,
+    count_lines,
+    open_directory,
+)
+from ._providers import add_provider_options, backend_from_args
+
+if TYPE_CHECKING:
+    from pipeline.producers import Backend
+
+    from ._main import IO
+
+__all__ = ["NAME", "add_parser", "run", "summary_line"]
+
+NAME = "batch"
+
+_REFRESH = 0.25  # seconds between two redraws of the progress display
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        NAME,
+        help="generate one document per job of a JSON Lines file, inside rate limits",
+        description="Generate one document per job of JOBS (JSON Lines: the OpenAI Batch "
+        "request format, or {id, prompt|messages, model, max_tokens, output}) into DIR, with "
+        "results.jsonl and errors.jsonl in the OpenAI Batch output format. Run it again to "
+        "resume: jobs already done are skipped.",
+    )
+    parser.add_argument("jobs", metavar="JOBS.jsonl", help="the jobs file")
+    parser.add_argument("--out", metavar="DIR", required=True, help="where the documents go")
+    add_provider_options(parser)
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="requests in flight at most (default 8)"
+    )
+    parser.add_argument("--rpm", type=int, help="requests per minute at most")
+    parser.add_argument("--tpm", type=int, help="tokens per minute at most (prompt + output)")
+    parser.add_argument(
+        "--max-tokens-total",
+        type=int,
+        help="never send a request that could take the batch's tokens over this (all runs)",
+    )
+    parser.add_argument(
+        "--max-input-tokens", type=int, help="fail a job whose prompt is larger (nothing sent)"
+    )
+    parser.add_argument(
+        "--max-output-tokens",
+        type=int,
+        help="fail a job that asks for more output tokens (nothing sent)",
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=6, help="attempts per job for retryable errors (6)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per event on standard output"
+    )
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    for option in ("concurrency", "rpm", "tpm", "max_tokens_total", "attempts"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be >= 1")
+    if not Path(args.jobs).is_file():
+        raise ConfigError(f"{args.jobs}: no such jobs file")
+
+
+def _producers(backend: Backend, system: str | None) -> ProducerFactory:
+    make = backend_producers(backend)
+    if not system:
+        return make
+
+    def with_system(job: Job) -> Producer:
+        if not any(m.get("role") == "system" for m in job.messages):
+            job = attrs.evolve(job, messages=({"role": "system", "content": system}, *job.messages))
+        return make(job)
+
+    return with_system
+
+
+def _event_type(event: BatchEvent) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+
+
+def event_json(event: BatchEvent) -> str:
+    """One event as a JSON object with its ``type`` (``job_done``, ``batch_ended``, ...)."""
+    fields: dict[str, Any] = attrs.asdict(event)
+    return json.dumps({"type": _event_type(event), **fields}, ensure_ascii=False)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def status_text(stats: BatchStatistics) -> str:
+    """The progress display's text: counts, tokens per second, requests per minute against
+    the limit, ETA."""
+    limiter = stats.limiter
+    per_minute = 60.0 / limiter.window
+    rpm = f"{limiter.requests * per_minute:.0f}"
+    if limiter.requests_per_minute is not None:
+        rpm += f"/{limiter.requests_per_minute}"
+    elapsed = max(stats.elapsed, 1e-9)
+    tokens = (stats.input_tokens + stats.output_tokens) / elapsed
+    parts = [
+        f"done {stats.done} failed {stats.failed} running {stats.running}",
+        f"{tokens:.0f} tok/s",
+        f"{rpm} req/min",
+    ]
+    if stats.total is not None:
+        worked = stats.done + stats.failed
+        left = stats.total - stats.finished
+        if worked and left > 0:
+            parts.append(f"ETA {_duration(left * elapsed / worked)}")
+    if limiter.paused_for > 0:
+        parts.append(f"paused {limiter.paused_for:.0f} s (429)")
+    return " · ".join(parts)
+
+
+def summary_line(stats: BatchStatistics, out: str) -> str:
+    """What ``llmpipe batch`` prints at the end."""
+    text = (
+        f"{stats.done} done, {stats.failed} failed, {stats.skipped} already done, "
+        f"{stats.invalid} invalid lines; {stats.input_tokens + stats.output_tokens} tokens, "
+        f"{stats.requests} requests in {_duration(stats.elapsed)}"
+    )
+    if stats.failed:
+        text += f"; the failures are in {Path(out) / ERRORS_FILE}"
+    return text
+
+
+@contextmanager
+def _live(err: TextIO, total: int) -> Iterator[Any]:
+    """A rich progress display on ``err`` (imported here: only a terminal needs it)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("[bold]batch"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=Console(file=err),
+        auto_refresh=False,
+        transient=False,
+    )
+    with progress:
+        progress.add_task("batch", total=total, status="starting")
+        yield progress
+
+
+def _show(progress: Any, stats: BatchStatistics) -> None:
+    task = progress.task_ids[0]
+    progress.update(task, completed=stats.finished, status=status_text(stats))
+    progress.refresh()
+
+
+async def run(args: argparse.Namespace, io: IO) -> int:
+    _check(args)
+    guard = None
+    if args.max_input_tokens is not None or args.max_output_tokens is not None:
+        guard = CostGuard(args.max_input_tokens, args.max_output_tokens)
+    config = BatchConfig(
+        workers=args.concurrency,
+        retry=attrs.evolve(BatchConfig().retry, max_attempts=args.attempts),
+        cost_guard=guard,
+        max_tokens_total=args.max_tokens_total,
+        default_max_tokens=args.max_tokens,
+    )
+    limiter = LocalLimiter(
+        concurrency=args.concurrency, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
+    )
+    total = await trio.to_thread.run_sync(count_lines, args.jobs)
+    terminal = not args.json and io.err.isatty()
+    async with (
+        backend_from_args(args, retry=RetryPolicy(max_attempts=1)) as backend,
+        open_directory(args.out) as directory,
+    ):
+        batch = Batch(_producers(backend, args.system), directory, limiter, config)
+        async with batch.events(JobsFile(args.jobs), total=total) as events:
+            if terminal:
+                with _live(io.err, total) as progress:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_redraw, progress, batch)
+                        await _consume(events, args, io)
+                        nursery.cancel_scope.cancel()
+                    _show(progress, batch.statistics())
+            else:
+                await _consume(events, args, io)
+    stats = batch.statistics()
+    if not args.json:
+        print(summary_line(stats, args.out), file=io.out, flush=True)
+    return 0 if stats.failed == 0 and stats.invalid == 0 else 1
+
+
+async def _redraw(progress: Any, batch: Batch) -> None:
+    while True:
+        _show(progress, batch.statistics())
+        await trio.sleep(_REFRESH)
+
+
+async def _consume(
+    events: trio.MemoryReceiveChannel[BatchEvent], args: argparse.Namespace, io: IO
+) -> None:
+    async for event in events:
+        if args.json:
+            print(event_json(event), file=io.out, flush=True)
+        elif isinstance(event, LineSkipped):
+            print(f"llmpipe batch: {args.jobs}:{event.line}: {event.message}", file=io.err)
