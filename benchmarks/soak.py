@@ -111,8 +111,7 @@ class Tally:
         self.outcomes[f"{scenario}:{ended}"] += 1
         self.bytes_checked += len(got.encode())
         ok = got == expected if ended == "done" else expected.startswith(got)
-        if ok and partial is not None and partial != len(got):
-            ok = False
+        if partial is not None and partial != len(got):
             self.failures.append(f"{scenario} #{n}: partial_chars {partial}, received {len(got)}")
         if not ok:
             common = _common_prefix(got, expected)
