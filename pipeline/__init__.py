@@ -27,6 +27,7 @@ from ._errors import ProducerTimeout as ProducerTimeout
 from ._errors import StageError as StageError
 from ._errors import error_event as error_event
 from ._errors import lone_exception as lone_exception
+from ._errors import lone_exception_unwrapped as lone_exception_unwrapped
 from ._events import Done as Done
 from ._events import Dropped as Dropped
 from ._events import Error as Error
@@ -118,6 +119,7 @@ __all__ = [
     "event_to_json",
     "is_terminal",
     "lone_exception",
+    "lone_exception_unwrapped",
     "open_event_channel",
 ]
 

@@ -32,6 +32,8 @@ table); :func:`error_event` is the one place where an exception becomes an ``Err
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import overload
 
 from ._events import Error
@@ -172,3 +174,18 @@ def lone_exception(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+@contextmanager
+def lone_exception_unwrapped() -> Iterator[None]:
+    """Raise an exception group of one (nested groups too) as the exception inside.
+
+    For a context manager that owns a nursery: its caller gets the failure it can catch by
+    type (``except ProducerError``), not a group. A group of several is raised as it is."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        lone = lone_exception(group)
+        if lone is group:
+            raise
+        raise lone from lone.__cause__

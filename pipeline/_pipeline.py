@@ -54,7 +54,13 @@ from ._channels import (
     _check_budget,
     open_event_channel,
 )
-from ._errors import ChannelOverflowError, ConfigError, ConsumerGone, error_event
+from ._errors import (
+    ChannelOverflowError,
+    ConfigError,
+    ConsumerGone,
+    error_event,
+    lone_exception_unwrapped,
+)
 from ._events import Done, Error, Event, Heartbeat, TextDelta, event_nbytes, is_terminal
 from ._producer import Emit, Producer
 from ._stage import Stage, StageContext, StageStatistics
@@ -662,7 +668,9 @@ class Pipeline:
             running._counters.append(_StageCounter(stage))
             if running._accumulate is None and isinstance(stage, Accumulate):
                 running._accumulate = stage
-        try:
+        # Tasks report their failures through ``running``; only the block's own exception (or
+        # a bug of ours) leaves the nursery: a lone one reaches the caller as itself.
+        with lone_exception_unwrapped():
             async with trio.open_nursery() as nursery:
                 await nursery.start(running._supervise)
                 try:
@@ -670,12 +678,6 @@ class Pipeline:
                 except BaseException:
                     running.cancel()
                     raise
-        except BaseExceptionGroup as group:
-            # Tasks report their failures through ``running``; only the block's own exception
-            # (or a bug of ours) gets here: unwrap a lone one for the caller.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from group.exceptions[0].__cause__
-            raise
         if running._exception is not None:
             raise running._exception
 

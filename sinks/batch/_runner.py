@@ -35,7 +35,7 @@ from pipeline import (
     ProducerStatusError,
     TextDelta,
     Usage,
-    lone_exception,
+    lone_exception_unwrapped,
 )
 from pipeline.producers import (
     Backend,
@@ -330,7 +330,7 @@ class Batch:
             async with send:
                 await self.run(jobs, total=total)
 
-        try:
+        with lone_exception_unwrapped():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run)
                 try:
@@ -338,11 +338,6 @@ class Batch:
                         yield receive
                 finally:
                     nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            single = lone_exception(group)
-            if single is group:
-                raise
-            raise single from None
 
     # -- inside ------------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ from pipeline import (
     EventReceiver,
     TextDelta,
     is_terminal,
-    lone_exception,
+    lone_exception_unwrapped,
 )
 from pipeline.text import SentenceBuffer
 
@@ -271,17 +271,12 @@ class Speaker:
         self._started_at = trio.current_time()
         self.player.resume()  # a player shared by turns may have been stopped by a barge-in
         self._base = self.player.played_samples
-        try:
+        # An engine or output failing in one of the tasks is raised as itself, as
+        # Pipeline.open does (nested groups of one come from the nested nurseries).
+        with lone_exception_unwrapped():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._intake, events)
                 nursery.start_soon(self._speak)
-        except BaseExceptionGroup as group:
-            # An engine or output failing in one of the tasks: raise it as itself, as
-            # Pipeline.open does (nested groups of one come from the nested nurseries).
-            lone = lone_exception(group)
-            if lone is group:
-                raise
-            raise lone from lone.__cause__
         if self._gone:
             raise ConsumerGone(f"{self.name}: interrupted")
 

@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
+from ... import lone_exception_unwrapped
 from ._formats import (
     PROVIDER_BY_PATH,
     Frame,
@@ -328,10 +329,6 @@ def _mark_disconnected(record: RequestRecord) -> None:
 
 def _redact(name: str, value: str) -> str:
     return REDACTED if name in SECRET_HEADERS else value
-
-
-def _unwrap_single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    return group.exceptions[0] if len(group.exceptions) == 1 else None
 
 
 @attrs.define(eq=False)
@@ -875,7 +872,7 @@ async def open_emulator(
     connections are closed (cancelled), even mid-stream. An exception from the block comes out
     as itself, not wrapped in an exception group.
     """
-    try:
+    with lone_exception_unwrapped():
         async with trio.open_nursery() as nursery:
             emulator: Emulator = await nursery.start(
                 partial(
@@ -886,9 +883,3 @@ async def open_emulator(
                 yield emulator
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        single = _unwrap_single(group)
-        if single is None:
-            raise
-        single.__suppress_context__ = True
-        raise single  # noqa: B904 -- re-raising the one real exception, unwrapped
