@@ -100,9 +100,15 @@ def redis(tmp_path: Path) -> Iterator[RestartableRedis]:
 WORDS = [f"w{i} " for i in range(200)]
 
 
-def _config(redis: RestartableRedis, **kwargs: float) -> ServerConfig:
+def _config(
+    redis: RestartableRedis, *, store_retry_for: float = 30.0, owner_lease: float = 15.0
+) -> ServerConfig:
     return ServerConfig(
-        store_url=redis.url, heartbeat_interval=0.3, idle_cancel_after=60.0, **kwargs
+        store_url=redis.url,
+        heartbeat_interval=0.3,
+        idle_cancel_after=60.0,
+        store_retry_for=store_retry_for,
+        owner_lease=owner_lease,
     )
 
 
@@ -138,11 +144,14 @@ def _check_in_order(events: list[SSEEvent]) -> None:
     assert seqs == sorted(set(seqs)), seqs
 
 
-async def test_redis_back_within_the_bound_the_generation_goes_on(
-    redis: RestartableRedis,
-) -> None:
+async def _crash_mid_generation(
+    redis: RestartableRedis, down_for: float, *, store_retry_for: float, owner_lease: float
+) -> list[SSEEvent]:
+    """Start a generation, read 20 events, SIGKILL Redis for ``down_for`` s, restart it, and
+    read the rest: every event the stream ends up with, checked to be in order."""
     factory = factory_of(lambda r: ScriptedProducer.from_deltas(WORDS, delay=0.01))
-    app = create_app(factory, _config(redis, store_retry_for=20.0, owner_lease=5.0))
+    config = _config(redis, store_retry_for=store_retry_for, owner_lease=owner_lease)
+    app = create_app(factory, config)
     async with running(app) as url, httpx.AsyncClient(timeout=10) as client:
         created = (await client.post(url + "/v1/streams", json=BODY)).json()
         events_url = url + created["events_url"]
@@ -150,12 +159,19 @@ async def test_redis_back_within_the_bound_the_generation_goes_on(
             _, first = await read_sse(r, stop=lambda evs: len(evs) >= 20)
         first = first[:20]
         redis.kill()
-        await trio.sleep(1.5)
+        await trio.sleep(down_for)
         await trio.to_thread.run_sync(redis.start)
         with trio.fail_after(40):
             rest = await _read_all(client, events_url, first[-1].id)
     events = first + rest
     _check_in_order(events)
+    return events
+
+
+async def test_redis_back_within_the_bound_the_generation_goes_on(
+    redis: RestartableRedis,
+) -> None:
+    events = await _crash_mid_generation(redis, 1.5, store_retry_for=20.0, owner_lease=5.0)
     assert events[-1].event == "done"
     assert "".join(json.loads(e.data).get("text", "") for e in events) == "".join(WORDS)
 
@@ -163,21 +179,8 @@ async def test_redis_back_within_the_bound_the_generation_goes_on(
 async def test_redis_back_after_the_bound_the_stream_ends_retryable(
     redis: RestartableRedis,
 ) -> None:
-    factory = factory_of(lambda r: ScriptedProducer.from_deltas(WORDS, delay=0.01))
-    app = create_app(factory, _config(redis, store_retry_for=1.0, owner_lease=30.0))
-    async with running(app) as url, httpx.AsyncClient(timeout=10) as client:
-        created = (await client.post(url + "/v1/streams", json=BODY)).json()
-        events_url = url + created["events_url"]
-        async with client.stream("GET", events_url) as r:
-            _, first = await read_sse(r, stop=lambda evs: len(evs) >= 20)
-        first = first[:20]
-        redis.kill()
-        await trio.sleep(2.0)  # longer than store_retry_for
-        await trio.to_thread.run_sync(redis.start)
-        with trio.fail_after(40):
-            rest = await _read_all(client, events_url, first[-1].id)
-    events = first + rest
-    _check_in_order(events)
+    # Down longer than store_retry_for: the generation gives up, ends the stream once back.
+    events = await _crash_mid_generation(redis, 2.0, store_retry_for=1.0, owner_lease=30.0)
     end = json.loads(events[-1].data)
     assert events[-1].event == "error"
     assert end["retryable"] is True
