@@ -14,6 +14,13 @@ from ``after`` (the ``Last-Event-ID``) in pieces of :data:`READ_LIMIT` events, t
 live with ``wait``. Each frame's ``id`` is the event's ``seq`` and ``after`` advances to the last
 one written, so a client that reconnects with the last id it saw gets every event exactly once.
 While following, a task touches the store every few seconds so the idle watcher sees a reader.
+
+Crashes: the stream is created with an owner lease (``config.owner_lease``) that the watcher
+renews; the generation's :class:`~pipeline.stores.StoreSink` retries an unreachable store for
+``config.store_retry_for`` s and then ends the stream with a retryable ``store`` error once the
+store answers. If the owning process dies (or stays cut off), the lease runs out and the next
+reader that finds nothing to send, or a ``DELETE``, ends the stream (:func:`end_orphan`), in
+whichever process it runs: readers never get heartbeats forever.
 """
 
 from __future__ import annotations
