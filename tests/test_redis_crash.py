@@ -6,6 +6,8 @@ the same port: every stream ends, in order, with nothing lost or repeated.
 * The owner gone for good (its lease ran out while Redis was down): a reader in another app ends
   the stream (no heartbeats forever), and ``DELETE`` ends it too (204, not a 202 that does
   nothing).
+* The server process that runs the generation and Redis both killed with SIGKILL: once Redis is
+  back, a reader served by another process ends the stream after the owner's lease.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -97,6 +100,7 @@ def redis(tmp_path: Path) -> Iterator[RestartableRedis]:
             gc.collect()
 
 
+ROOT = Path(__file__).resolve().parent.parent
 WORDS = [f"w{i} " for i in range(200)]
 
 
@@ -217,3 +221,69 @@ async def test_an_orphaned_stream_is_ended_by_a_reader_and_by_delete(
         resp = await client.get(url + "/v1/streams/delete-me/events")
         end = json.loads(SSEDecoder().feed(resp.content)[-1].data)
         assert end["kind"] == "cancelled"
+
+
+# A server process that owns the generations it starts (lease 1 s), on a free port it prints.
+_OWNER = """
+import functools, sys, trio
+from contextlib import asynccontextmanager
+from pipeline.producers import ScriptedProducer
+from pipeline.stores import RedisStore
+from sinks.server import ServerConfig, create_app, serve
+
+@asynccontextmanager
+async def factory(request):
+    yield ScriptedProducer.from_deltas([f"w{i} " for i in range(10_000)], delay=0.01)
+
+async def main():
+    async with RedisStore(sys.argv[1]) as store:
+        config = ServerConfig(store_url=sys.argv[1], owner_lease=1.0)
+        app = create_app(factory, config, store=store)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve, app, "127.0.0.1", 0)
+            print(port, flush=True)
+
+trio.run(main)
+"""
+
+
+@pytest.fixture
+def owner(redis: RestartableRedis) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The owner server process (:data:`_OWNER`) on ``redis``, and its URL; killed at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, redis.url], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_the_owner_process_and_redis_killed_a_reader_elsewhere_ends_the_stream(
+    redis: RestartableRedis, owner: tuple[subprocess.Popen[str], str]
+) -> None:
+    proc, owner_url = owner
+    async with httpx.AsyncClient(timeout=10) as client:
+        created = (await client.post(owner_url + "/v1/streams", json=BODY)).json()
+        async with client.stream("GET", owner_url + created["events_url"]) as r:
+            _, first = await read_sse(r, stop=lambda evs: len(evs) >= 10)
+    proc.send_signal(signal.SIGKILL)
+    redis.kill()
+    await trio.to_thread.run_sync(redis.start)
+
+    app = create_app(factory_of(lambda r: ScriptedProducer.from_deltas(WORDS)), _config(redis))
+    async with running(app) as url, httpx.AsyncClient(timeout=10) as client:
+        with trio.fail_after(15):  # the lease (1 s) and a heartbeat, not forever
+            resp = await client.get(
+                url + created["events_url"], headers={"Last-Event-ID": first[9].id}
+            )
+    rest = SSEDecoder().feed(resp.content)
+    _check_in_order(first[:10] + rest)
+    assert rest[-1].event == "error"
+    end = json.loads(rest[-1].data)
+    assert (end["kind"], end["retryable"]) == ("incomplete", True)
