@@ -378,6 +378,24 @@ async def test_store_sink_gives_up_after_retry_for(store: StreamStore) -> None:
     assert (await store.info(s)).ended
 
 
+async def test_store_sink_ends_a_stream_the_store_lost_events_of() -> None:
+    """A store restarted without events it had acknowledged (Redis, AOF ``everysec``): the sink
+    does not leave a silent gap, it ends the stream with a retryable ``store`` error numbered
+    past anything a reader may have seen."""
+    s = sid()
+    flaky = _RestartsLosing(MemoryStore(), fail={}, at_call=5, lose=2)
+    await flaky.inner.create(s)
+    sink = StoreSink(flaky, s, batch_max=1, backoff=pipeline.Backoff(initial=0.01))
+    producer = ScriptedProducer([*(Step(TextDelta(f"t{i} "), 0.01) for i in range(8)), Done()])
+    with pytest.raises(StoreError, match=r"lost events 3\.\.4"):
+        await pipeline.Pipeline(producer, sinks=[sink]).run()
+    events = await flaky.inner.read(s, 0, 100)
+    assert [e.seq for e in events] == [1, 2, 5]
+    end = events[-1]
+    assert isinstance(end, Error)
+    assert (end.kind, end.retryable) == ("store", True)
+
+
 @attrs.define
 class _Flaky:
     """A store whose ``append`` number N fails with StoreUnavailable: ``before`` storing,
@@ -409,6 +427,25 @@ class _Flaky:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+@attrs.define
+class _RestartsLosing(_Flaky):
+    """At append number ``at_call``, the store "restarts" without its last ``lose`` events
+    (acknowledged, then lost) and the append fails."""
+
+    at_call: int = 0
+    lose: int = 0
+
+    async def append(self, stream_id: str, events: Any) -> None:
+        if self.calls + 1 == self.at_call:
+            self.calls += 1
+            kept = (await self.inner.read(stream_id, 0, 1000))[: -self.lose]
+            self.inner = MemoryStore()
+            await self.inner.create(stream_id)
+            await self.inner.append(stream_id, kept)
+            raise StoreUnavailable("connection reset")
+        await super().append(stream_id, events)
 
 
 async def test_delete(store: StreamStore) -> None:

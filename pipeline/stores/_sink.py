@@ -187,8 +187,8 @@ class StoreSink:
                 try:
                     info = await self._when_available()
                     if not info.ended:
-                        self.last_seq = info.last_seq  # the store's word, if it lost events
-                        end = attrs.evolve(end, seq=info.last_seq + 1)
+                        # Past what readers may have seen, even if the store lost some of it.
+                        end = attrs.evolve(end, seq=max(info.last_seq, self.last_seq) + 1)
                         await self._append([end])
                         self._stored([end])
                 except (StoreError, ValueError):
