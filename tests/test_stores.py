@@ -21,15 +21,19 @@ import pipeline
 from pipeline import Done, Error, Event, Route, TextDelta
 from pipeline.producers import ScriptedProducer, Step
 from pipeline.stores import (
+    ALLOCATOR_SLACK,
     MemoryStore,
     RedisStore,
     StoreError,
     StoreFull,
     StoreSink,
+    StoreUnavailable,
+    StreamEnded,
     StreamInfo,
     StreamNotFound,
     StreamStore,
     open_store,
+    stored_nbytes,
 )
 
 OpenStore = Callable[..., AbstractAsyncContextManager[StreamStore]]
@@ -294,6 +298,156 @@ async def test_unknown_id(store: StreamStore) -> None:
     assert issubclass(StreamNotFound, LookupError)
 
 
+async def test_owner_lease_orphan_and_end_if_orphaned(store: StreamStore) -> None:
+    owned, free = sid(), sid()
+    await store.create(owned, lease=0.3)
+    await store.create(free)  # no lease: never orphaned
+    await store.append(owned, deltas(1, 2))
+    assert not (await store.info(owned)).orphaned
+    end = Error("incomplete", "no owner", retryable=True)
+    assert not await store.end_if_orphaned(owned, end)  # the owner is alive
+    for _ in range(3):  # the owner renews: still alive after twice its lease
+        await trio.sleep(0.2)
+        await store.renew_lease(owned, 0.3)
+    assert not (await store.info(owned)).orphaned
+    await trio.sleep(0.4)  # it stopped renewing
+    assert (await store.info(owned)).orphaned
+    assert not (await store.info(free)).orphaned
+    async with trio.open_nursery() as nursery:  # two readers see it: one ends it
+        results: list[bool] = []
+
+        async def end_it() -> None:
+            results.append(await store.end_if_orphaned(owned, end))
+
+        nursery.start_soon(end_it)
+        nursery.start_soon(end_it)
+    assert sorted(results) == [False, True]
+    info = await store.info(owned)
+    assert info.ended
+    assert not info.orphaned
+    assert info.last_seq == 3
+    assert await store.read(owned, 2, 10) == [attrs.evolve(end, seq=3)]
+    with pytest.raises(StreamEnded):  # an owner that comes back learns the stream has ended
+        await store.append(owned, deltas(3, 3))
+    await store.renew_lease(owned, 0.3)  # harmless on an ended stream
+    assert not await store.end_if_orphaned(free, end)
+    with pytest.raises(StreamNotFound):
+        await store.renew_lease(sid(), 1.0)
+    with pytest.raises(StreamNotFound):
+        await store.end_if_orphaned(sid(), end)
+
+
+async def test_store_sink_retries_an_unavailable_store(store: StreamStore) -> None:
+    """Appends that fail (one after it was stored, as when Redis dies before it answers) are
+    retried with the backoff; nothing is stored twice."""
+    s = sid()
+    await store.create(s)
+    flaky = _Flaky(store, fail={2: "before", 4: "after"})
+    sink = StoreSink(flaky, s, batch_max=1, backoff=pipeline.Backoff(initial=0.01))
+    await pipeline.Pipeline(ScriptedProducer.from_deltas(["a", "b", "c", "d", "e"]),
+                            sinks=[sink]).run()  # fmt: skip
+    events = await store.read(s, 0, 100)
+    assert "".join(getattr(e, "text", "") for e in events) == "abcde"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].type == "done"
+    assert flaky.failed == 2
+
+
+async def test_store_sink_gives_up_after_retry_for(store: StreamStore) -> None:
+    """Past ``retry_for`` the sink raises, and ends the stream (retryable) once the store is
+    back."""
+    s = sid()
+    await store.create(s)
+    flaky = _Flaky(store, fail={2: "down"})
+    sink = StoreSink(flaky, s, batch_max=1, retry_for=0.2, backoff=pipeline.Backoff(0.01, 0.05))
+    producer = ScriptedProducer.from_deltas(["a", "b", "c"])
+
+    async def back_later() -> None:
+        await trio.sleep(0.6)
+        flaky.down = False
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(back_later)
+        with pytest.raises(StoreUnavailable):
+            await pipeline.Pipeline(producer, sinks=[sink]).run()
+    [first, end] = await store.read(s, 0, 100)
+    assert first == TextDelta("a", seq=1)
+    assert isinstance(end, Error)
+    assert end.kind == "store"
+    assert end.retryable
+    assert (await store.info(s)).ended
+
+
+async def test_store_sink_ends_a_stream_the_store_lost_events_of() -> None:
+    """A store restarted without events it had acknowledged (Redis, AOF ``everysec``): the sink
+    does not leave a silent gap, it ends the stream with a retryable ``store`` error numbered
+    past anything a reader may have seen."""
+    s = sid()
+    flaky = _RestartsLosing(MemoryStore(), fail={}, at_call=5, lose=2)
+    await flaky.inner.create(s)
+    sink = StoreSink(flaky, s, batch_max=1, backoff=pipeline.Backoff(initial=0.01))
+    producer = ScriptedProducer([*(Step(TextDelta(f"t{i} "), 0.01) for i in range(8)), Done()])
+    with pytest.raises(StoreError, match=r"lost events 3\.\.4"):
+        await pipeline.Pipeline(producer, sinks=[sink]).run()
+    events = await flaky.inner.read(s, 0, 100)
+    assert [e.seq for e in events] == [1, 2, 5]
+    end = events[-1]
+    assert isinstance(end, Error)
+    assert (end.kind, end.retryable) == ("store", True)
+
+
+@attrs.define
+class _Flaky:
+    """A store whose ``append`` number N fails with StoreUnavailable: ``before`` storing,
+    ``after`` storing, or ``down`` (then every append and info, until ``down`` is cleared)."""
+
+    inner: StreamStore
+    fail: dict[int, str]
+    calls: int = 0
+    failed: int = 0
+    down: bool = False
+
+    async def append(self, stream_id: str, events: Any) -> None:
+        self.calls += 1
+        how = self.fail.pop(self.calls, None)
+        if how == "down":
+            self.down = True
+        if self.down or how == "before":
+            self.failed += 1
+            raise StoreUnavailable("connection refused")
+        await self.inner.append(stream_id, events)
+        if how == "after":
+            self.failed += 1
+            raise StoreUnavailable("connection reset")
+
+    async def info(self, stream_id: str) -> StreamInfo:
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        return await self.inner.info(stream_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@attrs.define
+class _RestartsLosing(_Flaky):
+    """At append number ``at_call``, the store "restarts" without its last ``lose`` events
+    (acknowledged, then lost) and the append fails."""
+
+    at_call: int = 0
+    lose: int = 0
+
+    async def append(self, stream_id: str, events: Any) -> None:
+        if self.calls + 1 == self.at_call:
+            self.calls += 1
+            kept = (await self.inner.read(stream_id, 0, 1000))[: -self.lose]
+            self.inner = MemoryStore()
+            await self.inner.create(stream_id)
+            await self.inner.append(stream_id, kept)
+            raise StoreUnavailable("connection reset")
+        await super().append(stream_id, events)
+
+
 async def test_delete(store: StreamStore) -> None:
     s = sid()
     await store.create(s)
@@ -527,14 +681,21 @@ async def test_redis_store_must_be_entered(redis_url: str) -> None:
 # -- MemoryStore: budgets and expiry (MockClock) -----------------------------------------------
 
 
+def _cost(event: Event) -> int:
+    """What a MemoryStore counts for one event."""
+    return int(stored_nbytes(event) * ALLOCATOR_SLACK)
+
+
 async def test_memory_byte_budget_per_stream() -> None:
-    store = MemoryStore(max_bytes_per_stream=1000)
+    one = _cost(TextDelta("x" * 400, seq=1))
+    assert one > 400 + 100  # the objects, not just the text
+    store = MemoryStore(max_bytes_per_stream=2 * one)
     await store.create("s")
-    await store.append("s", [TextDelta("x" * 400, seq=1)])  # 400 + 100 overhead
+    await store.append("s", [TextDelta("x" * 400, seq=1)])
     with pytest.raises(StoreFull, match="max_bytes_per_stream"):
-        await store.append("s", [TextDelta("x" * 401, seq=2)])
+        await store.append("s", [TextDelta("x" * 420, seq=2)])
     await store.append("s", [TextDelta("x" * 400, seq=2)])
-    assert store.total_bytes == 1000
+    assert store.total_bytes == 2 * one
     await store.append("s", [Error("overflow", "", partial_text="y" * 5000, seq=3)])
     assert (await store.info("s")).ended
 
@@ -542,10 +703,10 @@ async def test_memory_byte_budget_per_stream() -> None:
 async def test_memory_total_budget_evicts_oldest_ended_first(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store = MemoryStore(max_total_bytes=3000)
+    store = MemoryStore(max_total_bytes=3 * _cost(TextDelta("x" * 900, seq=1)))
     for name in ("a", "b", "c"):
         await store.create(name)
-        await store.append(name, [TextDelta("x" * 900, seq=1)])  # 1000 bytes each
+        await store.append(name, [TextDelta("x" * 900, seq=1)])  # a third of the budget each
     await store.append("b", [Done(seq=2)])
     await trio.sleep(1)
     await store.append("a", [Done(seq=2)])
@@ -560,7 +721,7 @@ async def test_memory_total_budget_evicts_oldest_ended_first(
     # Only streams being written remain: nothing may be evicted.
     with pytest.raises(StoreFull, match="max_total_bytes"):
         await store.append("d", [TextDelta("x", seq=3)])
-    assert store.total_bytes == 3000
+    assert store.total_bytes == 3 * _cost(TextDelta("x" * 900, seq=1))
 
 
 async def test_memory_max_streams(autojump_clock: trio.testing.MockClock) -> None:

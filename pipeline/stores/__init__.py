@@ -20,25 +20,33 @@ from ..packaging import fixup_module_metadata as _fixup_module_metadata
 from ..packaging import lazy_attributes as _lazy_attributes
 from ._base import StoreError as StoreError
 from ._base import StoreFull as StoreFull
+from ._base import StoreUnavailable as StoreUnavailable
+from ._base import StreamEnded as StreamEnded
 from ._base import StreamInfo as StreamInfo
 from ._base import StreamNotFound as StreamNotFound
 from ._base import StreamStore as StreamStore
+from ._memory import ALLOCATOR_SLACK as ALLOCATOR_SLACK
 from ._memory import MemoryStore as MemoryStore
+from ._memory import stored_nbytes as stored_nbytes
 from ._sink import StoreSink as StoreSink
 
 if _typing.TYPE_CHECKING:
     from ._redis import RedisStore as RedisStore
 
 __all__ = [
+    "ALLOCATOR_SLACK",
     "MemoryStore",
     "RedisStore",
     "StoreError",
     "StoreFull",
     "StoreSink",
+    "StoreUnavailable",
+    "StreamEnded",
     "StreamInfo",
     "StreamNotFound",
     "StreamStore",
     "open_store",
+    "stored_nbytes",
 ]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})

@@ -24,6 +24,15 @@ Contract every implementation keeps (``tests/test_stores.py`` runs the same test
   sees it via ``cancel_requested`` and stops it; this works across processes with Redis).
 * ``touch`` records reader activity; ``info(...).last_reader_at`` lets the owner cancel a
   generation nobody listens to.
+* Owner lease: a stream created with ``lease=`` seconds has an owner (the process that runs its
+  generation), alive while it calls ``renew_lease`` within that time. A stream that has not
+  ended and whose lease ran out is *orphaned* (``info(...).orphaned``: the owner crashed, or
+  lost the store for longer than the lease); any process may end it with ``end_if_orphaned``,
+  which appends the given terminal event only if it still is (atomically, so two readers
+  cannot both end it). Leases are kept by the store (in Redis: a key with a TTL, which an AOF
+  restart keeps), so a crash of the owner, of the store, or of both is seen the same way.
+* Errors: :class:`StoreUnavailable` (the store cannot be reached: retry later with
+  :class:`pipeline.Backoff`), :class:`StreamEnded` (an append after the end).
 * Every method is safe to call from several tasks at once; ``aclose`` is idempotent.
 """
 
@@ -40,6 +49,8 @@ __all__ = [
     "DEFAULT_WAIT_LIMIT",
     "StoreError",
     "StoreFull",
+    "StoreUnavailable",
+    "StreamEnded",
     "StreamInfo",
     "StreamNotFound",
     "StreamStore",
@@ -66,6 +77,19 @@ class StoreFull(StoreError):
     kind = "overflow"
 
 
+class StoreUnavailable(StoreError):
+    """The store could not be reached or did not answer (a connection refused or reset, a
+    timeout). Transient: whether the operation took effect is unknown, so a writer that retries
+    checks :meth:`StreamStore.info` first (see :class:`StoreSink`)."""
+
+    retryable = True
+
+
+class StreamEnded(StoreError):
+    """An ``append`` to a stream that has already ended (its writer, or a process that found
+    it orphaned, stored its terminal event). Nothing of the batch was stored."""
+
+
 @attrs.frozen
 class StreamInfo:
     """What a store knows about one stream. Times are UNIX seconds (wall clock: shared by
@@ -78,12 +102,25 @@ class StreamInfo:
     cancel_requested: bool
     last_reader_at: float | None
     events: int
+    #: Not ended, created with a lease, and the lease ran out: no live owner.
+    orphaned: bool = False
 
 
 @runtime_checkable
 class StreamStore(Protocol):
-    async def create(self, stream_id: str) -> None:
-        """Create an empty stream; ``ValueError`` if the id exists."""
+    async def create(self, stream_id: str, *, lease: float | None = None) -> None:
+        """Create an empty stream; ``ValueError`` if the id exists. With ``lease`` (seconds) the
+        caller owns it and must :meth:`renew_lease` within that time or it becomes orphaned."""
+        ...
+
+    async def renew_lease(self, stream_id: str, lease: float) -> None:
+        """The owner is alive: the stream is not orphaned for ``lease`` more seconds.
+        Raises :class:`StreamNotFound`; does nothing to a stream that has ended."""
+        ...
+
+    async def end_if_orphaned(self, stream_id: str, event: Event) -> bool:
+        """Append ``event`` (terminal; its ``seq`` is set to the next one) if the stream is
+        orphaned, atomically; ``True`` if this call ended it. Raises :class:`StreamNotFound`."""
         ...
 
     async def append(self, stream_id: str, events: Sequence[Event]) -> None:

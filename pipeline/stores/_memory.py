@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -12,15 +13,56 @@ from typing import Final
 import attrs
 import trio
 
-from .. import ConfigError, Event, event_nbytes, is_terminal
-from ._base import DEFAULT_WAIT_LIMIT, StoreError, StoreFull, StreamInfo, StreamNotFound
+from .. import ConfigError, Event, is_terminal
+from ._base import DEFAULT_WAIT_LIMIT, StoreFull, StreamEnded, StreamInfo, StreamNotFound
 
-__all__ = ["EVENT_OVERHEAD", "MemoryStore"]
+__all__ = ["ALLOCATOR_SLACK", "EVENT_OVERHEAD", "MemoryStore", "stored_nbytes"]
 
-#: Bytes counted per stored event on top of its text (:func:`pipeline.event_nbytes`): a rough
-#: price of the Python objects that hold it, so budgets stay meaningful for tiny deltas.
-EVENT_OVERHEAD: Final = 100
+#: Bytes counted per stored event besides the event object and its strings: its two list slots
+#: (``events`` and ``seqs``, 8 bytes each) and its ``seq`` (an int object of 28 bytes, 32 as
+#: allocated; only 0..256 are shared by CPython, so every stored seq is counted).
+EVENT_OVERHEAD: Final = 2 * 8 + 32
+#: What the store counts per byte its objects take, for the allocators' slack: once streams are
+#: evicted, their freed blocks stay in pymalloc's arenas among the survivors', and the growing
+#: ``events``/``seqs`` lists leave holes in malloc's heap. Measured with
+#: ``benchmarks/bench_store_memory.py`` (80 unread generations, budget 256 MiB): RSS grew 1.28x
+#: what the objects take; so the budget, counted this way, is what the process grows by.
+ALLOCATOR_SLACK: Final = 1.3
 _MiB: Final = 1024 * 1024
+_ALIGN: Final = 16  # pymalloc hands out blocks in multiples of 16 bytes (64-bit CPython >= 3.8)
+# Per event class: the fields that hold their own objects (str and int); ``type`` is the class's
+# shared literal and ``seq`` is in EVENT_OVERHEAD. Filled on first use of each class.
+_OWN_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _allocated(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def stored_nbytes(event: Event) -> int:
+    """Bytes of memory the :class:`MemoryStore` holds for ``event``: the event object and each
+    of its strings as allocated (``sys.getsizeof`` rounded up to pymalloc's 16-byte blocks;
+    a non-ASCII string's UTF-8 copy included when CPython made one), ints past the shared
+    small ones (32 bytes each), plus :data:`EVENT_OVERHEAD`.
+
+    Measured, not estimated: a 5-character ``TextDelta`` counts 64 + 64 + 48 = 176 bytes, and
+    ``tests/test_store_memory.py`` checks that what a filled store counts is what the process
+    grew by. Objects shared with others (interned strings, small ints) are counted anyway, so
+    the figure errs on the high side.
+    """
+    cls = type(event)
+    names = _OWN_FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in attrs.fields(cls) if f.name not in ("type", "seq"))
+        _OWN_FIELDS[cls] = names
+    total = _allocated(sys.getsizeof(event)) + EVENT_OVERHEAD
+    for name in names:
+        value = getattr(event, name)
+        if isinstance(value, str):
+            total += _allocated(sys.getsizeof(value))
+        elif type(value) is int and not -5 <= value <= 256:
+            total += 32
+    return total
 
 
 def check_batch(stream_id: str, last_seq: int, events: Sequence[Event]) -> None:
@@ -65,12 +107,20 @@ class _Stream:
     ended_at: float = 0.0  # trio clock
     cancel_requested: bool = False
     last_reader_at: float | None = None
+    lease_until: float | None = None  # trio clock; None: no owner lease
     lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     gone: bool = False
 
     def read(self, after: int, limit: int) -> list[Event]:
         start = bisect.bisect_right(self.seqs, after)
         return self.events[start : start + limit]
+
+    def orphaned(self) -> bool:
+        return (
+            not self.ended
+            and self.lease_until is not None
+            and trio.current_time() >= self.lease_until
+        )
 
 
 class MemoryStore:
@@ -79,10 +129,12 @@ class MemoryStore:
     Budgets (all checked before anything of a batch is stored, so a refused batch leaves no
     trace):
 
-    * ``max_events_per_stream`` / ``max_bytes_per_stream``: one stream's events, and their
-      bytes (UTF-8 text bytes plus :data:`EVENT_OVERHEAD` per event). An ``append`` that would
-      pass either raises :class:`StoreFull`; the stream is not changed. The terminal event
-      (``Done``/``Error``) is exempt, so a stream can always be ended (there is one per stream).
+    * ``max_events_per_stream`` / ``max_bytes_per_stream``: one stream's events, and the memory
+      they take (:func:`stored_nbytes`: the objects as allocated, not just their text, times
+      :data:`ALLOCATOR_SLACK`), so ``max_total_bytes`` is what the process's RSS grows by. An
+      ``append`` that would pass either raises :class:`StoreFull`; the stream is not changed. The
+      terminal event (``Done``/``Error``) is exempt, so a stream can always be ended (there is
+      one per stream).
     * ``max_streams`` / ``max_total_bytes``: the whole store. When ``create`` or ``append``
       would pass them, expired streams are dropped, then the *ended* streams are evicted,
       oldest end first; if that is not enough, :class:`StoreFull` is raised. Streams that are
@@ -154,7 +206,11 @@ class MemoryStore:
 
     # -- the StreamStore protocol ------------------------------------------------------------
 
-    async def create(self, stream_id: str) -> None:
+    async def create(self, stream_id: str, *, lease: float | None = None) -> None:
+        """Create an empty stream (``ValueError`` if it exists); ``lease``: seconds of trio's
+        clock the owner has to :meth:`renew_lease` (see :class:`StreamStore`)."""
+        if lease is not None:
+            check_positive("lease", lease)
         await self._enter()
         existing = self._streams.get(stream_id)
         if existing is not None:
@@ -170,13 +226,34 @@ class MemoryStore:
                     f"memory store: {len(self._streams)} streams are being written "
                     f"(max_streams={self.max_streams})"
                 )
-        self._streams[stream_id] = _Stream(created_at=time.time(), active_at=trio.current_time())
+        now = trio.current_time()
+        s = _Stream(created_at=time.time(), active_at=now)
+        if lease is not None:
+            s.lease_until = now + lease
+        self._streams[stream_id] = s
+
+    async def renew_lease(self, stream_id: str, lease: float) -> None:
+        check_positive("lease", lease)
+        await self._enter()
+        s = self._get(stream_id)
+        if not s.ended:
+            s.lease_until = trio.current_time() + lease
+
+    async def end_if_orphaned(self, stream_id: str, event: Event) -> bool:
+        if not is_terminal(event):
+            raise ValueError(f"end_if_orphaned needs a terminal event, got {event!r}")
+        await self._enter()
+        s = self._get(stream_id)
+        if not s.orphaned():
+            return False
+        self._store(stream_id, s, [attrs.evolve(event, seq=s.last_seq + 1)], 0, 0)
+        return True
 
     async def append(self, stream_id: str, events: Sequence[Event]) -> None:
         """Store ``events`` (one atomic batch).
 
         Raises :class:`StreamNotFound`, :class:`StoreFull` (see the class docstring),
-        :class:`StoreError` if the stream has already ended, ``ValueError`` if the ``seq`` do not
+        :class:`StreamEnded` if the stream has already ended, ``ValueError`` if the ``seq`` do not
         increase past the stream's last one or something follows a terminal event.
         """
         await self._enter()
@@ -184,11 +261,11 @@ class MemoryStore:
         if not events:
             return
         if s.ended:
-            raise StoreError(f"stream {stream_id!r} has ended; nothing may be appended")
+            raise StreamEnded(f"stream {stream_id!r} has ended; nothing may be appended")
         check_batch(stream_id, s.last_seq, events)
         terminal = is_terminal(events[-1])
         counted = events[:-1] if terminal else events
-        add_bytes = sum(event_nbytes(ev) for ev in counted) + EVENT_OVERHEAD * len(counted)
+        add_bytes = int(sum(map(stored_nbytes, counted)) * ALLOCATOR_SLACK)
         if s.counted_events + len(counted) > self.max_events_per_stream:
             raise StoreFull(
                 f"stream {stream_id!r}: {s.counted_events} events stored, "
@@ -209,15 +286,21 @@ class MemoryStore:
                     f"memory store: {self._total_bytes} bytes held by streams being written, "
                     f"{add_bytes} more would pass max_total_bytes={self.max_total_bytes}"
                 )
+        self._store(stream_id, s, events, len(counted), add_bytes)
+
+    def _store(
+        self, stream_id: str, s: _Stream, events: Sequence[Event], counted: int, nbytes: int
+    ) -> None:
+        """Store a checked batch (no checkpoint) and wake the stream's waiters."""
         s.events.extend(events)
         s.seqs.extend(ev.seq for ev in events)
-        s.counted_events += len(counted)
-        s.nbytes += add_bytes
-        self._total_bytes += add_bytes
+        s.counted_events += counted
+        s.nbytes += nbytes
+        self._total_bytes += nbytes
         s.last_seq = events[-1].seq
         now = trio.current_time()
         s.active_at = now
-        if terminal:
+        if is_terminal(events[-1]):
             s.ended = True
             s.ended_at = now
             self._ended[stream_id] = s
@@ -271,6 +354,7 @@ class MemoryStore:
             cancel_requested=s.cancel_requested,
             last_reader_at=s.last_reader_at,
             events=len(s.events),
+            orphaned=s.orphaned(),
         )
 
     async def touch(self, stream_id: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final
 
+import attrs
 import trio
 
 from .. import ConfigError, Event, event_from_json, event_to_json, is_terminal
@@ -19,18 +20,62 @@ try:
     import coredis.exceptions
 except ImportError as exc:  # the 'redis' extra is not installed
     raise missing_extra("redis", "the Redis store (redis:// URLs)", exc) from exc
-from ._base import DEFAULT_WAIT_LIMIT, StoreError, StoreFull, StreamInfo, StreamNotFound
+from ._base import (
+    DEFAULT_WAIT_LIMIT,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+    StreamEnded,
+    StreamInfo,
+    StreamNotFound,
+)
 from ._memory import check_batch, check_positive, check_read_args
 
 __all__ = ["RedisStore"]
 
-# KEYS[1] info hash, KEYS[2] events stream; ARGV[1] created_at, ARGV[2] idle ms (0: none).
+# KEYS[1] info hash, KEYS[2] events stream, KEYS[3] owner lease; ARGV[1] created_at,
+# ARGV[2] idle ms (0: none), ARGV[3] lease ms (0: no owner lease).
 _CREATE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'last_seq', 0, 'events', 0,
            'counted', 0, 'ended', 0, 'cancel_requested', 0)
 if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[1], 'lease', 1)
+  redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
+end
+return 1
+"""
+
+# KEYS[1] info hash, KEYS[2] owner lease; ARGV[1] lease ms. 0 if the stream does not exist.
+_RENEW: Final = """
+local ended = redis.call('HGET', KEYS[1], 'ended')
+if not ended then return 0 end
+if ended == '0' then redis.call('SET', KEYS[2], 1, 'PX', ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] info hash, KEYS[2] owner lease: the hash (flat) and whether the lease is alive.
+_INFO: Final = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+"""
+
+# KEYS[1] info hash, KEYS[2] events stream, KEYS[3] owner lease.
+# ARGV[1] the last_seq the caller saw, ARGV[2] the terminal event's JSON (seq = ARGV[1] + 1),
+# ARGV[3] ttl after end (ms), ARGV[4] now. 1: ended it; 0: not orphaned; -1: no such stream;
+# -2: something was appended since the caller looked (look again).
+_END_IF_ORPHANED: Final = """
+local h = redis.call('HMGET', KEYS[1], 'last_seq', 'ended', 'events', 'lease')
+if not h[1] then return -1 end
+if h[2] == '1' or h[4] ~= '1' or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if h[1] ~= ARGV[1] then return -2 end
+local seq = tonumber(h[1]) + 1
+redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[2])
+redis.call('HSET', KEYS[1], 'last_seq', seq, 'events', tonumber(h[3]) + 1, 'ended', 1,
+           'ended_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
@@ -90,6 +135,10 @@ class RedisStore:
       ``<seq>-0`` and one field ``e`` holding the event's JSON (:func:`pipeline.event_to_json`).
       Replay after ``N`` is ``XRANGE key N+1-0 + COUNT limit``; following is
       ``XREAD BLOCK <ms> COUNT limit STREAMS key N-0``.
+    * ``<prefix>{ID}:owner``: the owner lease of a stream created with ``lease=`` (the hash then
+      has ``lease`` = 1): a key with ``PX`` = the lease, set again by ``renew_lease``. Redis
+      expires it on its own clock, and an AOF restart keeps its absolute expiry, so a stream
+      whose owner died (or lost Redis for longer than the lease) is seen orphaned by everyone.
 
     Budget: at most ``max_events_per_stream`` events per stream, plus its terminal event (so a
     stream can always be ended). Nothing is ever trimmed: an ``append`` that would pass the
@@ -163,6 +212,9 @@ class RedisStore:
         self._create = self._client.register_script(_CREATE)
         self._append = self._client.register_script(_APPEND)
         self._hset_if_exists = self._client.register_script(_HSET_IF_EXISTS)
+        self._renew = self._client.register_script(_RENEW)
+        self._info = self._client.register_script(_INFO)
+        self._end_if_orphaned = self._client.register_script(_END_IF_ORPHANED)
         self._entered_by: trio.lowlevel.Task | None = None
         self._closed = False
 
@@ -230,19 +282,57 @@ class RedisStore:
 
     # -- the StreamStore protocol ------------------------------------------------------------
 
-    async def create(self, stream_id: str) -> None:
+    def _owner_key(self, stream_id: str) -> str:
+        return f"{self.prefix}{{{stream_id}}}:owner"
+
+    async def create(self, stream_id: str, *, lease: float | None = None) -> None:
+        if lease is not None:
+            check_positive("lease", lease)
         self._check_open()
+        keys = [*self.keys(stream_id), self._owner_key(stream_id)]
         with _translate():
             created: object = await self._create(
-                keys=self.keys(stream_id), args=[repr(time.time()), self._idle_ms]
+                keys=keys, args=[repr(time.time()), self._idle_ms, _ms(lease)]
             )
         if not created:
             raise ValueError(f"stream {stream_id!r} already exists")
 
+    async def renew_lease(self, stream_id: str, lease: float) -> None:
+        check_positive("lease", lease)
+        self._check_open()
+        keys = [self.keys(stream_id)[0], self._owner_key(stream_id)]
+        with _translate():
+            found: object = await self._renew(keys=keys, args=[_ms(lease)])
+        if not found:
+            raise _not_found(stream_id)
+
+    async def end_if_orphaned(self, stream_id: str, event: Event) -> bool:
+        if not is_terminal(event):
+            raise ValueError(f"end_if_orphaned needs a terminal event, got {event!r}")
+        self._check_open()
+        keys = [*self.keys(stream_id), self._owner_key(stream_id)]
+        while True:  # -2: an append came between info and the script; the next look decides
+            info = await self.info(stream_id)
+            if not info.orphaned:
+                return False
+            ev = attrs.evolve(event, seq=info.last_seq + 1)
+            args: list[str | int] = [
+                info.last_seq,
+                event_to_json(ev),
+                self._ttl_ms,
+                repr(time.time()),
+            ]
+            with _translate():
+                done: object = await self._end_if_orphaned(keys=keys, args=args)
+            if done == -1:
+                raise _not_found(stream_id)
+            if done != -2:
+                return done == 1
+
     async def append(self, stream_id: str, events: Sequence[Event]) -> None:
         """Store ``events`` (one atomic batch, one round trip).
 
-        Raises :class:`StreamNotFound`, :class:`StoreFull`, :class:`StoreError` if the stream has
+        Raises :class:`StreamNotFound`, :class:`StoreFull`, :class:`StreamEnded` if the stream has
         ended, ``ValueError`` if the ``seq`` do not increase or something follows a terminal
         event.
         """
@@ -270,7 +360,7 @@ class RedisStore:
         if status == "notfound":
             raise _not_found(stream_id)
         if status == "ended":
-            raise StoreError(f"stream {stream_id!r} has ended; nothing may be appended")
+            raise StreamEnded(f"stream {stream_id!r} has ended; nothing may be appended")
         assert isinstance(reply, list)
         if status == "order":
             raise ValueError(
@@ -327,12 +417,18 @@ class RedisStore:
 
     async def info(self, stream_id: str) -> StreamInfo:
         self._check_open()
-        info_key, _ = self.keys(stream_id)
+        keys = [self.keys(stream_id)[0], self._owner_key(stream_id)]
         with _translate():
-            raw = await self._client.hgetall(info_key)
-        if not raw:
+            reply: object = await self._info(keys=keys)
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise StoreError(f"unexpected reply from the info script: {reply!r}")
+        flat, owner_alive = reply
+        if not flat:
             raise _not_found(stream_id)
-        h = {_str(k): _str(v) for k, v in raw.items()}
+        if isinstance(flat, dict):  # RESP3 maps
+            h = {_str(k): _str(v) for k, v in flat.items()}
+        else:
+            h = {_str(k): _str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
         reader = h.get("last_reader_at")
         return StreamInfo(
             stream_id=stream_id,
@@ -342,6 +438,7 @@ class RedisStore:
             cancel_requested=h["cancel_requested"] == "1",
             last_reader_at=None if reader is None else float(reader),
             events=int(h["events"]),
+            orphaned=h["ended"] != "1" and h.get("lease") == "1" and not owner_alive,
         )
 
     async def touch(self, stream_id: str) -> None:
@@ -354,7 +451,7 @@ class RedisStore:
     async def delete(self, stream_id: str) -> None:
         self._check_open()
         with _translate():
-            await self._client.delete(list(self.keys(stream_id)))
+            await self._client.delete([*self.keys(stream_id), self._owner_key(stream_id)])
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r} client={self._client!r}>"
@@ -368,6 +465,11 @@ class RedisStore:
             raise _not_found(stream_id)
 
 
+def _ms(seconds: float | None) -> int:
+    """Seconds as Redis milliseconds (at least 1); ``None`` -> 0."""
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
 def _not_found(stream_id: str) -> StreamNotFound:
     return StreamNotFound(f"no stream {stream_id!r} (never created, expired or deleted)")
 
@@ -376,5 +478,17 @@ def _not_found(stream_id: str) -> StreamNotFound:
 def _translate() -> Iterator[None]:
     try:
         yield
-    except (coredis.exceptions.RedisError, TimeoutError) as exc:
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+    except coredis.exceptions.RedisError as exc:
         raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+# Redis cannot be reached or did not answer (or is loading its AOF after a restart).
+_UNAVAILABLE: Final = (
+    coredis.exceptions.ConnectionError,
+    coredis.exceptions.BusyLoadingError,
+    TimeoutError,
+    OSError,
+    trio.BrokenResourceError,
+)

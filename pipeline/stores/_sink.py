@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
 
-from .. import ConfigError, ConsumerGone, Error, Event, EventReceiver, is_terminal
-from ._base import StoreError, StoreFull, StreamNotFound, StreamStore
+from .. import Backoff, ConfigError, ConsumerGone, Error, Event, EventReceiver, is_terminal
+from ._base import (
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+    StreamEnded,
+    StreamInfo,
+    StreamNotFound,
+    StreamStore,
+)
 
 __all__ = ["StoreSink"]
 
@@ -45,6 +53,19 @@ class StoreSink:
 
     ``create=True`` creates the stream first (otherwise the caller creates it, usually before the
     pipeline starts, so that readers can attach at once).
+
+    A store that cannot be reached (:class:`StoreUnavailable`: Redis restarting, a network
+    blip) is retried with ``backoff`` (:class:`pipeline.Backoff`) for up to ``retry_for``
+    seconds per batch; the events wait in the route's channel meanwhile (with ``spill``, on
+    disk), so nothing is lost. Whether a failed append took effect is unknown, so before each
+    retry the sink asks the store where the stream is: a batch already stored is not stored
+    twice, and a store that lost events it had acknowledged (Redis with AOF ``everysec`` loses
+    up to a second of writes on a crash) ends the stream with a retryable ``store`` error
+    rather than leaving a silent gap. After ``retry_for`` without the store, the sink gives up:
+    it then tries, for ``retry_for`` more seconds, to end the stream with a retryable ``store``
+    error, and raises. If even that fails, the stream's owner lease (see
+    :class:`StreamStore`) runs out and any reader ends it. A stream ended meanwhile by someone
+    else (:class:`StreamEnded`) raises :class:`~pipeline.ConsumerGone`.
     """
 
     store: StreamStore
@@ -54,6 +75,8 @@ class StoreSink:
     end_timeout: float = attrs.field(default=5.0, kw_only=True)
     cancel_event: Callable[[], Error] | None = attrs.field(default=None, kw_only=True)
     name: str = attrs.field(default="store", kw_only=True)
+    retry_for: float = attrs.field(default=30.0, kw_only=True)
+    backoff: Backoff = attrs.field(factory=Backoff, kw_only=True)
     events_stored: int = attrs.field(default=0, init=False)
     batches: int = attrs.field(default=0, init=False)
     last_seq: int = attrs.field(default=0, init=False)
@@ -74,17 +97,20 @@ class StoreSink:
             while not self.ended and (received := await events.receive_batch(self.batch_max)):
                 batch = self._prepare(received)
                 if batch:
-                    await self.store.append(self.stream_id, batch)
+                    await self._append(batch)
                     self._stored(batch)
             # The runner sends nothing after the terminal event; read to the end regardless.
             if self.ended:
                 async for _ in events:
                     pass
-        except StreamNotFound as exc:
+        except (StreamNotFound, StreamEnded) as exc:
             gone = True
             raise ConsumerGone(f"stream {self.stream_id!r} is gone from the store") from exc
         except StoreFull:
             kind = "overflow"
+            raise
+        except StoreError:
+            kind = "store"
             raise
         except trio.Cancelled:
             kind = "cancelled"
@@ -92,6 +118,34 @@ class StoreSink:
         finally:
             if not self.ended and not gone:
                 await self._end(kind)
+
+    async def _append(self, batch: Sequence[Event]) -> None:
+        """Append ``batch``, retrying an unavailable store for up to ``retry_for`` seconds."""
+        deadline = trio.current_time() + self.retry_for
+        retry = 0
+        while True:
+            try:
+                await self.store.append(self.stream_id, batch)
+                return
+            except StoreUnavailable:
+                if trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(min(self.backoff.delay(retry), deadline - trio.current_time()))
+            retry += 1
+            try:
+                info = await self.store.info(self.stream_id)
+            except StoreUnavailable:
+                continue
+            if info.ended:
+                raise StreamEnded(f"stream {self.stream_id!r} was ended by another process")
+            if info.last_seq >= batch[-1].seq:
+                return  # the failed append had been stored
+            if info.last_seq < self.last_seq:
+                raise StoreError(
+                    f"the store lost events {info.last_seq + 1}..{self.last_seq} of stream "
+                    f"{self.stream_id!r} (restarted without them)"
+                )
+            batch = [ev for ev in batch if ev.seq > info.last_seq]
 
     def _prepare(self, batch: list[Event]) -> list[Event]:
         out: list[Event] = []
@@ -119,11 +173,27 @@ class StoreSink:
             "cancelled": "the generation was cancelled",
             "overflow": "the stream store's budget for this stream is exhausted",
             "incomplete": "the generation stopped before its end",
+            "store": "the stream store failed; the answer is incomplete",
         }
         if kind == "cancelled" and self.cancel_event is not None:
             end = attrs.evolve(self.cancel_event(), seq=self.last_seq + 1)
         else:
-            end = Error(kind=kind, message=messages[kind], seq=self.last_seq + 1)
+            end = Error(
+                kind=kind, message=messages[kind], retryable=kind == "store", seq=self.last_seq + 1
+            )
+        if kind == "store":
+            # Not cancelled: wait (unshielded) for the store to come back, within retry_for.
+            with trio.move_on_after(self.retry_for + self.end_timeout):
+                try:
+                    info = await self._when_available()
+                    if not info.ended:
+                        # Past what readers may have seen, even if the store lost some of it.
+                        end = attrs.evolve(end, seq=max(info.last_seq, self.last_seq) + 1)
+                        await self._append([end])
+                        self._stored([end])
+                except (StoreError, ValueError):
+                    pass  # the owner lease runs out; a reader ends the stream
+            return
         with trio.move_on_after(self.end_timeout) as scope:
             scope.shield = True
             try:
@@ -131,6 +201,16 @@ class StoreSink:
             except (StoreError, ValueError):
                 return  # best effort: the original exception matters more
             self._stored([end])
+
+    async def _when_available(self) -> StreamInfo:
+        """The stream's info as soon as the store answers (retried with ``backoff``)."""
+        retry = 0
+        while True:
+            try:
+                return await self.store.info(self.stream_id)
+            except StoreUnavailable:
+                await trio.sleep(self.backoff.delay(retry))
+                retry += 1
 
     def __repr__(self) -> str:
         return f"<StoreSink {self.stream_id!r} stored={self.events_stored}>"

@@ -75,7 +75,7 @@ from ._openai_compat import (
     parse_chat_completion,
 )
 from ._otel import otel_observer
-from ._resumable import follow_stream, parse_last_event_id, run_generation
+from ._resumable import end_orphan, follow_stream, parse_last_event_id, run_generation
 from ._runtime import STATE_KEY, AppRuntime
 from ._stream import OUTCOME_REASONS, StreamWriter, begin_stream, choose_format, run_stream
 from ._ui_chat import UI_CHAT_ROUTE, UIMessageWriter, parse_ui_chat
@@ -376,7 +376,7 @@ async def _create_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     if len(runtime.generations) >= runtime.config.max_streams_total:
         raise Overloaded("too many generations")
     stream_id = secrets.token_urlsafe(16)
-    await store.create(stream_id)
+    await store.create(stream_id, lease=runtime.config.owner_lease)
     await nursery.start(run_generation, runtime, store, stream_id, parsed, client)
     events_url = f"/v1/streams/{stream_id}/events"
     response = JSONResponse(
@@ -388,14 +388,15 @@ async def _create_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
 
 
 async def _cancel_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
-    """``DELETE /v1/streams/{id}``: ask the generation to stop (202), 204 if it had ended."""
+    """``DELETE /v1/streams/{id}``: ask the generation to stop (202), 204 if it had ended or
+    had no live owner (then the stream is ended here, with a ``cancelled`` error)."""
     request = Request(scope, receive)
     stream_id = str(request.path_params["stream_id"])
     runtime.check_auth(request.headers)
     store = _store(runtime)
     info = await _info_or_404(store, stream_id)
     response: Response
-    if info.ended:
+    if await end_orphan(store, info, cancelled=True):
         response = Response(status_code=204)
     else:
         try:

@@ -185,6 +185,13 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # CORS off unless origins are configured
     shutdown_grace: float = 5.0
     store_url: str | None = None  # None: in memory; "redis://...": Redis Streams
+    # A resumable stream's owner lease: the process running its generation renews it every
+    # third of this; a stream whose lease ran out (the process died, or lost the store for that
+    # long) is ended by whoever sees it next (a reader, DELETE) with a retryable error.
+    owner_lease: float = 15.0
+    # How long a generation retries an unreachable store before it gives up (the events wait in
+    # its spill file meanwhile).
+    store_retry_for: float = 30.0
     # OpenTelemetry providers for the per-stream spans and metrics (None: the global ones). Used
     # only when the opentelemetry package is installed; not part of equality.
     otel_tracer_provider: Any = attrs.field(default=None, eq=False, repr=False)

@@ -14,6 +14,13 @@ from ``after`` (the ``Last-Event-ID``) in pieces of :data:`READ_LIMIT` events, t
 live with ``wait``. Each frame's ``id`` is the event's ``seq`` and ``after`` advances to the last
 one written, so a client that reconnects with the last id it saw gets every event exactly once.
 While following, a task touches the store every few seconds so the idle watcher sees a reader.
+
+Crashes: the stream is created with an owner lease (``config.owner_lease``) that the watcher
+renews; the generation's :class:`~pipeline.stores.StoreSink` retries an unreachable store for
+``config.store_retry_for`` s and then ends the stream with a retryable ``store`` error once the
+store answers. If the owning process dies (or stays cut off), the lease runs out and the next
+reader that finds nothing to send, or a ``DELETE``, ends the stream (:func:`end_orphan`), in
+whichever process it runs: readers never get heartbeats forever.
 """
 
 from __future__ import annotations
@@ -38,14 +45,21 @@ from pipeline import (
     error_event,
     is_terminal,
 )
-from pipeline.stores import StoreError, StoreSink, StreamNotFound, StreamStore
+from pipeline.stores import StoreError, StoreSink, StreamInfo, StreamNotFound, StreamStore
 
 from ._context import StreamRequest
 from ._metrics import StreamRecord
 from ._runtime import AppRuntime, Generation
 from ._stream import StreamWriter, begin_stream
 
-__all__ = ["CANCEL_POLL_INTERVAL", "READ_LIMIT", "follow_stream", "run_generation"]
+__all__ = [
+    "CANCEL_POLL_INTERVAL",
+    "READ_LIMIT",
+    "end_orphan",
+    "follow_stream",
+    "orphaned_end",
+    "run_generation",
+]
 
 log = logging.getLogger("llmpipe.http")
 
@@ -85,12 +99,18 @@ def touch_interval(idle_cancel_after: float) -> float:
 async def _watch(
     runtime: AppRuntime, store: StreamStore, gen: Generation, started_wall: float
 ) -> None:
-    """Cancel ``gen`` on a cancel request or when nobody reads; return once the stream ended."""
+    """Renew the owner lease; cancel ``gen`` on a cancel request or when nobody reads; return
+    once the stream ended."""
     idle_after = runtime.config.idle_cancel_after
-    interval = _poll_interval(idle_after)
+    lease = runtime.config.owner_lease
+    interval = min(_poll_interval(idle_after), lease / 3)
+    renewed_at = trio.current_time()
     while True:
         await trio.sleep(interval)
         try:
+            if trio.current_time() - renewed_at >= lease / 3:
+                await store.renew_lease(gen.stream_id, lease)
+                renewed_at = trio.current_time()
             info = await store.info(gen.stream_id)
         except StreamNotFound:
             gen.cancel("deleted")
@@ -172,7 +192,12 @@ async def _generate(
             nursery.start_soon(_watch, runtime, store, gen, started_wall)
             try:
                 async with runtime.factory(request) as producer:
-                    sink = StoreSink(store, stream_id, cancel_event=lambda: _cancelled(gen))
+                    sink = StoreSink(
+                        store,
+                        stream_id,
+                        cancel_event=lambda: _cancelled(gen),
+                        retry_for=runtime.config.store_retry_for,
+                    )
                     pipeline = Pipeline(
                         _ErrorsAsEvents(producer),
                         sinks=[
@@ -226,6 +251,31 @@ async def _end_stream(store: StreamStore, stream_id: str, event: Error) -> None:
             log.warning("stream %s: could not store its end: %r", stream_id, exc)
 
 
+def orphaned_end(cancelled: bool = False) -> Error:
+    """The terminal event stored into an orphaned stream (see :func:`end_orphan`)."""
+    if cancelled:
+        return Error(kind="cancelled", message="the generation was cancelled (it had no owner)")
+    return Error(
+        kind="incomplete",
+        message="the generation stopped: the process running it or the stream store failed",
+        retryable=True,
+    )
+
+
+async def end_orphan(store: StreamStore, info: StreamInfo, *, cancelled: bool = False) -> bool:
+    """End the stream of ``info`` if nobody owns it any more (its owner lease ran out): a
+    reader or ``DELETE`` in any process calls this, and the store makes sure only one of them
+    stores the end. ``True`` if the stream is ended now (by this call or before)."""
+    if info.ended:
+        return True
+    if not info.orphaned:
+        return False
+    ended = await store.end_if_orphaned(info.stream_id, orphaned_end(cancelled))
+    if ended:
+        log.warning("stream %s: no live owner, ended it", info.stream_id)
+    return ended or (await store.info(info.stream_id)).ended
+
+
 async def follow_stream(
     runtime: AppRuntime, store: StreamStore, stream_id: str, after: int, writer: StreamWriter
 ) -> None:
@@ -255,6 +305,8 @@ async def follow_stream(
                 info = await store.info(stream_id)
                 if info.ended and info.last_seq <= after:
                     break  # the client has seen the end already
+                if await end_orphan(store, info):
+                    continue  # its end is stored now: read it
                 await writer.write(writer.heartbeat())
                 continue
             end = False
