@@ -8,16 +8,21 @@ Real time throughout (sockets are involved); every wait is bounded by a short ``
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from pipeline import Producer
+from pipeline import ConfigError, Producer
 from pipeline.producers import (
     SNIPPET_CHARS,
     AnthropicProducer,
@@ -26,9 +31,17 @@ from pipeline.producers import (
     anthropic_client,
     openai_client,
 )
+from pipeline.testing import CountingProducer
 from pipeline.testing.emulator import Reply, malformed_after
-from sinks.server import StreamRequest, create_app, serve
+from sinks.server import (
+    ServerConfig,
+    StreamRequest,
+    create_app,
+    parse_tokens,
+    serve,
+)
 
+ROOT = Path(__file__).resolve().parent.parent
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
 KEY13 = "Zq8Xw2Lp9TmRv"  # a 13-character API key
 
@@ -123,3 +136,152 @@ async def test_a_key_in_a_malformed_upstream_event_never_reaches_the_client(
     assert error["kind"] == "protocol", error
     leaked = [piece for piece in pieces(KEY13) if piece in resp.text]
     assert not leaked, (leaked, error["message"])
+
+
+# -- principals --------------------------------------------------------------------------------
+
+ALICE, BOB = "alice-token-1", "bob-token-2"
+PRINCIPALS = (("alice", ALICE), ("bob", BOB))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return None
+
+
+async def test_each_principal_reads_and_cancels_only_its_own_streams(
+    store_url: str | None,
+) -> None:
+    """Another principal's stream is answered as one that does not exist (404, the same body
+    but for the id), for reading and for cancelling; its creator reads and cancels it."""
+    config = ServerConfig(auth_tokens=PRINCIPALS, store_url=store_url, heartbeat_interval=0.1)
+    app = create_app(_factory(lambda r: CountingProducer(delay=0.01)), config)
+    async with running(app) as url, httpx.AsyncClient() as http:
+        created = await http.post(url + "/v1/streams", json=BODY, headers=bearer(ALICE))
+        assert created.status_code == 201, created.text
+        stream_id = created.json()["id"]
+        events_url = url + created.json()["events_url"]
+        missing = await http.get(url + "/v1/streams/nope/events", headers=bearer(BOB))
+        assert missing.status_code == 404
+        for resp in (
+            await http.get(events_url, headers=bearer(BOB)),
+            await http.delete(url + f"/v1/streams/{stream_id}", headers=bearer(BOB)),
+        ):
+            assert resp.status_code == 404, resp.text
+            error = resp.json()["error"]
+            assert error == {**missing.json()["error"], "id": stream_id}
+        with trio.fail_after(5):
+            async with http.stream("GET", events_url, headers=bearer(ALICE)) as follow:
+                assert follow.status_code == 200
+                async for line in follow.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # alice reads her stream
+            cancel = await http.delete(url + f"/v1/streams/{stream_id}", headers=bearer(ALICE))
+            assert cancel.status_code == 202
+            resp = await http.get(events_url, headers=bearer(ALICE))
+        assert '"kind":"cancelled"' in resp.text
+        assert (await http.get(events_url, headers=bearer(BOB))).status_code == 404
+
+
+async def test_metrics_need_a_token_when_auth_is_on() -> None:
+    config = ServerConfig(auth_tokens=PRINCIPALS)
+    app = create_app(_factory(lambda r: CountingProducer(count=1)), config)
+    async with running(app) as url, httpx.AsyncClient() as http:
+        refused = await http.get(url + "/metrics")
+        wrong = await http.get(url + "/metrics", headers=bearer("nope-nope"))
+        allowed = await http.get(url + "/metrics", headers=bearer(BOB))
+        health = await http.get(url + "/health")
+    assert refused.status_code == wrong.status_code == 401
+    assert refused.json()["error"]["type"] == "unauthorized"
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert allowed.status_code == 200
+    assert "llmpipe_requests_rejected_total" in allowed.text
+    assert health.status_code == 200  # liveness stays open
+
+
+def test_tokens_file() -> None:
+    assert parse_tokens("# ops\nalice: a-token\n\nbob:b:token\n") == (
+        ("alice", "a-token"),
+        ("bob", "b:token"),
+    )
+    assert parse_tokens("just-one-token\n") == (("default", "just-one-token"),)
+    for text, problem in [
+        ("", "no token"),
+        ("alice:x\nno-colon\n", "line 2: expected NAME:TOKEN"),
+        ("al ice:x\n", "a name is"),
+        ("alice:x y\n", "a token is"),
+        ("alice:x\nalice:y\n", "given twice"),
+        ("alice:same\nbob:same\n", "another principal's"),
+    ]:
+        with pytest.raises(ConfigError, match=problem) as info:
+            parse_tokens(text, source="t.txt")
+        assert str(info.value).startswith("t.txt")
+        assert "same" not in str(info.value)  # a token is never quoted
+
+
+# -- the token off the command line ------------------------------------------------------------
+
+
+def start_serve(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sinks.cli", "serve", "--port", "0", "--scripted", "Hi there.",
+         "--rate", "0", "--shutdown-grace", "1", *args],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "serving" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
+    return proc, line.split(" on ", 1)[1].split("/ ", 1)[0]
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+@pytest.mark.slow
+async def test_serve_takes_its_tokens_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    """``LLMPIPE_AUTH_TOKEN`` and ``--auth-token-file``: the server requires the tokens, and
+    ``ps`` (the process's command line) shows none of them."""
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"alice:{ALICE}\nbob:{BOB}\n")
+    for args, env, good in [
+        ((), {"LLMPIPE_AUTH_TOKEN": "env-token-3"}, "env-token-3"),
+        (("--auth-token-file", str(tokens)), {}, BOB),
+    ]:
+        proc, url = start_serve(*args, env=env)
+        try:
+            cmdline = (await trio.Path(f"/proc/{proc.pid}/cmdline").read_bytes()).decode()
+            assert good not in cmdline
+            async with httpx.AsyncClient() as http:
+                refused = await http.post(url + "/v1/stream", json=BODY)
+                allowed = await http.post(url + "/v1/stream", json=BODY, headers=bearer(good))
+            assert refused.status_code == 401
+            assert allowed.status_code == 200, allowed.text
+            assert '"type":"done"' in allowed.text
+        finally:
+            stop(proc)
+
+
+def test_serve_with_an_unreadable_tokens_file_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sinks.cli", "serve", "--port", "0", "--scripted", "x",
+         "--auth-token-file", str(tmp_path / "missing.txt")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("llmpipe: --auth-token-file: cannot read the tokens file")
+    assert "No such file" in line

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from pipeline import ConfigError
 from pipeline.stores import open_store
 
 from ._providers import add_provider_options, backend_from_args
@@ -33,7 +35,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="URL",
         help="where resumable streams live: memory (default) or redis://HOST:PORT/DB",
     )
-    parser.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN'")
+    parser.add_argument(
+        "--auth-token",
+        help="require 'Authorization: Bearer TOKEN' (a flag shows in ps: prefer "
+        "$LLMPIPE_AUTH_TOKEN, read when this flag is not given, or --auth-token-file)",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        metavar="FILE",
+        help="bearer tokens of several principals, one NAME:TOKEN per line (or one bare "
+        "token); each principal reads and cancels only the resumable streams it started",
+    )
     parser.add_argument(
         "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
     )
@@ -68,8 +80,15 @@ async def _until_signal() -> None:
 
 
 async def run(args: argparse.Namespace, io: IO) -> int:
-    from ..server import GC_THRESHOLD, ServerConfig, create_app, serve
+    from ..server import AUTH_TOKEN_ENV, GC_THRESHOLD, ServerConfig, create_app, read_tokens, serve
 
+    auth_token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    auth_tokens: tuple[tuple[str, str], ...] = ()
+    if args.auth_token_file is not None:
+        try:
+            auth_tokens = read_tokens(args.auth_token_file)
+        except ConfigError as exc:
+            raise ConfigError(f"--auth-token-file: {exc}") from None
     store = open_store(args.store)  # before anything starts: a bad URL or extra fails here
     async with store, backend_from_args(args) as backend:
         config = ServerConfig(
@@ -78,7 +97,8 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             max_generations_per_client=args.max_generations_per_client,
             heartbeat_interval=args.heartbeat,
             idle_cancel_after=args.idle_cancel,
-            auth_token=args.auth_token,
+            auth_token=auth_token,
+            auth_tokens=auth_tokens,
             cors_origins=tuple(args.cors_origin),
             shutdown_grace=args.shutdown_grace,
             store_url=args.store,

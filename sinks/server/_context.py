@@ -181,7 +181,11 @@ class ServerConfig:
     max_generations_per_client: int = 8  # resumable generations running (they outlive requests)
     heartbeat_interval: float = 15.0
     idle_cancel_after: float = 60.0  # a resumable generation nobody follows is cancelled
-    auth_token: str | None = None  # bearer token required when set
+    # Bearer tokens (auth is on when either is set): ``auth_token`` is the principal "default";
+    # ``auth_tokens`` are (name, token) pairs, one per principal (see ``_auth.py``). Never shown
+    # by repr.
+    auth_token: str | None = attrs.field(default=None, repr=False)
+    auth_tokens: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     cors_origins: tuple[str, ...] = ()  # CORS off unless origins are configured
     shutdown_grace: float = 5.0
     store_url: str | None = None  # None: in memory; "redis://...": Redis Streams
