@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
 from pipeline import ConfigError, Producer
 from pipeline.producers import (
@@ -31,12 +32,13 @@ from pipeline.producers import (
     anthropic_client,
     openai_client,
 )
-from pipeline.testing import CountingProducer
+from pipeline.testing import CountingProducer, ScriptedProducer
 from pipeline.testing.emulator import Reply, malformed_after
 from sinks.server import (
     ServerConfig,
     StreamRequest,
     create_app,
+    get_runtime,
     parse_tokens,
     serve,
 )
@@ -285,3 +287,91 @@ def test_serve_with_an_unreadable_tokens_file_is_one_line(tmp_path: Path) -> Non
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("llmpipe: --auth-token-file: cannot read the tokens file")
     assert "No such file" in line
+
+
+# -- the WebSocket's trust boundary ------------------------------------------------------------
+
+HANDSHAKE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+async def handshake(url: str, **headers: str) -> httpx.Response:
+    """A WebSocket handshake with plain httpx (for the refused ones: trio-websocket's client
+    leaks its socket when a handshake is refused)."""
+    async with httpx.AsyncClient() as http:
+        return await http.get(url + "/v1/ws", headers={**HANDSHAKE, **headers})
+
+
+async def one_turn(ws: Any) -> str:
+    await ws.send_message(json.dumps({"type": "request", "prompt": "hi"}))
+    text = ""
+    with trio.fail_after(5):
+        while (message := json.loads(await ws.get_message()))["type"] != "done":
+            text += message.get("text", "")
+    return text
+
+
+async def test_websocket_only_from_the_page_s_own_origin_and_configured_ones() -> None:
+    """A page of another origin cannot open the WebSocket (403, through the error table); the
+    page's own origin, a ``--cors-origin`` one and a client that is not a page (no Origin) can."""
+    config = ServerConfig(cors_origins=("https://app.example",))
+    app = create_app(_factory(lambda r: ScriptedProducer.from_text("Hi there.")), config)
+    async with running(app) as url:
+        for origin in ("https://evil.example", "null", "http://127.0.0.1:1"):
+            refused = await handshake(url, Origin=origin)
+            assert refused.status_code == 403, origin
+            error = refused.json()["error"]
+            assert error["type"] == "forbidden"
+            assert error["field"] == "Origin"
+            assert "--cors-origin" in error["message"]
+        ws_url = url.replace("http://", "ws://") + "/v1/ws"
+        for origin in (url, "https://app.example", None):
+            headers = [] if origin is None else [(b"origin", origin.encode())]
+            async with open_websocket_url(ws_url, extra_headers=headers) as ws:
+                assert await one_turn(ws) == "Hi there."
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(url + "/metrics")).text
+    assert 'llmpipe_requests_rejected_total{status="403"} 3.0' in metrics
+
+
+async def test_websocket_never_echoes_a_bearer_subprotocol() -> None:
+    config = ServerConfig(auth_token="s3cret-token")
+    app = create_app(_factory(lambda r: ScriptedProducer.from_text("Hi there.")), config)
+    async with running(app) as url:
+        for offered in ("bearer.s3cret-token", "bearer.s3cret-token, other"):
+            refused = await handshake(url, **{"Sec-WebSocket-Protocol": offered})
+            assert refused.status_code == 400, refused.headers
+            assert "s3cret" not in str(refused.headers.raw) + refused.text
+            assert refused.json()["error"]["field"] == "Sec-WebSocket-Protocol"
+        ws_url = url.replace("http://", "ws://") + "/v1/ws"
+        offered_ = ["bearer.s3cret-token", "llmpipe"]
+        async with open_websocket_url(ws_url, subprotocols=offered_) as ws:
+            assert ws.subprotocol == "llmpipe"
+            assert await one_turn(ws) == "Hi there."
+
+
+async def test_websocket_connections_per_client_are_limited() -> None:
+    """Idle connections count: past ``max_websockets_per_client`` the handshake gets a 429 with
+    ``Retry-After``; a connection that closes frees its slot."""
+    config = ServerConfig(max_websockets_per_client=2)
+    app = create_app(_factory(lambda r: ScriptedProducer.from_text("Hi there.")), config)
+    async with running(app) as url:
+        ws_url = url.replace("http://", "ws://") + "/v1/ws"
+        async with open_websocket_url(ws_url), open_websocket_url(ws_url) as second:
+            refused = await handshake(url)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"]
+            error = refused.json()["error"]
+            assert error["type"] == "rate_limited"
+            assert "too many WebSocket connections from this client (limit 2)" in error["message"]
+            assert await one_turn(second) == "Hi there."  # the open ones still work
+        runtime = get_runtime(app)
+        with trio.fail_after(2):
+            while runtime.websockets_active:  # noqa: ASYNC110 (the server sees the closes)
+                await trio.sleep(0.005)
+        async with open_websocket_url(ws_url) as ws:
+            assert await one_turn(ws) == "Hi there."

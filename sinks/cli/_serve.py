@@ -47,7 +47,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "token); each principal reads and cancels only the resumable streams it started",
     )
     parser.add_argument(
-        "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="allow this origin (repeatable): CORS, and pages that may open the WebSocket "
+        "(besides the page's own origin)",
     )
     parser.add_argument("--max-streams-per-client", type=int, default=8)
     parser.add_argument(
@@ -55,6 +59,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="resumable generations (POST /v1/streams) one client may have running",
+    )
+    parser.add_argument(
+        "--max-websockets-per-client",
+        type=int,
+        default=16,
+        help="WebSocket connections (idle or not) one client address may have open",
     )
     parser.add_argument("--heartbeat", type=float, default=15.0, help="seconds between comments")
     parser.add_argument(
@@ -95,6 +105,7 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             providers=(backend.name,),
             max_streams_per_client=args.max_streams_per_client,
             max_generations_per_client=args.max_generations_per_client,
+            max_websockets_per_client=args.max_websockets_per_client,
             heartbeat_interval=args.heartbeat,
             idle_cancel_after=args.idle_cancel,
             auth_token=auth_token,

@@ -179,6 +179,7 @@ class ServerConfig:
     max_streams_per_client: int = 8  # open streaming connections (live, resume, WebSocket)
     max_streams_total: int = 1000
     max_generations_per_client: int = 8  # resumable generations running (they outlive requests)
+    max_websockets_per_client: int = 16  # open WebSocket connections, idle or not
     heartbeat_interval: float = 15.0
     idle_cancel_after: float = 60.0  # a resumable generation nobody follows is cancelled
     # Bearer tokens (auth is on when either is set): ``auth_token`` is the principal "default";
@@ -186,7 +187,9 @@ class ServerConfig:
     # by repr.
     auth_token: str | None = attrs.field(default=None, repr=False)
     auth_tokens: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
-    cors_origins: tuple[str, ...] = ()  # CORS off unless origins are configured
+    # CORS off unless origins are configured; also the origins (besides the page's own) whose
+    # pages may open the WebSocket ("*": any)
+    cors_origins: tuple[str, ...] = ()
     shutdown_grace: float = 5.0
     store_url: str | None = None  # None: in memory; "redis://...": Redis Streams
     # OpenTelemetry providers for the per-stream spans and metrics (None: the global ones). Used

@@ -68,6 +68,8 @@ class AppRuntime:
     generations: dict[str, Generation] = attrs.Factory(dict)
     per_client: collections.Counter[str] = attrs.Factory(collections.Counter)
     active: int = 0
+    websockets: collections.Counter[str] = attrs.Factory(collections.Counter)
+    websockets_active: int = 0
     _tokens: list[tuple[str, bytes]] = attrs.field(init=False, factory=list)
 
     def begin_shutdown(self) -> None:
@@ -127,6 +129,29 @@ class AppRuntime:
                 del self.per_client[client]
             self.active -= 1
             self.metrics.streams_active.dec()
+
+    @contextmanager
+    def admit_websocket(self, client: str) -> Iterator[None]:
+        """Hold one WebSocket connection of ``client`` for the block, idle or not (its turns
+        also take stream slots: :meth:`admit`). Raises :class:`ShuttingDown` while shutting
+        down, :class:`RateLimited` past ``max_websockets_per_client``, :class:`Overloaded` past
+        ``max_streams_total`` connections in all."""
+        if self.shutting_down.is_set():
+            raise ShuttingDown("the server is shutting down")
+        limit = self.config.max_websockets_per_client
+        if self.websockets[client] >= limit:
+            raise _rate_limited("WebSocket connections", limit)
+        if self.websockets_active >= self.config.max_streams_total:
+            raise Overloaded("the server is at its WebSocket connection limit")
+        self.websockets[client] += 1
+        self.websockets_active += 1
+        try:
+            yield
+        finally:
+            self.websockets[client] -= 1
+            if self.websockets[client] <= 0:
+                del self.websockets[client]
+            self.websockets_active -= 1
 
     @asynccontextmanager
     async def live_events(
