@@ -7,6 +7,7 @@ Real time throughout (sockets are involved); every wait is bounded by a short ``
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from pipeline.producers import (
 )
 from pipeline.testing import CountingProducer, ScriptedProducer
 from pipeline.testing.emulator import Reply, malformed_after
+from sinks.cli import ExitCode, main
 from sinks.server import (
     ServerConfig,
     StreamRequest,
@@ -254,39 +256,47 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.slow
-async def test_serve_takes_its_tokens_from_the_environment_or_a_file(tmp_path: Path) -> None:
+async def test_serve_takes_its_tokens_from_the_environment_and_a_file(tmp_path: Path) -> None:
     """``LLMPIPE_AUTH_TOKEN`` and ``--auth-token-file``: the server requires the tokens, and
-    ``ps`` (the process's command line) shows none of them."""
+    ``ps`` (the process's command line) shows none of them; ``llmpipe client`` takes its token
+    from ``LLMPIPE_AUTH_TOKEN`` too."""
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"alice:{ALICE}\nbob:{BOB}\n")
-    for args, env, good in [
-        ((), {"LLMPIPE_AUTH_TOKEN": "env-token-3"}, "env-token-3"),
-        (("--auth-token-file", str(tokens)), {}, BOB),
-    ]:
-        proc, url = start_serve(*args, env=env)
-        try:
-            cmdline = (await trio.Path(f"/proc/{proc.pid}/cmdline").read_bytes()).decode()
-            assert good not in cmdline
-            async with httpx.AsyncClient() as http:
-                refused = await http.post(url + "/v1/stream", json=BODY)
-                allowed = await http.post(url + "/v1/stream", json=BODY, headers=bearer(good))
-            assert refused.status_code == 401
-            assert allowed.status_code == 200, allowed.text
-            assert '"type":"done"' in allowed.text
-        finally:
-            stop(proc)
+    env_token = "env-token-3"
+    proc, url = start_serve("--auth-token-file", str(tokens), env={"LLMPIPE_AUTH_TOKEN": env_token})
+    try:
+        cmdline = (await trio.Path(f"/proc/{proc.pid}/cmdline").read_bytes()).decode()
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(url + "/v1/stream", json=BODY)
+            for token in (env_token, ALICE, BOB):
+                assert token not in cmdline
+                allowed = await http.post(url + "/v1/stream", json=BODY, headers=bearer(token))
+                assert allowed.status_code == 200, allowed.text
+                assert '"type":"done"' in allowed.text
+        assert refused.status_code == 401
+        client = await trio.to_thread.run_sync(
+            partial(
+                subprocess.run,
+                [sys.executable, "-m", "sinks.cli", "client", url, "--prompt", "hi"],
+                cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+                env={**os.environ, "LLMPIPE_AUTH_TOKEN": BOB},
+            )
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.strip() == "Hi there."
+    finally:
+        stop(proc)
 
 
 def test_serve_with_an_unreadable_tokens_file_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "sinks.cli", "serve", "--port", "0", "--scripted", "x",
-         "--auth-token-file", str(tmp_path / "missing.txt")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2
-    [line] = result.stderr.strip().splitlines()
+    err = io.StringIO()
+    args = ["serve", "--port", "0", "--scripted", "x"]
+    code = main([*args, "--auth-token-file", str(tmp_path / "missing.txt")], stderr=err)
+    assert code == ExitCode.ERROR
+    [line] = err.getvalue().strip().splitlines()
     assert line.startswith("llmpipe: --auth-token-file: cannot read the tokens file")
     assert "No such file" in line
+    assert line.endswith("see 'llmpipe serve --help'")
 
 
 # -- the WebSocket's trust boundary ------------------------------------------------------------

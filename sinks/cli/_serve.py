@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ import trio
 from pipeline import ConfigError
 from pipeline.stores import open_store
 
+from ._env import auth_token_from_env
 from ._providers import add_provider_options, backend_from_args
 
 if TYPE_CHECKING:
@@ -90,9 +90,9 @@ async def _until_signal() -> None:
 
 
 async def run(args: argparse.Namespace, io: IO) -> int:
-    from ..server import AUTH_TOKEN_ENV, GC_THRESHOLD, ServerConfig, create_app, read_tokens, serve
+    from ..server import GC_THRESHOLD, ServerConfig, create_app, read_tokens, serve
 
-    auth_token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    auth_token = args.auth_token or auth_token_from_env()
     auth_tokens: tuple[tuple[str, str], ...] = ()
     if args.auth_token_file is not None:
         try:

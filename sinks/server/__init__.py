@@ -19,7 +19,6 @@ except ImportError as _exc:
     raise _missing_extra("serve", "llmpipe's HTTP server", _exc) from _exc
 
 from ._app import create_app as create_app
-from ._auth import AUTH_TOKEN_ENV as AUTH_TOKEN_ENV
 from ._auth import parse_tokens as parse_tokens
 from ._auth import read_tokens as read_tokens
 from ._context import MAX_MESSAGES as MAX_MESSAGES
@@ -35,7 +34,6 @@ from ._serve import GC_THRESHOLD as GC_THRESHOLD
 from ._serve import serve as serve
 
 __all__ = [
-    "AUTH_TOKEN_ENV",
     "GC_THRESHOLD",
     "MAX_MESSAGES",
     "AppRuntime",

@@ -25,7 +25,6 @@ from pipeline import ConfigError
 from ._errors import InvalidToken, MissingToken
 
 __all__ = [
-    "AUTH_TOKEN_ENV",
     "DEFAULT_PRINCIPAL",
     "authenticate",
     "check_tokens",
@@ -34,9 +33,6 @@ __all__ = [
     "read_tokens",
 ]
 
-AUTH_TOKEN_ENV: Final = "LLMPIPE_AUTH_TOKEN"
-"""The environment variable ``llmpipe serve`` reads the bearer token from (if no flag gives
-one)."""
 DEFAULT_PRINCIPAL: Final = "default"
 """The principal of ``ServerConfig.auth_token``, and of a tokens file's lone bare token."""
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
