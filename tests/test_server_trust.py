@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -42,21 +42,12 @@ from sinks.server import (
     create_app,
     get_runtime,
     parse_tokens,
-    serve,
 )
 
+ServeApp = Callable[[Any], Awaitable[str]]  # the serve_app fixture (conftest.py)
 ROOT = Path(__file__).resolve().parent.parent
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
 KEY13 = "Zq8Xw2Lp9TmRv"  # a 13-character API key
-
-
-@asynccontextmanager
-async def running(app: Any) -> AsyncIterator[str]:
-    """Serve ``app`` on a free port for the block (cancelled at the end)."""
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(partial(serve, app, "127.0.0.1", 0))
-        yield f"http://127.0.0.1:{port}"
-        nursery.cancel_scope.cancel()
 
 
 def pieces(secret: str, size: int = 4) -> list[str]:
@@ -122,6 +113,7 @@ async def test_a_key_in_a_malformed_upstream_event_never_reaches_the_client(
     frame: Callable[[int], bytes],
     producer: Callable[[str], tuple[Any, Callable[[StreamRequest], Producer]]],
     offset: int,
+    serve_app: ServeApp,
 ) -> None:
     """The provider quotes the API key in an event we cannot parse, at offsets where a cut of
     the quoted data falls inside the key (60, llmpipe's old cut, and ``SNIPPET_CHARS``): the
@@ -129,7 +121,8 @@ async def test_a_key_in_a_malformed_upstream_event_never_reaches_the_client(
     emu = await emulator(Reply(["Hel", "lo"], fault=malformed_after(1, frame(offset))))
     client, make = producer(emu.base_url)
     try:
-        async with running(create_app(_factory(make))) as url, httpx.AsyncClient() as http:
+        url = await serve_app(create_app(_factory(make)))
+        async with httpx.AsyncClient() as http:
             resp = await http.post(url + "/v1/stream", json=BODY)
     finally:
         await client.close()
@@ -152,22 +145,15 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return url
-    return None
-
-
 async def test_each_principal_reads_and_cancels_only_its_own_streams(
-    store_url: str | None,
+    store_url: str | None, serve_app: ServeApp
 ) -> None:
     """Another principal's stream is answered as one that does not exist (404, the same body
     but for the id), for reading and for cancelling; its creator reads and cancels it."""
     config = ServerConfig(auth_tokens=PRINCIPALS, store_url=store_url, heartbeat_interval=0.1)
     app = create_app(_factory(lambda r: CountingProducer(delay=0.01)), config)
-    async with running(app) as url, httpx.AsyncClient() as http:
+    url = await serve_app(app)
+    async with httpx.AsyncClient() as http:
         created = await http.post(url + "/v1/streams", json=BODY, headers=bearer(ALICE))
         assert created.status_code == 201, created.text
         stream_id = created.json()["id"]
@@ -194,10 +180,11 @@ async def test_each_principal_reads_and_cancels_only_its_own_streams(
         assert (await http.get(events_url, headers=bearer(BOB))).status_code == 404
 
 
-async def test_metrics_need_a_token_when_auth_is_on() -> None:
+async def test_metrics_need_a_token_when_auth_is_on(serve_app: ServeApp) -> None:
     config = ServerConfig(auth_tokens=PRINCIPALS)
     app = create_app(_factory(lambda r: CountingProducer(count=1)), config)
-    async with running(app) as url, httpx.AsyncClient() as http:
+    url = await serve_app(app)
+    async with httpx.AsyncClient() as http:
         refused = await http.get(url + "/metrics")
         wrong = await http.get(url + "/metrics", headers=bearer("nope-nope"))
         allowed = await http.get(url + "/metrics", headers=bearer(BOB))
@@ -325,63 +312,65 @@ async def one_turn(ws: Any) -> str:
     return text
 
 
-async def test_websocket_only_from_the_page_s_own_origin_and_configured_ones() -> None:
+async def test_websocket_only_from_the_page_s_own_origin_and_configured_ones(
+    serve_app: ServeApp,
+) -> None:
     """A page of another origin cannot open the WebSocket (403, through the error table); the
     page's own origin, a ``--cors-origin`` one and a client that is not a page (no Origin) can."""
     config = ServerConfig(cors_origins=("https://app.example",))
     app = create_app(_factory(lambda r: ScriptedProducer.from_text("Hi there.")), config)
-    async with running(app) as url:
-        for origin in ("https://evil.example", "null", "http://127.0.0.1:1"):
-            refused = await handshake(url, Origin=origin)
-            assert refused.status_code == 403, origin
-            error = refused.json()["error"]
-            assert error["type"] == "forbidden"
-            assert error["field"] == "Origin"
-            assert "--cors-origin" in error["message"]
-        ws_url = url.replace("http://", "ws://") + "/v1/ws"
-        for origin in (url, "https://app.example", None):
-            headers = [] if origin is None else [(b"origin", origin.encode())]
-            async with open_websocket_url(ws_url, extra_headers=headers) as ws:
-                assert await one_turn(ws) == "Hi there."
-        async with httpx.AsyncClient() as http:
-            metrics = (await http.get(url + "/metrics")).text
+    url = await serve_app(app)
+    for origin in ("https://evil.example", "null", "http://127.0.0.1:1"):
+        refused = await handshake(url, Origin=origin)
+        assert refused.status_code == 403, origin
+        error = refused.json()["error"]
+        assert error["type"] == "forbidden"
+        assert error["field"] == "Origin"
+        assert "--cors-origin" in error["message"]
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    for origin in (url, "https://app.example", None):
+        headers = [] if origin is None else [(b"origin", origin.encode())]
+        async with open_websocket_url(ws_url, extra_headers=headers) as ws:
+            assert await one_turn(ws) == "Hi there."
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(url + "/metrics")).text
     assert 'llmpipe_requests_rejected_total{status="403"} 3.0' in metrics
 
 
-async def test_websocket_never_echoes_a_bearer_subprotocol() -> None:
+async def test_websocket_never_echoes_a_bearer_subprotocol(serve_app: ServeApp) -> None:
     config = ServerConfig(auth_token="s3cret-token")
     app = create_app(_factory(lambda r: ScriptedProducer.from_text("Hi there.")), config)
-    async with running(app) as url:
-        for offered in ("bearer.s3cret-token", "bearer.s3cret-token, other"):
-            refused = await handshake(url, **{"Sec-WebSocket-Protocol": offered})
-            assert refused.status_code == 400, refused.headers
-            assert "s3cret" not in str(refused.headers.raw) + refused.text
-            assert refused.json()["error"]["field"] == "Sec-WebSocket-Protocol"
-        ws_url = url.replace("http://", "ws://") + "/v1/ws"
-        offered_ = ["bearer.s3cret-token", "llmpipe"]
-        async with open_websocket_url(ws_url, subprotocols=offered_) as ws:
-            assert ws.subprotocol == "llmpipe"
-            assert await one_turn(ws) == "Hi there."
+    url = await serve_app(app)
+    for offered in ("bearer.s3cret-token", "bearer.s3cret-token, other"):
+        refused = await handshake(url, **{"Sec-WebSocket-Protocol": offered})
+        assert refused.status_code == 400, refused.headers
+        assert "s3cret" not in str(refused.headers.raw) + refused.text
+        assert refused.json()["error"]["field"] == "Sec-WebSocket-Protocol"
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    offered_ = ["bearer.s3cret-token", "llmpipe"]
+    async with open_websocket_url(ws_url, subprotocols=offered_) as ws:
+        assert ws.subprotocol == "llmpipe"
+        assert await one_turn(ws) == "Hi there."
 
 
-async def test_websocket_connections_per_client_are_limited() -> None:
+async def test_websocket_connections_per_client_are_limited(serve_app: ServeApp) -> None:
     """Idle connections count: past ``max_websockets_per_client`` the handshake gets a 429 with
     ``Retry-After``; a connection that closes frees its slot."""
     config = ServerConfig(max_websockets_per_client=2)
     app = create_app(_factory(lambda r: ScriptedProducer.from_text("Hi there.")), config)
-    async with running(app) as url:
-        ws_url = url.replace("http://", "ws://") + "/v1/ws"
-        async with open_websocket_url(ws_url), open_websocket_url(ws_url) as second:
-            refused = await handshake(url)
-            assert refused.status_code == 429
-            assert refused.headers["retry-after"]
-            error = refused.json()["error"]
-            assert error["type"] == "rate_limited"
-            assert "too many WebSocket connections from this client (limit 2)" in error["message"]
-            assert await one_turn(second) == "Hi there."  # the open ones still work
-        runtime = get_runtime(app)
-        with trio.fail_after(2):
-            while runtime.websockets_active:  # noqa: ASYNC110 (the server sees the closes)
-                await trio.sleep(0.005)
-        async with open_websocket_url(ws_url) as ws:
-            assert await one_turn(ws) == "Hi there."
+    url = await serve_app(app)
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    async with open_websocket_url(ws_url), open_websocket_url(ws_url) as second:
+        refused = await handshake(url)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"]
+        error = refused.json()["error"]
+        assert error["type"] == "rate_limited"
+        assert "too many WebSocket connections from this client (limit 2)" in error["message"]
+        assert await one_turn(second) == "Hi there."  # the open ones still work
+    runtime = get_runtime(app)
+    with trio.fail_after(2):
+        while runtime.websockets_active:  # noqa: ASYNC110 (the server sees the closes)
+            await trio.sleep(0.005)
+    async with open_websocket_url(ws_url) as ws:
+        assert await one_turn(ws) == "Hi there."
