@@ -92,7 +92,7 @@ async def _until_signal() -> None:
 async def run(args: argparse.Namespace, io: IO) -> int:
     from ..server import GC_THRESHOLD, ServerConfig, create_app, read_tokens, serve
 
-    auth_token = args.auth_token or auth_token_from_env()
+    auth_token = auth_token_from_env() if args.auth_token is None else args.auth_token
     auth_tokens: tuple[tuple[str, str], ...] = ()
     if args.auth_token_file is not None:
         try:

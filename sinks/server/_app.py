@@ -18,6 +18,11 @@ callables given the app's :class:`AppRuntime`; streaming ones write with the raw
 :mod:`._stream`): a client disconnect cancels the pipeline, and with it the upstream request,
 within milliseconds. A request a route refuses raises one of the server's errors, answered by
 :class:`_Endpoint` from the table in ``_errors.py``.
+
+With auth on (``auth_token``/``auth_tokens``), every route but ``/health`` and the static page
+needs a bearer token, ``/metrics`` included. A resumable stream is kept under its creator's key
+(``_auth.owned_key``): the ``/v1/streams/{id}`` routes look the id up under the caller's
+principal, so another principal's stream is a 404 like an unknown id.
 """
 
 from __future__ import annotations
