@@ -275,14 +275,24 @@ async def test_serve_takes_its_tokens_from_the_environment_and_a_file(tmp_path: 
         stop(proc)
 
 
-def test_serve_with_an_unreadable_tokens_file_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--auth-token-file", "missing.txt"], "--auth-token-file: cannot read the tokens file"),
+        (["--auth-token", ""], "principal 'default': a token is 1-4096 printable"),
+    ],
+    ids=["unreadable-file", "empty-token"],
+)
+def test_serve_with_a_bad_token_is_one_line(
+    flags: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a server without auth: an unreadable tokens file or an empty token stops it."""
+    monkeypatch.chdir(tmp_path)
     err = io.StringIO()
-    args = ["serve", "--port", "0", "--scripted", "x"]
-    code = main([*args, "--auth-token-file", str(tmp_path / "missing.txt")], stderr=err)
+    code = main(["serve", "--port", "0", "--scripted", "x", *flags], stderr=err)
     assert code == ExitCode.ERROR
     [line] = err.getvalue().strip().splitlines()
-    assert line.startswith("llmpipe: --auth-token-file: cannot read the tokens file")
-    assert "No such file" in line
+    assert line.startswith(f"llmpipe: {message}")
     assert line.endswith("see 'llmpipe serve --help'")
 
 
