@@ -100,3 +100,34 @@ def redis_url() -> Iterator[str]:
 
 
 # --- end of redis fixture -----------------------------------------------------------------------
+
+
+# --- the HTTP app (sinks.server) ------------------------------------------------------------------
+from typing import Any  # noqa: E402
+
+ServeApp = Callable[[Any], Awaitable[str]]
+
+
+@pytest.fixture
+def serve_app(nursery: trio.Nursery) -> ServeApp:
+    """``url = await serve_app(app)``: serve an app of ``sinks.server.create_app`` with
+    ``sinks.server.serve`` on 127.0.0.1, a free port, until the end of the test (in pytest-trio's
+    ``nursery``); ``url`` is ``http://127.0.0.1:PORT``."""
+    from functools import partial
+
+    from sinks.server import serve
+
+    async def start(app: Any) -> str:
+        port: int = await nursery.start(partial(serve, app, "127.0.0.1", 0))
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """The app's ``store_url``: in memory, or a private redis-server (``redis_url``)."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return None

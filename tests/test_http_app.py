@@ -479,15 +479,6 @@ async def test_stalled_client_is_bounded() -> None:
 # -- resumable streams -----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """The app's ``store_url``: in memory, or a private redis-server (``redis_url``)."""
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return url
-    return None
-
-
 async def test_resume_exactly_once(store_url: str | None) -> None:
     deltas = [f"w{i} " for i in range(60)]
     app = create_app(

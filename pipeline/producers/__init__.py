@@ -24,6 +24,7 @@ from ._backend import ProducerRequest as ProducerRequest
 from ._backend import open_backend as open_backend
 from ._base import DEFAULT_FIRST_TOKEN_TIMEOUT as DEFAULT_FIRST_TOKEN_TIMEOUT
 from ._base import DEFAULT_STALL_TIMEOUT as DEFAULT_STALL_TIMEOUT
+from ._base import SNIPPET_CHARS as SNIPPET_CHARS
 from ._base import TRANSPORT_ERRORS as TRANSPORT_ERRORS
 from ._base import CostGuard as CostGuard
 from ._base import CostLimitError as CostLimitError
@@ -55,6 +56,7 @@ __all__ = [
     "open_backend",
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
     "DEFAULT_STALL_TIMEOUT",
+    "SNIPPET_CHARS",
     "AnthropicProducer",
     "CostGuard",
     "CostLimitError",

@@ -63,6 +63,7 @@ from ..wire import SSEEvent
 from ._base import (
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
+    SNIPPET_CHARS,
     TRANSPORT_ERRORS,
     CostGuard,
     ErrorMap,
@@ -200,18 +201,23 @@ class AnthropicParser(StreamParser):
         try:
             data = json.loads(sse.data)
         except json.JSONDecodeError as exc:
-            raise ProducerProtocolError(
-                f"anthropic: malformed JSON in a {sse.event!r} event: {exc}"
-            ) from None
+            raise self._protocol_error(f"malformed JSON in a {sse.event!r} event: {exc}") from None
         if not isinstance(data, dict):
-            raise ProducerProtocolError(f"anthropic: a {sse.event!r} event is not a JSON object")
+            raise self._protocol_error(f"a {sse.event!r} event is not a JSON object")
         kind = data.get("type", sse.event)
         try:
             return self._dispatch(kind, data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ProducerProtocolError(
-                f"anthropic: unexpected {kind!r} event shape ({type(exc).__name__}: {exc})"
+            raise self._protocol_error(
+                f"unexpected {kind!r} event shape ({type(exc).__name__}: {exc})"
             ) from None
+
+    def _protocol_error(self, what: str) -> ProducerProtocolError:
+        """The error for an event we cannot use: ``what`` quotes the provider's data, so it is
+        redacted, then bounded (:data:`SNIPPET_CHARS`)."""
+        return ProducerProtocolError(
+            f"anthropic: {redact(what, self._secrets, limit=SNIPPET_CHARS)}"
+        )
 
     def _dispatch(self, kind: str, data: dict[str, Any]) -> Sequence[Event]:
         if kind == "content_block_delta":

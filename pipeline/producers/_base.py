@@ -68,6 +68,7 @@ __all__ = [
     "CostGuard",
     "CostLimitError",
     "ErrorMap",
+    "SNIPPET_CHARS",
     "RetryPolicy",
     "SSEProducer",
     "StreamParser",
@@ -78,6 +79,9 @@ __all__ = [
 
 DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 60.0
 DEFAULT_STALL_TIMEOUT: Final = 30.0
+SNIPPET_CHARS: Final = 120
+"""At most this many characters of a provider's data are quoted in an error message (after
+redaction: :func:`redact` with ``limit``)."""
 
 
 class CostLimitError(ConfigError):
@@ -145,12 +149,19 @@ class CostGuard:
         return estimate
 
 
-def redact(message: str, secrets: Sequence[str | None]) -> str:
-    """``message`` with every secret (and anything that looks like an API key) masked."""
+def redact(message: str, secrets: Sequence[str | None], *, limit: int | None = None) -> str:
+    """``message`` with every secret (and anything that looks like an API key) masked, then
+    cut to ``limit`` characters (with ``…``) when given.
+
+    Always cut through here, never before: a secret cut in two before redaction no longer
+    matches, and its first part would reach the client."""
     for secret in secrets:
         if secret and len(secret) >= 6:
             message = message.replace(secret, "<redacted>")
-    return re.sub(r"\b(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]{10,}", r"\1…<redacted>", message)
+    message = re.sub(r"\b(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]{10,}", r"\1…<redacted>", message)
+    if limit is not None and len(message) > limit:
+        message = message[:limit] + "…"
+    return message
 
 
 ErrorMap: TypeAlias = Mapping[type[BaseException], type[ProducerError]]
@@ -196,10 +207,16 @@ def translate_error(
     The message is ``"{exception class}: {message}"`` with every secret masked, or for a
     :class:`ProducerStatusError` ``"HTTP {status}: {message}"``, after ``context`` (e.g.
     ``"openai speech: "``); a status error takes ``status_code`` from the exception and
-    ``retry_after`` from its response's headers (the SDKs' status errors carry both). The one
+    ``retry_after`` from its response's headers (the SDKs' status errors carry both). A
+    ``ProducerError`` is returned as is, its message masked. The one
     map from SDK and transport exceptions to llmpipe's: the producers and the speech engines
     use it."""
     if isinstance(exc, ProducerError):
+        # Ours, but its message may quote the provider (a parser's error): masked here too.
+        message = str(exc)
+        masked = redact(message, secrets)
+        if masked != message:
+            exc.args = (masked, *exc.args[1:])
         return exc
     name = type(exc).__name__
     ours = next((errors[c] for c in type(exc).__mro__ if c in errors), ProducerError)

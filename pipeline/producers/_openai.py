@@ -51,6 +51,7 @@ from ..wire import SSEEvent
 from ._base import (
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
+    SNIPPET_CHARS,
     TRANSPORT_ERRORS,
     CostGuard,
     ErrorMap,
@@ -127,7 +128,7 @@ def _loads(sse: SSEEvent, secrets: Sequence[str | None]) -> dict[str, Any]:
     try:
         obj = json.loads(sse.data)
     except ValueError as exc:
-        snippet = redact(sse.data[:60], secrets)
+        snippet = redact(sse.data, secrets, limit=SNIPPET_CHARS)
         raise ProducerProtocolError(
             f"{PROVIDER}: malformed event data ({exc}): {snippet!r}", retryable=False
         ) from None

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline import Error, TextDelta, event_to_json, is_terminal
 from pipeline.client import open_event_stream, stream_events
 
+from ._env import AUTH_TOKEN_ENV, auth_token_from_env
+
 if TYPE_CHECKING:
     from ._main import IO
 
@@ -23,7 +25,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="follow a stream of an llmpipe server (resumes with Last-Event-ID)",
         description="Follow an llmpipe event stream, reconnecting and resuming as needed. "
         "Prints text deltas as they arrive (or, with --json, every event as a JSON line). "
-        "Exits 0 when the stream ended with done, 1 when it ended with an error event.",
+        "Exits 0 when the stream ended with done, 1 when it ended with an error event. "
+        f"Sends the bearer token in ${AUTH_TOKEN_ENV}, if set.",
     )
     parser.add_argument(
         "url",
@@ -44,6 +47,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 async def run(args: argparse.Namespace, io: IO) -> int:
     out, err = io.out, io.err
     options: dict[str, Any] = {"max_reconnects": args.max_reconnects}
+    token = auth_token_from_env()
+    if token is not None:
+        options["headers"] = {"Authorization": f"Bearer {token}"}
     async with AsyncExitStack() as stack:
         if args.prompt is not None:
             body = {"messages": [{"role": "user", "content": args.prompt}]}

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from pipeline import ConfigError
 from pipeline.stores import open_store
 
+from ._env import auth_token_from_env
 from ._providers import add_provider_options, backend_from_args
 
 if TYPE_CHECKING:
@@ -33,9 +35,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="URL",
         help="where resumable streams live: memory (default) or redis://HOST:PORT/DB",
     )
-    parser.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN'")
     parser.add_argument(
-        "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
+        "--auth-token",
+        help="require 'Authorization: Bearer TOKEN' (a flag shows in ps: prefer "
+        "$LLMPIPE_AUTH_TOKEN, read when this flag is not given, or --auth-token-file)",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        metavar="FILE",
+        help="bearer tokens of several principals, one NAME:TOKEN per line (or one bare "
+        "token); each principal reads and cancels only the resumable streams it started",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="allow this origin (repeatable): CORS, and pages that may open the WebSocket "
+        "(besides the page's own origin)",
     )
     parser.add_argument("--max-streams-per-client", type=int, default=8)
     parser.add_argument(
@@ -43,6 +59,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="resumable generations (POST /v1/streams) one client may have running",
+    )
+    parser.add_argument(
+        "--max-websockets-per-client",
+        type=int,
+        default=16,
+        help="WebSocket connections (idle or not) one client address may have open",
     )
     parser.add_argument("--heartbeat", type=float, default=15.0, help="seconds between comments")
     parser.add_argument(
@@ -68,17 +90,26 @@ async def _until_signal() -> None:
 
 
 async def run(args: argparse.Namespace, io: IO) -> int:
-    from ..server import GC_THRESHOLD, ServerConfig, create_app, serve
+    from ..server import GC_THRESHOLD, ServerConfig, create_app, read_tokens, serve
 
+    auth_token = auth_token_from_env() if args.auth_token is None else args.auth_token
+    auth_tokens: tuple[tuple[str, str], ...] = ()
+    if args.auth_token_file is not None:
+        try:
+            auth_tokens = read_tokens(args.auth_token_file)
+        except ConfigError as exc:
+            raise ConfigError(f"--auth-token-file: {exc}") from None
     store = open_store(args.store)  # before anything starts: a bad URL or extra fails here
     async with store, backend_from_args(args) as backend:
         config = ServerConfig(
             providers=(backend.name,),
             max_streams_per_client=args.max_streams_per_client,
             max_generations_per_client=args.max_generations_per_client,
+            max_websockets_per_client=args.max_websockets_per_client,
             heartbeat_interval=args.heartbeat,
             idle_cancel_after=args.idle_cancel,
-            auth_token=args.auth_token,
+            auth_token=auth_token,
+            auth_tokens=auth_tokens,
             cors_origins=tuple(args.cors_origin),
             shutdown_grace=args.shutdown_grace,
             store_url=args.store,

@@ -19,6 +19,8 @@ except ImportError as _exc:
     raise _missing_extra("serve", "llmpipe's HTTP server", _exc) from _exc
 
 from ._app import create_app as create_app
+from ._auth import parse_tokens as parse_tokens
+from ._auth import read_tokens as read_tokens
 from ._context import MAX_MESSAGES as MAX_MESSAGES
 from ._context import ProducerFactory as ProducerFactory
 from ._context import ServerConfig as ServerConfig
@@ -43,6 +45,8 @@ __all__ = [
     "StreamRequest",
     "create_app",
     "get_runtime",
+    "parse_tokens",
+    "read_tokens",
     "serve",
 ]
 

@@ -18,6 +18,11 @@ callables given the app's :class:`AppRuntime`; streaming ones write with the raw
 :mod:`._stream`): a client disconnect cancels the pipeline, and with it the upstream request,
 within milliseconds. A request a route refuses raises one of the server's errors, answered by
 :class:`_Endpoint` from the table in ``_errors.py``.
+
+With auth on (``auth_token``/``auth_tokens``), every route but ``/health`` and the static page
+needs a bearer token, ``/metrics`` included. A resumable stream is kept under its creator's key
+(``_auth.owned_key``): the ``/v1/streams/{id}`` routes look the id up under the caller's
+principal, so another principal's stream is a 404 like an unknown id.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from pipeline import (
 )
 from pipeline.stores import StoreError, StreamInfo, StreamNotFound, StreamStore, open_store
 
+from ._auth import owned_key
 from ._context import ProducerFactory, ServerConfig, StreamRequest
 from ._errors import (
     REFUSALS,
@@ -61,6 +67,7 @@ from ._errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    Refused,
     RequestError,
     ShuttingDown,
     UnsupportedMediaType,
@@ -324,7 +331,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     """``GET /v1/streams/{id}/events``: replay from ``Last-Event-ID``, then follow live."""
     request = Request(scope, receive)
     stream_id = str(request.path_params["stream_id"])
-    runtime.check_auth(request.headers)
+    key = owned_key(runtime.check_auth(request.headers), stream_id)
     store = _store(runtime)
     raw_after = request.headers.get("last-event-id")
     if raw_after is None:
@@ -333,7 +340,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
         after = parse_last_event_id(raw_after)
     except ValueError:
         raise RequestError("Last-Event-ID", "expected a non-negative integer") from None
-    info = await _info_or_404(store, stream_id)
+    info = await _info_or_404(store, key, stream_id)
     if info.ended and after >= info.last_seq:
         # Nothing will ever follow: 204 is how the SSE standard stops a browser's EventSource
         # from reconnecting (it would otherwise retry for the stream's whole retention).
@@ -344,7 +351,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
 
         async def body() -> None:
             try:
-                await follow_stream(runtime, store, stream_id, after, writer)
+                await follow_stream(runtime, store, key, after, writer)
             except Exception as group:
                 exc = lone_exception(group)
                 if isinstance(exc, ClientGone):
@@ -366,6 +373,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
 async def _create_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
     """``POST /v1/streams``: start a resumable generation in the lifespan nursery."""
     request = Request(scope, receive)
+    principal = runtime.check_auth(request.headers)  # the stream's owner (401 if none)
     parsed = await read_stream_request(runtime, request)
     store = _store(runtime)
     nursery = runtime.nursery
@@ -376,8 +384,9 @@ async def _create_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     if len(runtime.generations) >= runtime.config.max_streams_total:
         raise Overloaded("too many generations")
     stream_id = secrets.token_urlsafe(16)
-    await store.create(stream_id, lease=runtime.config.owner_lease)
-    await nursery.start(run_generation, runtime, store, stream_id, parsed, client)
+    key = owned_key(principal, stream_id)  # the creator's: only it may read or cancel it
+    await store.create(key, lease=runtime.config.owner_lease)
+    await nursery.start(run_generation, runtime, store, key, parsed, client)
     events_url = f"/v1/streams/{stream_id}/events"
     response = JSONResponse(
         {"id": stream_id, "events_url": events_url},
@@ -392,18 +401,18 @@ async def _cancel_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     had no live owner (then the stream is ended here, with a ``cancelled`` error)."""
     request = Request(scope, receive)
     stream_id = str(request.path_params["stream_id"])
-    runtime.check_auth(request.headers)
+    key = owned_key(runtime.check_auth(request.headers), stream_id)
     store = _store(runtime)
-    info = await _info_or_404(store, stream_id)
+    info = await _info_or_404(store, key, stream_id)
     response: Response
     if await end_orphan(store, info, cancelled=True):
         response = Response(status_code=204)
     else:
         try:
-            await store.request_cancel(stream_id)
+            await store.request_cancel(key)
         except StoreError as exc:
             log.warning("stream %s: cancel request failed: %r", stream_id, exc)
-        gen = runtime.generations.get(stream_id)
+        gen = runtime.generations.get(key)
         if gen is not None:
             gen.cancel("cancelled")
         response = JSONResponse({"id": stream_id, "status": "cancelling"}, status_code=202)
@@ -416,9 +425,11 @@ def _store(runtime: AppRuntime) -> StreamStore:
     return runtime.store
 
 
-async def _info_or_404(store: StreamStore, stream_id: str) -> StreamInfo:
+async def _info_or_404(store: StreamStore, key: str, stream_id: str) -> StreamInfo:
+    """The info of the stream stored under ``key`` (:func:`owned_key`); :class:`NotFound`
+    naming ``stream_id`` if there is none (another principal's stream is none of ours)."""
     try:
-        return await store.info(stream_id)
+        return await store.info(key)
     except StreamNotFound:
         raise NotFound("no stream with that id", id=stream_id) from None
 
@@ -437,6 +448,10 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
         return JSONResponse(models_list(runtime.config.providers))
 
     async def metrics(request: Request) -> Response:
+        try:
+            runtime.check_auth(request.headers)  # any principal (when auth is on)
+        except Refused as exc:
+            return runtime.refuse(exc).response()
         return Response(runtime.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return [

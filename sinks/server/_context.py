@@ -179,10 +179,17 @@ class ServerConfig:
     max_streams_per_client: int = 8  # open streaming connections (live, resume, WebSocket)
     max_streams_total: int = 1000
     max_generations_per_client: int = 8  # resumable generations running (they outlive requests)
+    max_websockets_per_client: int = 16  # open WebSocket connections, idle or not
     heartbeat_interval: float = 15.0
     idle_cancel_after: float = 60.0  # a resumable generation nobody follows is cancelled
-    auth_token: str | None = None  # bearer token required when set
-    cors_origins: tuple[str, ...] = ()  # CORS off unless origins are configured
+    # Bearer tokens (auth is on when either is set): ``auth_token`` is the principal "default";
+    # ``auth_tokens`` are (name, token) pairs, one per principal (see ``_auth.py``). Never shown
+    # by repr.
+    auth_token: str | None = attrs.field(default=None, repr=False)
+    auth_tokens: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    # CORS off unless origins are configured; also the origins (besides the page's own) whose
+    # pages may open the WebSocket ("*": any)
+    cors_origins: tuple[str, ...] = ()
     shutdown_grace: float = 5.0
     store_url: str | None = None  # None: in memory; "redis://...": Redis Streams
     # A resumable stream's owner lease: the process running its generation renews it every

@@ -50,6 +50,7 @@ __all__ = [
     "ClientGone",
     "ErrorReply",
     "ErrorSpec",
+    "Forbidden",
     "InvalidToken",
     "MissingToken",
     "NotFound",
@@ -119,6 +120,11 @@ class InvalidToken(Unauthorized):
     """A bearer token that is not the server's."""
 
 
+class Forbidden(Refused):
+    """The request may not be made from where it comes from (a WebSocket handshake from a web
+    page of another origin)."""
+
+
 class NotFound(Refused):
     """No such resource (a stream id)."""
 
@@ -179,6 +185,7 @@ ERRORS: Final[Mapping[type[Exception], ErrorSpec]] = {
         "unauthorized",
         headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
     ),
+    Forbidden: ErrorSpec(403, "forbidden"),
     NotFound: ErrorSpec(404, "not_found"),
     PayloadTooLarge: ErrorSpec(413, "payload_too_large"),
     UnsupportedMediaType: ErrorSpec(415, "unsupported_media_type"),

@@ -10,7 +10,6 @@ between a check and the update it guards.
 from __future__ import annotations
 
 import collections
-import secrets
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
@@ -21,11 +20,10 @@ import trio
 from pipeline import DEFAULT_MAX_BYTES, EventReceiver, Pipeline
 from pipeline.stores import StreamStore
 
+from ._auth import DEFAULT_PRINCIPAL, authenticate, check_tokens
 from ._context import ProducerFactory, ServerConfig, StreamRequest
 from ._errors import (
     ErrorReply,
-    InvalidToken,
-    MissingToken,
     Overloaded,
     RateLimited,
     ShuttingDown,
@@ -70,6 +68,9 @@ class AppRuntime:
     generations: dict[str, Generation] = attrs.Factory(dict)
     per_client: collections.Counter[str] = attrs.Factory(collections.Counter)
     active: int = 0
+    websockets: collections.Counter[str] = attrs.Factory(collections.Counter)
+    websockets_active: int = 0
+    _tokens: list[tuple[str, bytes]] = attrs.field(init=False, factory=list)
 
     def begin_shutdown(self) -> None:
         """Tell every open stream to send its final ``shutdown`` error and end. Idempotent;
@@ -84,20 +85,19 @@ class AppRuntime:
         self.metrics.requests_rejected.labels(str(reply.status)).inc()
         return reply
 
-    def check_auth(self, headers: Mapping[str, str]) -> None:
-        """Raise :class:`MissingToken` or :class:`InvalidToken` (401) unless the request carries
-        the bearer token (when one is configured). The comparison takes constant time."""
-        token = self.config.auth_token
-        if token is None:
-            return
-        value = headers.get("authorization", "")
-        scheme, _, given = value.partition(" ")
-        if not value:
-            raise MissingToken("missing bearer token (Authorization: Bearer <token>)")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            raise InvalidToken("invalid bearer token")
+    def __attrs_post_init__(self) -> None:
+        tokens = list(self.config.auth_tokens)
+        if self.config.auth_token is not None:
+            tokens.insert(0, (DEFAULT_PRINCIPAL, self.config.auth_token))
+        self._tokens = [(name, token.encode()) for name, token in check_tokens(tokens)]
+
+    def check_auth(self, headers: Mapping[str, str]) -> str | None:
+        """The principal the request's bearer token names, ``None`` when auth is off (no
+        token configured); raises :class:`MissingToken` or :class:`InvalidToken` (401). See
+        :func:`~._auth.authenticate`."""
+        if not self._tokens:
+            return None
+        return authenticate(self._tokens, headers)
 
     def check_generation_limit(self, client: str) -> None:
         """:class:`RateLimited` when ``client`` has ``max_generations_per_client`` generations
@@ -129,6 +129,29 @@ class AppRuntime:
                 del self.per_client[client]
             self.active -= 1
             self.metrics.streams_active.dec()
+
+    @contextmanager
+    def admit_websocket(self, client: str) -> Iterator[None]:
+        """Hold one WebSocket connection of ``client`` for the block, idle or not (its turns
+        also take stream slots: :meth:`admit`). Raises :class:`ShuttingDown` while shutting
+        down, :class:`RateLimited` past ``max_websockets_per_client``, :class:`Overloaded` past
+        ``max_streams_total`` connections in all."""
+        if self.shutting_down.is_set():
+            raise ShuttingDown("the server is shutting down")
+        limit = self.config.max_websockets_per_client
+        if self.websockets[client] >= limit:
+            raise _rate_limited("WebSocket connections", limit)
+        if self.websockets_active >= self.config.max_streams_total:
+            raise Overloaded("the server is at its WebSocket connection limit")
+        self.websockets[client] += 1
+        self.websockets_active += 1
+        try:
+            yield
+        finally:
+            self.websockets[client] -= 1
+            if self.websockets[client] <= 0:
+                del self.websockets[client]
+            self.websockets_active -= 1
 
     @asynccontextmanager
     async def live_events(

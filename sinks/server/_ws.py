@@ -123,13 +123,18 @@ The endpoint is given the app's :class:`~sinks.server.AppRuntime`, as every othe
 
 * ``factory`` and ``config`` (``providers``, ``max_body_bytes`` as the frame limit,
   ``heartbeat_interval``);
-* ``check_auth(headers)`` before the handshake is accepted. A refusal is answered from the
-  server's error table (``_errors.py``): its HTTP response (401) as the denial response when the
-  server supports that, else close code 1008 (HTTP 403). A browser cannot set ``Authorization``
-  on a WebSocket, so a bearer token may also come as a subprotocol: ``new WebSocket(url,
-  ["llmpipe", "bearer." + token])``; it counts as ``Authorization: Bearer <token>`` when that
-  header is absent, and the server selects ``llmpipe`` (else, as browsers require one of the
-  offered, the first one offered);
+* before the handshake is accepted: :func:`check_origin` (a WebSocket is not subject to CORS:
+  only the page's own origin, ``config.cors_origins`` and clients that send no ``Origin``, i.e.
+  not browsers, are let in; else 403), ``check_auth(headers)`` (401), the subprotocols (400, see
+  below) and ``admit_websocket(client_host)`` (the connection limits, idle connections
+  included: 429 past ``max_websockets_per_client``, 503 past ``max_streams_total``). A refusal
+  is answered from the server's error table (``_errors.py``): its HTTP response as the denial
+  response when the server supports that, else close code 1008 (HTTP 403). A browser cannot
+  set ``Authorization`` on a WebSocket, so a bearer token may also come as a subprotocol:
+  ``new WebSocket(url, ["llmpipe", "bearer." + token])``; it counts as ``Authorization: Bearer
+  <token>`` when that header is absent. The server selects ``llmpipe`` when offered, never a
+  ``bearer.`` one (the response would echo the token): offering that one without ``llmpipe`` is
+  refused with a 400 naming ``Sec-WebSocket-Protocol``; other offers get no subprotocol;
 * ``admit(client_host)``, held for each turn (the stream limits). When it refuses, the turn ends
   with an ``error`` event made from the same table: ``kind`` is the refusal's error type
   (``rate_limited``, ``overloaded``, ``shutting_down``), ``retryable`` as the HTTP answer says;
@@ -168,7 +173,7 @@ from pipeline.text import SpeakableStream
 
 from ..speech import AudioChunk, EmitAudio, EspeakEngine, HeardText, Player, Speaker, SpeechEngine
 from ._context import SpeechRequest, StreamRequest
-from ._errors import ErrorReply, Refused, RequestError
+from ._errors import ErrorReply, Forbidden, Refused, RequestError
 from ._metrics import StreamReason
 from ._runtime import AppRuntime
 from ._stream import begin_stream
@@ -176,6 +181,8 @@ from ._stream import begin_stream
 __all__ = [
     "MAX_HISTORY_CHARS",
     "MAX_HISTORY_MESSAGES",
+    "SUBPROTOCOL",
+    "check_origin",
     "trim_history",
     "websocket_endpoint",
 ]
@@ -648,20 +655,67 @@ async def websocket_endpoint(runtime: AppRuntime, websocket: WebSocket) -> None:
     """The ``/v1/ws`` endpoint of the app whose runtime is ``runtime`` (mount it with
     ``WebSocketRoute("/v1/ws", partial(websocket_endpoint, runtime))``).
 
-    Checks the bearer token, accepts the connection and serves turns until the client
-    disconnects; see the module docstring for the protocol. Returns when the client has gone and
-    every task of the connection (the turn, its pipeline, the upstream request) has been closed.
+    Checks the page's origin, the bearer token, the subprotocols and the client's connection
+    limit, accepts the connection and serves turns until the client disconnects; see the
+    module docstring for the protocol. Returns when the client has gone and every task of the
+    connection (the turn, its pipeline, the upstream request) has been closed.
     """
-    try:
-        runtime.check_auth(_auth_headers(websocket))
-    except Refused as exc:
-        await _deny(websocket, runtime.refuse(exc))
+    with contextlib.ExitStack() as stack:
+        try:
+            check_origin(websocket, runtime.config.cors_origins)
+            runtime.check_auth(_auth_headers(websocket))
+            chosen = _subprotocol(websocket)
+            client = websocket.client.host if websocket.client else "unknown"
+            stack.enter_context(runtime.admit_websocket(client))
+        except (Refused, RequestError) as exc:
+            await _deny(websocket, runtime.refuse(exc))
+            return
+        session = _Session(websocket, runtime)
+        await websocket.accept(subprotocol=chosen)
+        await session.run()
+
+
+def check_origin(websocket: WebSocket, allowed: Sequence[str]) -> None:
+    """:class:`Forbidden` unless the handshake comes from the page's own origin (the
+    ``Origin``'s host and port are the ``Host`` header's), from one of ``allowed``
+    (``--cors-origin``; ``"*"`` allows any), or from a client that is not a web page (no
+    ``Origin`` header: browsers always send one). A WebSocket is not subject to CORS: without
+    this, any page a user visits could run turns on this server and read the answers."""
+    origin = websocket.headers.get("origin")
+    if origin is None or "*" in allowed or origin in allowed:
         return
-    session = _Session(websocket, runtime)
+    scheme, _, netloc = origin.partition("://")
+    host = websocket.headers.get("host", "")
+    default = {"http": ":80", "https": ":443"}.get(scheme.lower())
+    if default is not None and _without(netloc, default) == _without(host, default):
+        return
+    raise Forbidden(
+        f"a page from the origin {origin[:200]!r} may not open this WebSocket (allowed: the "
+        "page's own origin and --cors-origin ones)",
+        field="Origin",
+    )
+
+
+def _without(netloc: str, port: str) -> str:
+    netloc = netloc.lower()
+    return netloc.removesuffix(port) if netloc.endswith(port) else netloc
+
+
+def _subprotocol(websocket: WebSocket) -> str | None:
+    """The subprotocol to select: :data:`SUBPROTOCOL` when offered, else none. Never a
+    ``bearer.<token>`` one (the response header would echo the token): offering that one
+    without ``llmpipe`` is refused (:class:`RequestError`), as a browser would fail the
+    connection anyway when the server selects none of the offered."""
     offered = list(websocket.scope.get("subprotocols") or ())
-    chosen = SUBPROTOCOL if SUBPROTOCOL in offered else (offered[0] if offered else None)
-    await websocket.accept(subprotocol=chosen)
-    await session.run()
+    if SUBPROTOCOL in offered:
+        return SUBPROTOCOL
+    if any(p.startswith(BEARER_SUBPROTOCOL_PREFIX) for p in offered):
+        raise RequestError(
+            "Sec-WebSocket-Protocol",
+            f"offer {SUBPROTOCOL!r} with the bearer.<token> subprotocol: "
+            f'new WebSocket(url, ["{SUBPROTOCOL}", "bearer." + token])',
+        )
+    return None
 
 
 def _auth_headers(websocket: WebSocket) -> Mapping[str, str]:
