@@ -24,7 +24,6 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -68,7 +67,7 @@ from ._otel import otel_observer
 from ._resumable import follow_stream, parse_last_event_id, run_generation
 from ._runtime import STATE_KEY, AppRuntime
 from ._stream import StreamWriter, begin_stream, choose_format, run_stream
-from ._ws import websocket_endpoint
+from ._ws import WebSocketApp
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 
@@ -382,7 +381,7 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
             methods=["GET"],
         ),
         Route("/v1/streams/{stream_id}", _Endpoint(_cancel_endpoint, runtime), methods=["DELETE"]),
-        WebSocketRoute("/v1/ws", partial(websocket_endpoint, runtime)),
+        WebSocketRoute("/v1/ws", WebSocketApp(runtime)),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         # Last, so it can never hide an API route: the web page and its ES module.

@@ -180,7 +180,7 @@ class StreamWriter:
         ]
         self.headers_sent = True
         self.ended = True
-        await self._raw(
+        await self._raw_final(
             {"type": "http.response.start", "status": status, "headers": raw},
             {"type": "http.response.body", "body": body, "more_body": False},
         )
@@ -193,11 +193,19 @@ class StreamWriter:
         last = {"type": "http.response.body", "body": b"", "more_body": False}
         try:
             if self.headers_sent:
-                await self._raw(last)
+                await self._raw_final(last)
             else:
-                await self._raw(self._start_message(), last)
+                await self._raw_final(self._start_message(), last)
         except ClientGone:
             pass
+
+    async def _raw_final(self, *messages: dict[str, object]) -> None:
+        """Send the messages that end the response, shielded for at most
+        :data:`SHUTDOWN_WRITE_TIMEOUT`: hypercorn closes the connection (``Connection: close``,
+        HTTP/1.0) or starts its keep-alive timer inside the last send; cancelled half-way, it
+        would do neither and the connection would stay open until the client leaves."""
+        with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT, shield=True):
+            await self._raw(*messages)
 
     async def _raw(self, *messages: dict[str, object]) -> None:
         # One writer at a time, first come first served; the uncontended path takes no
@@ -300,9 +308,14 @@ async def run_stream(
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    if not writer.ended:
-                        writer.gone = True
-                        run.outcome = "gone"
+                    if writer.ended:
+                        # The response is complete and hypercorn is ending the connection (or
+                        # readying it for the next request) inside the body's last send: a
+                        # cancellation there would leave the socket open and the keep-alive
+                        # timer unset until the client leaves.
+                        return
+                    writer.gone = True
+                    run.outcome = "gone"
                     run.scope.cancel()
                     await give_up_after(final_timeout)
                     return
