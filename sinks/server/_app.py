@@ -19,7 +19,6 @@ within milliseconds. A request a route refuses raises one of the server's errors
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,7 +48,7 @@ from pipeline import (
 )
 from pipeline.stores import StoreError, StreamInfo, StreamNotFound, StreamStore, open_store
 
-from ._context import ProducerFactory, ServerConfig, StreamRequest
+from ._context import ProducerFactory, ServerConfig, StreamRequest, decode_json
 from ._errors import (
     REFUSALS,
     ClientGone,
@@ -87,7 +86,7 @@ client lags)."""
 async def read_json_body(runtime: AppRuntime, request: Request) -> object:
     """The request's JSON body. Raises :class:`UnsupportedMediaType` (not JSON),
     :class:`PayloadTooLarge` (larger than ``max_body_bytes``, by ``Content-Length`` or by the
-    bytes read), :class:`RequestError` (malformed)."""
+    bytes read), :class:`RequestError` (see :func:`decode_json`)."""
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
@@ -114,10 +113,7 @@ async def read_json_body(runtime: AppRuntime, request: Request) -> object:
         body += chunk
         if len(body) > limit:
             raise too_large()
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError("body", f"malformed JSON ({exc})") from None
+    return decode_json(bytes(body))
 
 
 async def read_stream_request(runtime: AppRuntime, request: Request) -> StreamRequest:

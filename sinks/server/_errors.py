@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from pipeline import ConfigError, ConsumerGone, Error, LLMPipeError, error_event
+from pipeline import ConfigError, ConsumerGone, Error, LLMPipeError, error_event, json_text
 from pipeline.stores import StoreError, StoreFull
 
 __all__ = [
@@ -202,8 +202,13 @@ class ErrorReply:
         """What telemetry and error events call it: the error's ``kind``, else its type."""
         return str(self.error.get("kind", self.error["type"]))
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status, headers=dict(self.headers))
+    def response(self) -> Response:
+        return Response(
+            json_text(self.body).encode(),
+            status_code=self.status,
+            headers=dict(self.headers),
+            media_type="application/json",
+        )
 
     def event(self) -> Error:
         """The same answer as an :class:`pipeline.Error` event (a WebSocket turn's end, or a

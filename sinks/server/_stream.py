@@ -21,7 +21,6 @@ request task) while the request task watches:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal
@@ -30,7 +29,7 @@ import attrs
 import trio
 from starlette.types import Receive, Send
 
-from pipeline import Error, Event, Heartbeat, event_to_json
+from pipeline import Error, Event, Heartbeat, event_to_json, json_text
 from pipeline.wire import (
     NDJSON_CONTENT_TYPE,
     SSE_HEADERS,
@@ -172,7 +171,7 @@ class StreamWriter:
         """Answer with a JSON document instead of a stream (only before :meth:`start`)."""
         if self.headers_sent:
             raise RuntimeError("the stream has started; report errors as events")
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        body = json_text(payload).encode()
         raw = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

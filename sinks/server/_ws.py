@@ -148,7 +148,6 @@ The history is bounded by :data:`MAX_HISTORY_MESSAGES` and :data:`MAX_HISTORY_CH
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -168,11 +167,12 @@ from pipeline import (
     error_event,
     event_to_dict,
     is_terminal,
+    json_text,
 )
 from pipeline.text import SpeakableStream
 
 from ..speech import AudioChunk, EmitAudio, EspeakEngine, HeardText, Player, Speaker, SpeechEngine
-from ._context import SpeechRequest, StreamRequest
+from ._context import SpeechRequest, StreamRequest, decode_json
 from ._errors import ErrorReply, Refused, RequestError
 from ._metrics import StreamReason
 from ._runtime import AppRuntime
@@ -260,7 +260,7 @@ class _Turn:
 
 
 def _dumps(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json_text(obj)
 
 
 def _protocol_error(field: str, message: str, *, status: int = 400) -> dict[str, Any]:
@@ -423,9 +423,9 @@ class _Session:
                 )
                 continue
             try:
-                body = json.loads(text)
-            except ValueError as exc:
-                await self._send(_protocol_error("body", f"invalid JSON: {exc}"))
+                body = decode_json(text)
+            except RequestError as exc:
+                await self._send({"type": "error", **exc.to_json()})
                 continue
             if not isinstance(body, dict):
                 await self._send(_protocol_error("body", "expected a JSON object"))
