@@ -18,6 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trio
+
+from sinks.server._errors import ClientGone
+from sinks.server._stream import client_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACE = 2.0
@@ -81,8 +85,8 @@ def text_frame(payload: bytes) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
 
 
-def stream_request(version: str = "1.1", headers: str = "") -> bytes:
-    body = json.dumps({"prompt": "hi"}).encode()
+def stream_request(version: str = "1.1", headers: str = "", body: bytes = b"") -> bytes:
+    body = body or json.dumps({"prompt": "hi"}).encode()
     return (
         f"POST /v1/stream HTTP/{version}\r\nHost: t\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n{headers}\r\n"
@@ -99,6 +103,12 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     except TimeoutError:
         pytest.fail(f"the server kept the connection open {timeout} s; got {data[-200:]!r}")
     return data
+
+
+def scrape(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        return read_until_closed(sock, timeout=5.0).decode()
 
 
 @pytest.mark.slow
@@ -156,3 +166,42 @@ def test_keep_alive_after_a_stream() -> None:
             while not data.endswith(b"0\r\n\r\n"):
                 data += idle.recv(65536)
             assert sigterm_exit_seconds(proc) < GRACE / 2
+
+
+def test_client_gone_is_told_from_bugs() -> None:
+    gone = ClientGone("gone")
+    assert client_gone(gone)
+    assert client_gone(ExceptionGroup("", [gone, ClientGone("again")]))  # writer + heartbeat
+    assert client_gone(
+        BaseExceptionGroup("", [ExceptionGroup("", [gone]), trio.Cancelled._create()])
+    )
+    assert not client_gone(ExceptionGroup("", [gone, ValueError("bug")]))
+    assert not client_gone(BaseExceptionGroup("", [trio.Cancelled._create()]))
+    assert not client_gone(ValueError("bug"))
+
+
+def test_clients_that_leave_are_one_json_line_each() -> None:
+    """``--log-format json``: every client that leaves mid-stream is one info line (no
+    traceback), counted in ``llmpipe_expected_ends``; the shutdown too."""
+    words = " ".join(f"w{i}" for i in range(5000))
+    with serve_process("--log-format", "json", "--scripted", words) as (proc, port):
+        body = json.dumps({"prompt": "x", "buffering": {"policy": "block"}}).encode()
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(stream_request(body=body))
+                assert sock.recv(100)
+        expected = 'llmpipe_expected_ends_total{reason="client_gone"} 3.0'
+        deadline = time.monotonic() + 10
+        while expected not in (metrics := scrape(port)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server sees the disconnects on its own time
+        assert expected in metrics
+        assert sigterm_exit_seconds(proc) < GRACE
+        assert proc.stderr is not None
+        lines = proc.stderr.read().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    ends = [r for r in records if r.get("event") == "stream_ended"]
+    assert [(r["level"], r["reason"], r["route"]) for r in ends] == [
+        ("info", "client_gone", "/v1/stream")
+    ] * 3, records
+    assert not [r for r in records if r["level"] not in ("info", "debug")], records

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import logging
 import signal
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
+from pipeline import json_text
 from pipeline.stores import open_store
 
 from ._providers import add_provider_options, backend_from_args
@@ -16,7 +21,7 @@ from ._providers import add_provider_options, backend_from_args
 if TYPE_CHECKING:
     from ._main import IO
 
-__all__ = ["NAME", "add_parser", "run"]
+__all__ = ["NAME", "JsonLogFormatter", "add_parser", "run", "server_logging"]
 
 NAME = "serve"
 
@@ -50,6 +55,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--shutdown-grace", type=float, default=5.0)
     parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="stderr log lines as text, or as one JSON object each (for log shippers)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="expected ends (a client that left, an interrupt, shutdown, idle cancel) are one "
+        "info line each; bugs are errors with a traceback (default info)",
+    )
+    parser.add_argument(
         "--gc-tuning",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -59,6 +77,53 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "alone)",
     )
     return parser
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, the fields an expected end records (``extra={"llmpipe": {...}}``, see
+    ``Metrics.expected_end``) and, for a bug, ``exception`` (the traceback as one string)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry: dict[str, object] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "llmpipe", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json_text(entry)
+
+
+@contextlib.asynccontextmanager
+async def server_logging(stream: TextIO, fmt: str, level: str) -> AsyncIterator[None]:
+    """Log llmpipe's records (``llmpipe.*``) at ``level`` and hypercorn's warnings to
+    ``stream`` for the block, as text or JSON lines; the handlers are removed at the end."""
+    handler = logging.StreamHandler(stream)
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = {"llmpipe": getattr(logging, level.upper()), "hypercorn.error": logging.WARNING}
+    saved = []
+    for name, lvl in loggers.items():
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.addHandler(handler)
+        logger.setLevel(max(lvl, getattr(logging, level.upper())))
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, lvl, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(lvl)
+            logger.propagate = propagate
 
 
 async def _until_signal() -> None:
@@ -71,7 +136,11 @@ async def run(args: argparse.Namespace, io: IO) -> int:
     from ..server import GC_THRESHOLD, ServerConfig, create_app, serve
 
     store = open_store(args.store)  # before anything starts: a bad URL or extra fails here
-    async with store, backend_from_args(args) as backend:
+    async with (
+        server_logging(io.err, args.log_format, args.log_level),
+        store,
+        backend_from_args(args) as backend,
+    ):
         config = ServerConfig(
             providers=(backend.name,),
             max_streams_per_client=args.max_streams_per_client,

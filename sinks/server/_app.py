@@ -51,7 +51,6 @@ from pipeline.stores import StoreError, StreamInfo, StreamNotFound, StreamStore,
 from ._context import ProducerFactory, ServerConfig, StreamRequest, decode_json
 from ._errors import (
     REFUSALS,
-    ClientGone,
     NotFound,
     NotReady,
     Overloaded,
@@ -65,7 +64,7 @@ from ._metrics import PROMETHEUS_CONTENT_TYPE, StreamReason, StreamRecord
 from ._otel import otel_observer
 from ._resumable import follow_stream, parse_last_event_id, run_generation
 from ._runtime import STATE_KEY, AppRuntime
-from ._stream import StreamWriter, begin_stream, choose_format, run_stream
+from ._stream import StreamWriter, begin_stream, choose_format, client_gone, run_stream
 from ._ws import WebSocketApp
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -204,9 +203,9 @@ async def _serve_live(
             ):
                 await pump(runtime, events, writer, record)
         except Exception as group:
+            if client_gone(group):
+                raise
             exc = lone_exception(group)
-            if isinstance(exc, ClientGone):
-                raise exc from None
             if not isinstance(exc, LLMPipeError):
                 log.exception("stream failed", exc_info=exc)
             # Failed before its first event: a real status (a request problem the factory
@@ -221,7 +220,7 @@ async def _serve_live(
 
     reason: StreamReason = "cancelled"
     try:
-        outcome = await run_stream(runtime, receive, writer, body)
+        outcome = await run_stream(runtime, receive, writer, body, route="/v1/stream")
         reason = _OUTCOME_REASONS[outcome]
         log.debug("live stream ended: %s", outcome)
     finally:
@@ -283,9 +282,9 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
             try:
                 await follow_stream(runtime, store, stream_id, after, writer)
             except Exception as group:
+                if client_gone(group):
+                    raise
                 exc = lone_exception(group)
-                if isinstance(exc, ClientGone):
-                    raise exc from None
                 if isinstance(exc, StreamNotFound):
                     event = Error(kind="not_found", message="the stream was deleted")
                 elif isinstance(exc, StoreError):
@@ -296,7 +295,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
                     event = Error(kind="internal", message="internal error")
                 await writer.write(writer.error_frame(event))
 
-        await run_stream(runtime, receive, writer, body)
+        await run_stream(runtime, receive, writer, body, route="/v1/streams/{id}/events")
         runtime.metrics.streams_total.labels("resume").inc()
 
 

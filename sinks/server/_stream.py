@@ -29,7 +29,7 @@ import attrs
 import trio
 from starlette.types import Receive, Send
 
-from pipeline import Error, Event, Heartbeat, event_to_json, json_text
+from pipeline import Error, Event, Heartbeat, event_to_json, json_text, lone_exception
 from pipeline.wire import (
     NDJSON_CONTENT_TYPE,
     SSE_HEADERS,
@@ -49,6 +49,7 @@ __all__ = [
     "StreamWriter",
     "begin_stream",
     "choose_format",
+    "client_gone",
     "run_stream",
 ]
 
@@ -70,6 +71,16 @@ def begin_stream(
     providers = runtime.config.providers
     provider = request.provider or (providers[0] if providers else None)
     return runtime.metrics.begin_stream(kind, route, provider, request.model)
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` only says the client went away: a :class:`ClientGone`, or exception
+    groups (nested, of any size: a stream's writer and its heartbeat task may both see it)
+    holding nothing but those and cancellations. That is an expected end, not a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split((ClientGone, trio.Cancelled))[1]
+        return rest is None and exc.subgroup(ClientGone) is not None
+    return isinstance(exc, ClientGone)
 
 
 def choose_format(accept: str) -> Format:
@@ -248,7 +259,9 @@ async def _drive(
             with run.body_scope:
                 try:
                     await body()
-                except ClientGone:
+                except BaseException as exc:
+                    if not client_gone(exc):
+                        raise
                     run.outcome = "gone"
                     writer.gone = True
             final_timeout = min(SHUTDOWN_WRITE_TIMEOUT, runtime.config.shutdown_grace / 2)
@@ -265,8 +278,8 @@ async def _drive(
                     run.outcome = "gone" if writer.gone else "shutdown"
                 if run.outcome != "gone":
                     await writer.end()
-    except Exception:  # never crash the lifespan nursery
-        log.exception("stream body failed")
+    except Exception as exc:  # never crash the lifespan nursery
+        log.exception("stream body failed", exc_info=lone_exception(exc))
         writer.gone = True
         run.outcome = "gone"
     finally:
@@ -278,9 +291,13 @@ async def run_stream(
     receive: Receive,
     writer: StreamWriter,
     body: Callable[[], Awaitable[None]],
+    *,
+    route: str = "",
 ) -> Literal["done", "gone", "shutdown"]:
     """Run ``body`` (which writes through ``writer``) until it returns, the client goes away or
-    the server shuts down; end the response properly in each case. Returns which happened.
+    the server shuts down; end the response properly in each case. Returns which happened; the
+    last two are expected ends (:meth:`Metrics.expected_end`: one info line naming ``route``,
+    and ``llmpipe_expected_ends``), a client gone is also a ``llmpipe_client_disconnects``.
 
     The body and its writes run in a task of the app's lifespan nursery (in this task when the
     app has no lifespan running); this task watches the client and the server and waits. So
@@ -340,4 +357,7 @@ async def run_stream(
         watchers.cancel_scope.cancel()
     if run.outcome == "gone":
         runtime.metrics.disconnects.inc()
+    if run.outcome != "done":
+        reason = "client_gone" if run.outcome == "gone" else "shutdown"
+        runtime.metrics.expected_end(reason, "stream", route=route, bytes=writer.bytes_written)
     return run.outcome

@@ -586,6 +586,15 @@ class _Session:
         finally:
             if turn.interrupted:
                 reason = "cancelled"
+            if reason in ("cancelled", "consumer_gone"):
+                why = "interrupted" if turn.interrupted else "shutdown" if turn.shutdown else None
+                runtime.metrics.expected_end(
+                    why or "client_gone",
+                    "websocket_turn",
+                    client=self.client,
+                    turn=turn.number,
+                    delivered_chars=turn.delivered_chars,
+                )
             if turn.speaker is not None:
                 runtime.metrics.live.speakers.discard(turn.speaker)
                 runtime.metrics.speech_ended(record, turn.speaker.statistics())
