@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import logging
 import signal
@@ -13,8 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from pipeline import json_text
-from pipeline.stores import open_store
+from pipeline import ConfigError, json_text, lone_exception
+from pipeline.stores import StoreError, StreamNotFound, StreamStore, open_store
 
 from ._providers import add_provider_options, backend_from_args
 
@@ -126,6 +127,31 @@ async def server_logging(stream: TextIO, fmt: str, level: str) -> AsyncIterator[
             logger.propagate = propagate
 
 
+async def _check_store(store: StreamStore, url: str | None) -> None:
+    """Talk to the store once before listening: a Redis that cannot be reached fails the start
+    (instead of every resumable request, later, with a 503)."""
+    try:
+        await store.info("llmpipe-start-check")
+    except StreamNotFound:
+        pass
+    except StoreError as exc:
+        raise ConfigError(f"--store {url}: cannot reach it ({exc})") from None
+
+
+def _bind_error(exc: Exception, args: argparse.Namespace) -> Exception:
+    """A listening socket that could not be opened, as one line naming ``--host``/``--port``."""
+    if not isinstance(exc, OSError):
+        return exc
+    where = f"{args.host}:{args.port}"
+    if exc.errno == errno.EADDRINUSE:
+        why = f"{where} is already in use (another server?); choose another --port, or 0 for any"
+    elif exc.errno == errno.EACCES:
+        why = f"no permission to listen on {where} (ports below 1024 need privileges)"
+    else:
+        why = f"cannot listen on {where}: {exc.strerror or exc} (check --host and --port)"
+    return ConfigError(f"--port {args.port}: {why}")
+
+
 async def _until_signal() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
@@ -152,20 +178,24 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             shutdown_grace=args.shutdown_grace,
             store_url=args.store,
         )
+        await _check_store(store, args.store)
         app = create_app(backend, config, store=store)
         gc_threshold = GC_THRESHOLD if args.gc_tuning else None
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(
-                functools.partial(
-                    serve,
-                    app,
-                    args.host,
-                    args.port,
-                    shutdown_trigger=_until_signal,
-                    freeze_heap=args.gc_tuning,
-                    gc_threshold=gc_threshold,
+            try:
+                port = await nursery.start(
+                    functools.partial(
+                        serve,
+                        app,
+                        args.host,
+                        args.port,
+                        shutdown_trigger=_until_signal,
+                        freeze_heap=args.gc_tuning,
+                        gc_threshold=gc_threshold,
+                    )
                 )
-            )
+            except Exception as group:
+                raise _bind_error(lone_exception(group), args) from None
             print(
                 f"llmpipe serving {backend.name} on http://{args.host}:{port}/ "
                 "(page at /, API under /v1)",
