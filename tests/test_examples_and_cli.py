@@ -60,6 +60,9 @@ def test_cli_rejects_bad_options() -> None:
     result = run("-m", "sinks.cli", "stream", "hi", "--max-tokens", "0")
     assert result.returncode != 0
     assert "--max-tokens" in result.stderr
+    result = run("-m", "sinks.cli", "stream", "hi", "--threads", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("llmpipe: --threads must be >= 1")
 
 
 def test_benchmark_quick_smoke() -> None:

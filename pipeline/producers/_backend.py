@@ -129,6 +129,7 @@ async def open_backend(
     temperature: float | None = None,
     scripted_text: str | None = None,
     scripted_rate: float = 40.0,
+    threads: int | None = None,
 ) -> AsyncIterator[Backend]:
     """The model source ``provider`` names (one of :data:`PROVIDERS`), with whatever it needs
     running for as long as the block lasts.
@@ -139,7 +140,10 @@ async def open_backend(
     ``scripted`` plays ``scripted_text`` (default :data:`DEMO_TEXT`) word by word at
     ``scripted_rate`` tokens per second (0: as fast as possible), with no model at all.
     ``model``, ``max_tokens`` and ``temperature`` are the defaults of every producer; a request
-    may override them. API keys come from the SDKs' usual environment variables.
+    may override them. API keys come from the SDKs' usual environment variables. ``threads``
+    is the local model's llama.cpp thread count (default 1: the measured one that holds up when
+    other processes want the cores); other
+    providers ignore it.
 
     Raises :class:`pipeline.ConfigError` for an unknown provider or an invalid value, before
     anything is started.
@@ -148,6 +152,8 @@ async def open_backend(
         raise ConfigError(f"provider: unknown {provider!r} (one of: {', '.join(PROVIDERS)})")
     if max_tokens is not None and max_tokens < 1:
         raise ConfigError("max_tokens must be >= 1")
+    if threads is not None and threads < 1:
+        raise ConfigError("threads must be >= 1")
     if provider == "scripted":
         if scripted_rate < 0:
             raise ConfigError("scripted_rate must be >= 0")
@@ -158,9 +164,9 @@ async def open_backend(
     from ._openai import OpenAIChatProducer, OpenAIResponsesProducer, openai_client
 
     if provider == "local":
-        from ._local import open_local_server
+        from ._local import DEFAULT_LOCAL_THREADS, open_local_server
 
-        async with open_local_server() as server:
+        async with open_local_server(n_threads=threads or DEFAULT_LOCAL_THREADS) as server:
             local = openai_client(base_url=server.base_url, api_key="local")
             async with local:
 
