@@ -105,10 +105,16 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     return data
 
 
-def scrape(port: int) -> str:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        return read_until_closed(sock, timeout=5.0).decode()
+def wait_for_metric(port: int, line: str, within: float = 10.0) -> None:
+    """Scrape ``/metrics`` until it has ``line`` (the server counts on its own time)."""
+    deadline = time.monotonic() + within
+    while True:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            if line in read_until_closed(sock, timeout=5.0).decode():
+                return
+        assert time.monotonic() < deadline, f"no {line!r} in /metrics"
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -123,6 +129,8 @@ def test_sigterm_exits_within_the_grace_after_a_ping_flood(leave: bool) -> None:
         time.sleep(0.5)  # the pongs pile up unread: closing now resets the connection
         if leave:
             sock.close()
+        else:  # a client this far ahead of the answers is disconnected (close code 1008)
+            wait_for_metric(port, 'llmpipe_expected_ends_total{reason="inbox_full"} 1.0')
         seconds = sigterm_exit_seconds(proc)
         sock.close()
     assert seconds < GRACE + EXIT_MARGIN, seconds
@@ -191,11 +199,7 @@ def test_clients_that_leave_are_one_json_line_each() -> None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.sendall(stream_request(body=body))
                 assert sock.recv(100)
-        expected = 'llmpipe_expected_ends_total{reason="client_gone"} 3.0'
-        deadline = time.monotonic() + 10
-        while expected not in (metrics := scrape(port)) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the server sees the disconnects on its own time
-        assert expected in metrics
+        wait_for_metric(port, 'llmpipe_expected_ends_total{reason="client_gone"} 3.0')
         assert sigterm_exit_seconds(proc) < GRACE
         assert proc.stderr is not None
         lines = proc.stderr.read().splitlines()
