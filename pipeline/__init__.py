@@ -45,6 +45,7 @@ from ._events import event_nbytes as event_nbytes
 from ._events import event_to_dict as event_to_dict
 from ._events import event_to_json as event_to_json
 from ._events import is_terminal as is_terminal
+from ._events import json_text as json_text
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineStatistics as PipelineStatistics
 from ._pipeline import Route as Route
@@ -117,6 +118,7 @@ __all__ = [
     "event_nbytes",
     "event_to_dict",
     "event_to_json",
+    "json_text",
     "is_terminal",
     "lone_exception",
     "lone_exception_unwrapped",

@@ -19,6 +19,7 @@ of them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 import attrs
@@ -37,6 +38,7 @@ __all__ = [
     "Usage",
     "event_from_dict",
     "event_from_json",
+    "json_text",
     "event_nbytes",
     "event_to_dict",
     "event_to_json",
@@ -333,9 +335,25 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     return event
 
 
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def json_text(obj: object) -> str:
+    """``obj`` as one line of compact JSON (no newline inside), non-ASCII text as is, and
+    always encodable as UTF-8: a surrogate code point (a lone ``\\ud800`` that came from
+    a JSON parser, or half of a pair never joined) cannot be, so it is written as the escape
+    ``\\udXXX``. That is lossless: a JSON parser (Python's, a browser's ``JSON.parse``)
+    gives back the same string (a high and a low surrogate in a row, which only Python keeps
+    apart, come back as the one character they encode). Costs one scan when there is none."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def event_to_json(event: Event) -> str:
-    """One line of compact JSON (no newline inside)."""
-    return json.dumps(event_to_dict(event), ensure_ascii=False, separators=(",", ":"))
+    """One line of compact JSON (no newline inside; see :func:`json_text` for surrogates)."""
+    return json_text(event_to_dict(event))
 
 
 def event_from_json(line: str | bytes) -> Event:

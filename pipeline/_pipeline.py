@@ -465,8 +465,6 @@ class RunningPipeline:
     async def _admit(self, event: Event) -> bool:
         """One event from the producer through the stages to the sinks; True once the stream
         has ended (a terminal event went out)."""
-        if isinstance(event, Error):
-            event = self._with_partial(event)
         if not self._counters:
             return await self._dispatch((event,))
         out = self._push([event], 0, trio.current_time())
@@ -571,6 +569,10 @@ class RunningPipeline:
                 self._chars_out += len(ev.text)
                 self._bytes_out += event_nbytes(ev)
             else:
+                if isinstance(ev, Error):
+                    # Here, not as it leaves the producer: stages (a chunker) release the text
+                    # they held ahead of it, and that text was delivered too.
+                    ev = self._with_partial(ev)
                 ev = attrs.evolve(ev, seq=seq)
             self._events_out += 1
             for route in self._routes:

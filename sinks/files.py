@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -11,7 +12,14 @@ import trio
 
 from pipeline import Done, Error, EventReceiver, TextDelta, event_to_json
 
-__all__ = ["EventLogSink", "TextFileSink", "commit_atomic", "open_atomic", "write_flushed"]
+__all__ = [
+    "EventLogSink",
+    "TextFileSink",
+    "check_writable",
+    "commit_atomic",
+    "open_atomic",
+    "write_flushed",
+]
 
 
 def open_atomic(path: Path) -> tuple[Path, BinaryIO]:
@@ -20,6 +28,31 @@ def open_atomic(path: Path) -> tuple[Path, BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(path):x}.tmp")
     return tmp, open(tmp, "wb")
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Check that the file sinks can write ``path`` before anything is generated: raise
+    :class:`OSError` (its ``strerror`` says why in a few words, ``filename`` is the path at
+    fault) for a directory, a parent that is a file, no permission. Does what writing does:
+    creates the missing directories, and a temporary file beside ``path`` that it removes.
+    Blocking."""
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "is a file, not a directory", str(parent))
+            break
+    try:
+        tmp, f = open_atomic(target)
+    except OSError as exc:
+        where = str(target.parent)
+        if isinstance(exc, PermissionError):
+            raise PermissionError(exc.errno, "no permission to write in it", where) from None
+        raise type(exc)(exc.errno, f"cannot write in it ({exc.strerror})", where) from None
+    f.close()
+    tmp.unlink(missing_ok=True)
 
 
 def commit_atomic(f: BinaryIO, tmp: Path, final: Path) -> None:

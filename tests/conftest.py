@@ -131,3 +131,63 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
         url: str = request.getfixturevalue("redis_url")
         return url
     return None
+
+
+# --- timeouts that fail only their own test ---------------------------------------------------
+# pytest-timeout's signal method raises from a SIGALRM handler wherever the main thread is: in a
+# trio test that is usually inside trio's scheduler, which is left broken for every later test
+# ("Attempted to call run() from inside a run()"). So each trio test runs beside a watchdog of
+# its own that waits in a worker thread (wall time: MockClock does not move it) and, a little
+# before pytest-timeout would fire, cancels the test and fails it through trio. pytest-timeout
+# stays the last resort for a test stuck where trio cannot cancel it (a blocking call).
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import threading  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def _timeout_of(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    return float(item.config.getini("timeout") or 0)
+
+
+def _with_watchdog(test: Callable[..., Awaitable[None]], timeout: float) -> Callable[..., Any]:
+    seconds = timeout - min(5.0, timeout / 10)
+
+    @functools.wraps(test)
+    async def guarded(*args: Any, **kwargs: Any) -> None:
+        timed_out = False
+        async with trio.open_nursery() as nursery:
+
+            async def watchdog() -> None:
+                nonlocal timed_out
+                stop = threading.Event()
+                try:
+                    ended = await trio.to_thread.run_sync(
+                        stop.wait, seconds, abandon_on_cancel=True
+                    )
+                finally:
+                    stop.set()  # the test ended first: the worker thread returns at once
+                if not ended:
+                    timed_out = True
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watchdog, name="trio watchdog")
+            try:
+                await test(*args, **kwargs)
+            finally:
+                nursery.cancel_scope.cancel()
+        if timed_out:
+            pytest.fail(f"timed out after {seconds:g} s (its timeout is {timeout:g} s)")
+
+    return guarded
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        test = getattr(item, "obj", None)
+        timeout = _timeout_of(item)
+        if inspect.iscoroutinefunction(test) and timeout > 0 and not hasattr(test, "hypothesis"):
+            item.obj = _with_watchdog(test, timeout)  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import wave
@@ -59,6 +60,9 @@ def test_cli_rejects_bad_options() -> None:
     result = run("-m", "sinks.cli", "stream", "hi", "--max-tokens", "0")
     assert result.returncode != 0
     assert "--max-tokens" in result.stderr
+    result = run("-m", "sinks.cli", "stream", "hi", "--threads", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("llmpipe: --threads must be >= 1")
 
 
 def test_benchmark_quick_smoke() -> None:
@@ -167,3 +171,102 @@ def test_cli_speak_with_the_openai_speech_api(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Short and sweet.\n"
     assert pcm.stat().st_size > 2 * 24000 * 0.3  # audio at 24 kHz, played through
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("", "is a directory"),
+        ("a-file/answer.txt", "a-file: is a file, not a directory"),
+        ("a-file/deeper/answer.txt", "a-file: is a file, not a directory"),
+    ],
+    ids=["directory", "under-a-file", "deeper-under-a-file"],
+)
+@pytest.mark.parametrize("flag", ["--out", "--events"])
+def test_cli_unwritable_files_fail_before_the_request(
+    tmp_path: Path, target: str, says: str, flag: str
+) -> None:
+    """One line naming the flag, before anything is asked of the provider (which here would
+    fail: its URL refuses connections)."""
+    (tmp_path / "a-file").write_text("x")
+    path = str(tmp_path / target) if target else str(tmp_path)
+    result = run(
+        "-m", "sinks.cli", "stream", "hi", "--base-url", "http://127.0.0.1:1/v1",
+        "--model", "m", flag, path, env={"OPENAI_API_KEY": "sk-not-real"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"llmpipe: {flag} {path}: "), result.stderr
+    assert says in result.stderr
+
+
+def test_cli_out_without_permission() -> None:
+    """/sys refuses new files, even to root (a test may run as root)."""
+    result = run("-m", "sinks.cli", "stream", "--scripted", "x", "--out", "/sys/answer.txt")
+    if result.returncode == 0:  # pragma: no cover (a machine where /sys is writable)
+        pytest.skip("/sys is writable here")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "llmpipe: --out /sys/answer.txt: /sys: no permission to write in it — "
+        "see 'llmpipe stream --help'\n"
+    )
+
+
+def test_cli_hints_name_the_base_url() -> None:
+    env = {"OPENAI_API_KEY": "sk-not-real"}
+    refused = run("-m", "sinks.cli", "stream", "hi", "--base-url", "http://127.0.0.1:1/v1",
+                  "--model", "m", env=env)  # fmt: skip
+    assert refused.returncode == 2
+    assert "is http://127.0.0.1:1/v1 reachable?" in refused.stderr
+    with emulator_process("--tokens-per-second", "0") as base:
+        missing_v1 = run("-m", "sinks.cli", "stream", "hi", "--base-url", base, "--model", "m",
+                         env=env)  # fmt: skip
+    assert missing_v1.returncode == 2
+    assert missing_v1.stderr.count("\n") == 1
+    assert f"try --base-url {base}/v1" in missing_v1.stderr
+
+
+def test_cli_serve_fails_at_start_with_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run("-m", "sinks.cli", "serve", "--scripted", "x", "--port", str(port))
+    assert busy.returncode == 2
+    assert busy.stderr == (
+        f"llmpipe: --port {port}: 127.0.0.1:{port} is already in use (another server?); "
+        "choose another --port, or 0 for any — see 'llmpipe serve --help'\n"
+    )
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{free.getsockname()[1]}/0"  # nothing listens there
+    unreachable = run("-m", "sinks.cli", "serve", "--scripted", "x", "--port", "0",
+                      "--store", dead)  # fmt: skip
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.startswith(f"llmpipe: --store {dead}: cannot reach it (")
+    assert unreachable.stderr.count("\n") == 1
+
+
+def test_cli_ctrl_c_keeps_the_partial_answer(tmp_path: Path) -> None:
+    out = tmp_path / "answer.txt"
+    text = " ".join(f"w{i}" for i in range(200))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sinks.cli", "stream", "--scripted", text, "--rate", "20",
+         "--chunk-ms", "0", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.read(10)  # it is streaming
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    partial = tmp_path / "answer.txt.partial"
+    kept = partial.read_text()
+    assert text.startswith(kept)
+    assert len(kept) >= 10
+    assert not out.exists()
+    assert stderr.decode() == (
+        f"llmpipe: the answer did not complete; its first {len(kept)} characters are in {partial}\n"
+    )

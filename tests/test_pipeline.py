@@ -95,6 +95,25 @@ async def test_producer_without_done_gets_one_and_chunker_flushes() -> None:
     assert sink.events == [TextDelta("no end", seq=1), Done(None, seq=2)]
 
 
+async def test_partial_chars_count_what_a_smoothing_stage_released_ahead_of_the_error() -> None:
+    """The terminal's smoothing (an AdaptiveChunker) holds text and releases it ahead of the
+    error: the error's partial_chars counts it (it counted only what had left the chunker)."""
+    sink = RecordingSink()
+    script = [
+        TextDelta("Hello "),
+        TextDelta("world, "),
+        TextDelta("again"),
+        Step(raise_=ProducerStatusError("overloaded (529)", status_code=529)),
+    ]
+    chunker = AdaptiveChunker(min_chars=1, interval=10.0)  # holds everything after the first
+    await Pipeline(ScriptedProducer(script), stages=[chunker, Accumulate()], sinks=[sink]).run()
+    delivered = "".join(e.text for e in sink.events if isinstance(e, TextDelta))
+    err = sink.events[-1]
+    assert isinstance(err, Error)
+    assert delivered == "Hello world, again"
+    assert (err.partial_chars, err.partial_text) == (len(delivered), delivered)
+
+
 async def test_error_after_start_keeps_partial_text_with_accumulate() -> None:
     sink = RecordingSink()
     acc = Accumulate()

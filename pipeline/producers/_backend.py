@@ -138,6 +138,7 @@ async def open_backend(
     scripted_text: str | None = None,
     scripted_rate: float = 40.0,
     retry: RetryPolicy | None = None,
+    threads: int | None = None,
 ) -> AsyncIterator[Backend]:
     """The model source ``provider`` names (one of :data:`PROVIDERS`), with whatever it needs
     running for as long as the block lasts.
@@ -151,7 +152,10 @@ async def open_backend(
     may override them. ``retry`` is every SDK producer's :class:`RetryPolicy` (``None``: the
     producers' default); a caller that retries itself, as a batch that must count every request
     against a rate limit does, passes ``RetryPolicy(max_attempts=1)``. API keys come from the
-    SDKs' usual environment variables.
+    SDKs' usual environment variables. ``threads``
+    is the local model's llama.cpp thread count (default 1: the measured one that holds up when
+    other processes want the cores); other
+    providers ignore it.
 
     Raises :class:`pipeline.ConfigError` for an unknown provider or an invalid value, before
     anything is started.
@@ -160,6 +164,8 @@ async def open_backend(
         raise ConfigError(f"provider: unknown {provider!r} (one of: {', '.join(PROVIDERS)})")
     if max_tokens is not None and max_tokens < 1:
         raise ConfigError("max_tokens must be >= 1")
+    if threads is not None and threads < 1:
+        raise ConfigError("threads must be >= 1")
     if provider == "scripted":
         if scripted_rate < 0:
             raise ConfigError("scripted_rate must be >= 0")
@@ -170,9 +176,9 @@ async def open_backend(
     from ._openai import OpenAIChatProducer, OpenAIResponsesProducer, openai_client
 
     if provider == "local":
-        from ._local import open_local_server
+        from ._local import DEFAULT_LOCAL_THREADS, open_local_server
 
-        async with open_local_server() as server:
+        async with open_local_server(n_threads=threads or DEFAULT_LOCAL_THREADS) as server:
             local = openai_client(base_url=server.base_url, api_key="local")
             async with local:
 

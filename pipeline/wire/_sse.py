@@ -190,7 +190,8 @@ def _check_field(name: str, value: str) -> None:
 def encode_event(
     data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None
 ) -> bytes:
-    """One event as UTF-8 bytes, ending with the blank line that dispatches it.
+    """One event as UTF-8 bytes, ending with the blank line that dispatches it (a surrogate
+    code point, which UTF-8 cannot carry, is sent as U+FFFD).
 
     ``data`` is split on every line end (CRLF, CR, LF) into ``data:`` lines, so it round-trips
     through any conforming parser (CRs come back as LFs). ``event`` and ``id`` must not contain a
@@ -211,10 +212,23 @@ def encode_event(
             raise ValueError(f"SSE retry must be a non-negative int, got {retry!r}")
         lines.append(f"retry: {retry}")
     lines.extend(f"data: {line}" for line in _LINE_END.split(data))
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
+    return _utf8("\n".join(lines) + "\n\n")
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a surrogate code point, which UTF-8 cannot carry, becomes U+FFFD
+    (the stream stays valid for every parser; an event's JSON never has one, see
+    :func:`pipeline.json_text`)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def encode_comment(text: str = "") -> bytes:
     """A comment line (``: text``), e.g. a heartbeat that keeps proxies from closing the
     connection. Line breaks in ``text`` start further comment lines."""
-    return "".join(f":{' ' if line else ''}{line}\n" for line in _LINE_END.split(text)).encode()
+    return _utf8("".join(f":{' ' if line else ''}{line}\n" for line in _LINE_END.split(text)))

@@ -94,7 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _hint(exc: BaseException, command: str) -> str:
+def _hint(exc: BaseException, args: argparse.Namespace) -> str:
+    """The hint for ``exc`` (:data:`HINTS`), made specific to the options given where that
+    tells the user more: the URL a connection was refused at, a ``--base-url`` without
+    ``/v1`` that answered 404."""
+    command = str(args.command)
+    base_url = getattr(args, "base_url", None)
+    if base_url and isinstance(exc, ProducerConnectionError):
+        return f"is {base_url} reachable? check --base-url"
+    if base_url and isinstance(exc, ProducerStatusError) and exc.status_code == 404:
+        if not base_url.rstrip("/").endswith("/v1"):
+            return (
+                f"OpenAI-compatible servers answer under /v1: try --base-url "
+                f"{base_url.rstrip('/')}/v1"
+            )
+        return f"check --base-url {base_url} and --model"
     for cls, hint in HINTS:
         if isinstance(exc, cls):
             return hint.format(command=command)
@@ -132,7 +146,12 @@ def main(
     except BaseException as raised:
         failure = lone_exception(raised)
         if isinstance(failure, LLMPipeError):
-            _say(io.err, "llmpipe", str(failure), _hint(failure, args.command))
+            _say(io.err, "llmpipe", str(failure), _hint(failure, args))
+            return ExitCode.ERROR
+        if isinstance(failure, OSError) and not isinstance(failure, BrokenPipeError):
+            # A file or a socket the command was given (paths and ports are checked where they
+            # can be; this is what the system said when it was not).
+            _say(io.err, "llmpipe", str(failure), f"see 'llmpipe {args.command} --help'")
             return ExitCode.ERROR
         if isinstance(failure, KeyboardInterrupt):
             return ExitCode.INTERRUPTED

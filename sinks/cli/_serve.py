@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
+import logging
 import signal
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from pipeline import ConfigError
-from pipeline.stores import open_store
+from pipeline import ConfigError, json_text, lone_exception
+from pipeline.stores import StoreError, StreamNotFound, StreamStore, open_store
 
 from ._env import auth_token_from_env
 from ._providers import add_provider_options, backend_from_args
@@ -18,7 +23,7 @@ from ._providers import add_provider_options, backend_from_args
 if TYPE_CHECKING:
     from ._main import IO
 
-__all__ = ["NAME", "add_parser", "run"]
+__all__ = ["NAME", "JsonLogFormatter", "add_parser", "run", "server_logging"]
 
 NAME = "serve"
 
@@ -72,6 +77,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--shutdown-grace", type=float, default=5.0)
     parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="stderr log lines as text, or as one JSON object each (for log shippers)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="expected ends (a client that left, an interrupt, shutdown, idle cancel) are one "
+        "info line each; bugs are errors with a traceback (default info)",
+    )
+    parser.add_argument(
         "--gc-tuning",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -81,6 +99,78 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "alone)",
     )
     return parser
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, the fields an expected end records (``extra={"llmpipe": {...}}``, see
+    ``Metrics.expected_end``) and, for a bug, ``exception`` (the traceback as one string)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry: dict[str, object] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "llmpipe", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json_text(entry)
+
+
+@contextlib.asynccontextmanager
+async def server_logging(stream: TextIO, fmt: str, level: str) -> AsyncIterator[None]:
+    """Log llmpipe's records (``llmpipe.*``) at ``level`` and hypercorn's warnings to
+    ``stream`` for the block, as text or JSON lines; the handlers are removed at the end."""
+    handler = logging.StreamHandler(stream)
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = {"llmpipe": getattr(logging, level.upper()), "hypercorn.error": logging.WARNING}
+    saved = []
+    for name, lvl in loggers.items():
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.addHandler(handler)
+        logger.setLevel(max(lvl, getattr(logging, level.upper())))
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, lvl, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(lvl)
+            logger.propagate = propagate
+
+
+async def _check_store(store: StreamStore, url: str | None) -> None:
+    """Talk to the store once before listening: a Redis that cannot be reached fails the start
+    (instead of every resumable request, later, with a 503)."""
+    try:
+        await store.info("llmpipe-start-check")
+    except StreamNotFound:
+        pass
+    except StoreError as exc:
+        raise ConfigError(f"--store {url}: cannot reach it ({exc})") from None
+
+
+def _bind_error(exc: Exception, args: argparse.Namespace) -> Exception:
+    """A listening socket that could not be opened, as one line naming ``--host``/``--port``."""
+    if not isinstance(exc, OSError):
+        return exc
+    where = f"{args.host}:{args.port}"
+    if exc.errno == errno.EADDRINUSE:
+        why = f"{where} is already in use (another server?); choose another --port, or 0 for any"
+    elif exc.errno == errno.EACCES:
+        why = f"no permission to listen on {where} (ports below 1024 need privileges)"
+    else:
+        why = f"cannot listen on {where}: {exc.strerror or exc} (check --host and --port)"
+    return ConfigError(f"--port {args.port}: {why}")
 
 
 async def _until_signal() -> None:
@@ -100,7 +190,11 @@ async def run(args: argparse.Namespace, io: IO) -> int:
         except ConfigError as exc:
             raise ConfigError(f"--auth-token-file: {exc}") from None
     store = open_store(args.store)  # before anything starts: a bad URL or extra fails here
-    async with store, backend_from_args(args) as backend:
+    async with (
+        server_logging(io.err, args.log_format, args.log_level),
+        store,
+        backend_from_args(args) as backend,
+    ):
         config = ServerConfig(
             providers=(backend.name,),
             max_streams_per_client=args.max_streams_per_client,
@@ -114,20 +208,24 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             shutdown_grace=args.shutdown_grace,
             store_url=args.store,
         )
+        await _check_store(store, args.store)
         app = create_app(backend, config, store=store)
         gc_threshold = GC_THRESHOLD if args.gc_tuning else None
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(
-                functools.partial(
-                    serve,
-                    app,
-                    args.host,
-                    args.port,
-                    shutdown_trigger=_until_signal,
-                    freeze_heap=args.gc_tuning,
-                    gc_threshold=gc_threshold,
+            try:
+                port = await nursery.start(
+                    functools.partial(
+                        serve,
+                        app,
+                        args.host,
+                        args.port,
+                        shutdown_trigger=_until_signal,
+                        freeze_heap=args.gc_tuning,
+                        gc_threshold=gc_threshold,
+                    )
                 )
-            )
+            except Exception as group:
+                raise _bind_error(lone_exception(group), args) from None
             print(
                 f"llmpipe serving {backend.name} on http://{args.host}:{port}/ "
                 "(page at /, API under /v1)",

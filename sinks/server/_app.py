@@ -27,12 +27,10 @@ principal, so another principal's stream is a 404 like an unknown id.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -59,10 +57,9 @@ from pipeline import (
 from pipeline.stores import StoreError, StreamInfo, StreamNotFound, StreamStore, open_store
 
 from ._auth import owned_key
-from ._context import ProducerFactory, ServerConfig, StreamRequest
+from ._context import ProducerFactory, ServerConfig, StreamRequest, decode_json
 from ._errors import (
     REFUSALS,
-    ClientGone,
     NotFound,
     NotReady,
     Overloaded,
@@ -84,9 +81,16 @@ from ._openai_compat import (
 from ._otel import otel_observer
 from ._resumable import end_orphan, follow_stream, parse_last_event_id, run_generation
 from ._runtime import STATE_KEY, AppRuntime
-from ._stream import OUTCOME_REASONS, StreamWriter, begin_stream, choose_format, run_stream
+from ._stream import (
+    OUTCOME_REASONS,
+    StreamWriter,
+    begin_stream,
+    choose_format,
+    client_gone,
+    run_stream,
+)
 from ._ui_chat import UI_CHAT_ROUTE, UIMessageWriter, parse_ui_chat
-from ._ws import websocket_endpoint
+from ._ws import WebSocketApp
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 
@@ -107,7 +111,7 @@ client lags)."""
 async def read_json_body(runtime: AppRuntime, request: Request) -> object:
     """The request's JSON body. Raises :class:`UnsupportedMediaType` (not JSON),
     :class:`PayloadTooLarge` (larger than ``max_body_bytes``, by ``Content-Length`` or by the
-    bytes read), :class:`RequestError` (malformed)."""
+    bytes read), :class:`RequestError` (see :func:`decode_json`)."""
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
@@ -134,10 +138,7 @@ async def read_json_body(runtime: AppRuntime, request: Request) -> object:
         body += chunk
         if len(body) > limit:
             raise too_large()
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError("body", f"malformed JSON ({exc})") from None
+    return decode_json(bytes(body))
 
 
 async def read_request(
@@ -235,9 +236,9 @@ async def _serve_live(
             ):
                 await pump(runtime, events, writer, record)
         except Exception as group:
+            if client_gone(group):
+                raise
             exc = lone_exception(group)
-            if isinstance(exc, ClientGone):
-                raise exc from None
             if not isinstance(exc, LLMPipeError):
                 log.exception("stream failed", exc_info=exc)
             # Failed before its first event: a real status (a request problem the factory
@@ -252,7 +253,7 @@ async def _serve_live(
 
     reason: StreamReason = "cancelled"
     try:
-        outcome = await run_stream(runtime, receive, writer, body)
+        outcome = await run_stream(runtime, receive, writer, body, route=route)
         reason = OUTCOME_REASONS[outcome]
         log.debug("live stream ended: %s", outcome)
     finally:
@@ -353,9 +354,9 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
             try:
                 await follow_stream(runtime, store, key, after, writer)
             except Exception as group:
+                if client_gone(group):
+                    raise
                 exc = lone_exception(group)
-                if isinstance(exc, ClientGone):
-                    raise exc from None
                 if isinstance(exc, StreamNotFound):
                     event = Error(kind="not_found", message="the stream was deleted")
                 elif isinstance(exc, StoreError):
@@ -366,7 +367,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
                     event = Error(kind="internal", message="internal error")
                 await writer.write(writer.error_frame(event))
 
-        await run_stream(runtime, receive, writer, body)
+        await run_stream(runtime, receive, writer, body, route="/v1/streams/{id}/events")
         runtime.metrics.streams_total.labels("resume").inc()
 
 
@@ -470,7 +471,7 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
         ),
         Route("/v1/models", models, methods=["GET"]),
         Route(UI_CHAT_ROUTE, _Endpoint(_ui_chat_endpoint, runtime), methods=["POST"]),
-        WebSocketRoute("/v1/ws", partial(websocket_endpoint, runtime)),
+        WebSocketRoute("/v1/ws", WebSocketApp(runtime)),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         # Last, so it can never hide an API route: the web page and its ES module.

@@ -10,6 +10,7 @@ own).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -22,17 +23,67 @@ from pipeline import Policy, Producer
 from ._errors import RequestError
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_MESSAGES",
     "ProducerFactory",
     "ServerConfig",
     "SpeechRequest",
     "StreamRequest",
     "message_objects",
+    "decode_json",
 ]
 
 MAX_MESSAGES: Final = 256
+MAX_JSON_DEPTH: Final = 32
+"""Arrays and objects nested deeper than this in a request body (or WebSocket frame) are
+refused (a valid request nests 4 deep)."""
 _ROLES: Final = frozenset({"system", "user", "assistant"})
 _VOICE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def decode_json(data: bytes | str) -> object:
+    """Decode a request body or a WebSocket text frame, or raise :class:`RequestError`
+    (``field`` ``"body"``, 400) saying why: not UTF-8, malformed, nested deeper than
+    :data:`MAX_JSON_DEPTH`, or holding a lone surrogate (``"\\ud800"``: valid JSON, but not
+    text; no producer could send it on). Whatever the input, nothing else is raised."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise RequestError("body", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError("body", f"malformed JSON ({exc})") from None
+    _check_decoded(value)
+    return value
+
+
+def _check_decoded(value: object) -> None:
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            lone = _SURROGATE.search(item)
+            if lone is not None:
+                code = ord(lone.group())
+                where = f" at {path}" if path else ""
+                raise RequestError(
+                    path or "body",
+                    f"not valid Unicode: a lone surrogate (U+{code:04X}){where}; send text "
+                    "as UTF-8, or escape characters outside the BMP as a surrogate pair",
+                )
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise RequestError("body", f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                # The key goes through the same check first, and never into the path raw.
+                stack.append((key, path or "body", depth + 1))
+                if _SURROGATE.search(key) is None:
+                    stack.append((child, f"{path}.{key}" if path else key, depth + 1))
+        else:
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
 def message_objects(value: object) -> list[dict[str, Any]]:
@@ -77,7 +128,8 @@ class StreamRequest:
             "buffering",
         }
         if unknown:
-            raise RequestError(sorted(unknown)[0], "unknown field")
+            name = sorted(unknown)[0]
+            raise RequestError(name or "body", "unknown field" if name else "a field named ''")
         messages = body.get("messages")
         if messages is None and isinstance(body.get("prompt"), str):
             messages = [{"role": "user", "content": body["prompt"]}]
@@ -86,7 +138,7 @@ class StreamRequest:
         clean: list[Mapping[str, Any]] = []
         for i, m in enumerate(message_objects(messages)):
             role, content = m.get("role"), m.get("content")
-            if role not in _ROLES:
+            if not isinstance(role, str) or role not in _ROLES:
                 raise RequestError(f"messages[{i}].role", f"expected one of {sorted(_ROLES)}")
             if not isinstance(content, str):
                 raise RequestError(f"messages[{i}].content", "expected a string")

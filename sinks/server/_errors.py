@@ -38,9 +38,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from pipeline import ConfigError, ConsumerGone, Error, LLMPipeError, error_event
+from pipeline import ConfigError, ConsumerGone, Error, LLMPipeError, error_event, json_text
 from pipeline.stores import StoreError, StoreFull
 from pipeline.wire import openai_error
 
@@ -226,8 +226,13 @@ class ErrorReply:
         """What telemetry and error events call it: the error's ``kind``, else its type."""
         return str(self.error.get("kind", self.error["type"]))
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status, headers=dict(self.headers))
+    def response(self) -> Response:
+        return Response(
+            json_text(self.body).encode(),
+            status_code=self.status,
+            headers=dict(self.headers),
+            media_type="application/json",
+        )
 
     def openai_body(self) -> dict[str, Any]:
         """The same answer as the OpenAI API's error body, for the OpenAI-compatible routes:
@@ -248,9 +253,15 @@ class ErrorReply:
             code=self.kind,
         )
 
-    def openai_response(self) -> JSONResponse:
-        """:meth:`openai_body` with this answer's status and headers."""
-        return JSONResponse(self.openai_body(), status_code=self.status, headers=dict(self.headers))
+    def openai_response(self) -> Response:
+        """:meth:`openai_body` with this answer's status and headers (lone surrogates escaped,
+        as :meth:`response` does)."""
+        return Response(
+            json_text(self.openai_body()).encode(),
+            status_code=self.status,
+            headers=dict(self.headers),
+            media_type="application/json",
+        )
 
     def event(self) -> Error:
         """The same answer as an :class:`pipeline.Error` event (a WebSocket turn's end, or a

@@ -165,6 +165,7 @@ class Metrics:
     disconnects: Counter
     errors: Counter
     requests_rejected: Counter
+    expected_ends: Counter
     speech_time_to_first_audio: Histogram
     speech_realtime_factor: Histogram
     speech_underruns: Counter
@@ -214,6 +215,14 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.expected_ends = Counter(
+            "llmpipe_expected_ends",
+            "Streams and connections that ended early for an expected reason (the client left, "
+            "an interrupt, shutdown, idle cancel, a connection closed for its client's "
+            "behaviour), by reason.",
+            ["reason"],
+            registry=r,
+        )
 
         self.speech_time_to_first_audio = Histogram(
             "llmpipe_speech_time_to_first_audio_seconds",
@@ -249,6 +258,20 @@ class Metrics:
         self.speech_underruns.inc(stats.underruns)
         self.speech_chars.inc(stats.chars_spoken)
         self.speech_audio_seconds.inc(stats.played_seconds)
+
+    def expected_end(self, reason: str, what: str, **fields: object) -> None:
+        """Count an expected early end (``llmpipe_expected_ends``) and log it as one line at
+        info level: ``<what> ended: reason=<reason> k=v ...`` (the fields also go to the
+        record's ``extra``, for a JSON log format). Never a traceback: these are not bugs."""
+        self.expected_ends.labels(reason).inc()
+        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        log.info(
+            "%s ended: reason=%s%s",
+            what,
+            reason,
+            f" {text}" if text else "",
+            extra={"llmpipe": {"event": f"{what}_ended", "reason": reason, **fields}},
+        )
 
     # -- StreamObserver (Prometheus) ---------------------------------------------------------
 

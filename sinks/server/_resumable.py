@@ -125,7 +125,6 @@ async def _watch(
             return
         last = info.last_reader_at if info.last_reader_at is not None else started_wall
         if time.time() - last > idle_after:
-            log.info("stream %s: no reader for %.1f s, cancelling", gen.stream_id, idle_after)
             gen.cancel("idle")
             return
 
@@ -161,6 +160,7 @@ async def run_generation(
             # "cancelled" end); if not, readers must still learn the end.
             if gen.reason is not None:
                 end = _cancelled(gen)
+                runtime.metrics.expected_end(gen.reason, "generation", id=stream_id, client=client)
             else:
                 end = Error(kind="incomplete", message="the generation stopped before its end")
             await _end_stream(store, stream_id, end)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -22,6 +23,43 @@ log = logging.getLogger("llmpipe.http")
 GC_THRESHOLD: Final = (10_000, 10, 10)
 """The collector's thresholds for a serving process (``serve(..., gc_threshold=GC_THRESHOLD)``,
 as ``llmpipe serve`` does): young collections after 10,000 net allocations instead of 700."""
+
+
+def _shutdown_connections(port: int) -> int:
+    """Shut down (``SHUT_RDWR``) every TCP connection of this process whose local port is
+    ``port`` (the connections a server on that port accepted; its listening socket, which has
+    no peer, is left alone). Returns how many.
+
+    The last resort of a graceful shutdown: hypercorn shields its socket writes from
+    cancellation, so a write to a client that stopped reading (or a send that waits for
+    something that will never come) outlives the grace period, and with it the process. A shut
+    down socket fails those writes at once. Linux (``/proc/self/fd``) and BSDs (``/dev/fd``);
+    elsewhere it does nothing and returns 0.
+    """
+    for fd_dir in ("/proc/self/fd", "/dev/fd"):
+        try:
+            fds = [int(name) for name in os.listdir(fd_dir)]
+        except (OSError, ValueError):
+            continue
+        break
+    else:
+        return 0
+    count = 0
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue  # closed meanwhile, or not a socket
+        with sock:
+            try:
+                if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
+                    continue
+                sock.getpeername()  # a listening socket has none
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, IndexError, TypeError):
+                continue
+            count += 1
+    return count
 
 
 def _port_of(bind: str) -> int:
@@ -52,8 +90,10 @@ async def serve(
     hypercorn stops accepting, waits at most ``config.shutdown_grace`` seconds for requests in
     flight, then runs the lifespan's end (resumable generations are cancelled; their stored
     events stay). Without a trigger it serves until cancelled (a cancel is abrupt: every task is
-    cancelled, no final events). Hypercorn shields its socket writes, so a client that stops
-    reading can hold its connection open past the grace period until TCP gives up.
+    cancelled, no final events). Hypercorn shields its socket writes from cancellation, so when
+    the grace runs out, the connections still open are shut down at the socket
+    (``_shutdown_connections``): whatever a client did, the shutdown takes the grace at
+    most, plus the lifespan's end.
 
     The collector is process-wide state, so by default ``serve`` leaves it alone; a program
     that is the server (``llmpipe serve``) opts in to the two settings below, which the
@@ -94,19 +134,32 @@ async def serve(
     if runtime is not None:
         config.graceful_timeout = runtime.config.shutdown_grace
 
+    port_bound = port
+
+    async def force_close_after(grace: float) -> None:
+        await trio.sleep(grace)
+        count = await trio.to_thread.run_sync(_shutdown_connections, port_bound)
+        if count:
+            log.warning(
+                "the grace period (%.1f s) ran out: closed %d connection(s) at once", grace, count
+            )
+
     async def trigger() -> None:
         if shutdown_trigger is None:
             await trio.sleep_forever()
         else:
             await shutdown_trigger()
         log.info("shutting down (grace %.1f s)", config.graceful_timeout)
+        nursery.start_soon(force_close_after, config.graceful_timeout)
         if runtime is not None:
             runtime.begin_shutdown()
 
+    async def run_hypercorn(task_status: trio.TaskStatus[list[str]]) -> None:
+        await hypercorn_serve(app, config, shutdown_trigger=trigger, task_status=task_status)
+        nursery.cancel_scope.cancel()  # the last resort above, if it is still waiting
+
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, config, shutdown_trigger=trigger)
-        )
+        binds: list[str] = await nursery.start(run_hypercorn)
         port_bound = _port_of(binds[0])
         if freeze_heap:
             gc.collect()

@@ -21,7 +21,6 @@ request task) while the request task watches:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal
@@ -30,7 +29,7 @@ import attrs
 import trio
 from starlette.types import Receive, Send
 
-from pipeline import Error, Event, Heartbeat, event_to_json
+from pipeline import Error, Event, Heartbeat, event_to_json, json_text, lone_exception
 from pipeline.wire import (
     NDJSON_CONTENT_TYPE,
     SSE_HEADERS,
@@ -51,6 +50,7 @@ __all__ = [
     "StreamWriter",
     "begin_stream",
     "choose_format",
+    "client_gone",
     "run_stream",
 ]
 
@@ -79,6 +79,16 @@ def begin_stream(
     providers = runtime.config.providers
     provider = request.provider or (providers[0] if providers else None)
     return runtime.metrics.begin_stream(kind, route, provider, request.model)
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` only says the client went away: a :class:`ClientGone`, or exception
+    groups (nested, of any size: a stream's writer and its heartbeat task may both see it)
+    holding nothing but those and cancellations. That is an expected end, not a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split((ClientGone, trio.Cancelled))[1]
+        return rest is None and exc.subgroup(ClientGone) is not None
+    return isinstance(exc, ClientGone)
 
 
 def choose_format(accept: str) -> Format:
@@ -180,7 +190,7 @@ class StreamWriter:
         """Answer with a JSON document instead of a stream (only before :meth:`start`)."""
         if self.headers_sent:
             raise RuntimeError("the stream has started; report errors as events")
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        body = json_text(payload).encode()
         raw = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -188,7 +198,7 @@ class StreamWriter:
         ]
         self.headers_sent = True
         self.ended = True
-        await self._raw(
+        await self._raw_final(
             {"type": "http.response.start", "status": status, "headers": raw},
             {"type": "http.response.body", "body": body, "more_body": False},
         )
@@ -206,11 +216,19 @@ class StreamWriter:
         last = {"type": "http.response.body", "body": b"", "more_body": False}
         try:
             if self.headers_sent:
-                await self._raw(last)
+                await self._raw_final(last)
             else:
-                await self._raw(self._start_message(), last)
+                await self._raw_final(self._start_message(), last)
         except ClientGone:
             pass
+
+    async def _raw_final(self, *messages: dict[str, object]) -> None:
+        """Send the messages that end the response, shielded for at most
+        :data:`SHUTDOWN_WRITE_TIMEOUT`: hypercorn closes the connection (``Connection: close``,
+        HTTP/1.0) or starts its keep-alive timer inside the last send; cancelled half-way, it
+        would do neither and the connection would stay open until the client leaves."""
+        with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT, shield=True):
+            await self._raw(*messages)
 
     async def _raw(self, *messages: dict[str, object]) -> None:
         # One writer at a time, first come first served; the uncontended path takes no
@@ -254,7 +272,9 @@ async def _drive(
             with run.body_scope:
                 try:
                     await body()
-                except ClientGone:
+                except BaseException as exc:
+                    if not client_gone(exc):
+                        raise
                     run.outcome = "gone"
                     writer.gone = True
             final_timeout = min(SHUTDOWN_WRITE_TIMEOUT, runtime.config.shutdown_grace / 2)
@@ -271,8 +291,8 @@ async def _drive(
                     run.outcome = "gone" if writer.gone else "shutdown"
                 if run.outcome != "gone":
                     await writer.end()
-    except Exception:  # never crash the lifespan nursery
-        log.exception("stream body failed")
+    except Exception as exc:  # never crash the lifespan nursery
+        log.exception("stream body failed", exc_info=lone_exception(exc))
         writer.gone = True
         run.outcome = "gone"
     finally:
@@ -284,9 +304,13 @@ async def run_stream(
     receive: Receive,
     writer: StreamWriter,
     body: Callable[[], Awaitable[None]],
+    *,
+    route: str = "",
 ) -> Literal["done", "gone", "shutdown"]:
     """Run ``body`` (which writes through ``writer``) until it returns, the client goes away or
-    the server shuts down; end the response properly in each case. Returns which happened.
+    the server shuts down; end the response properly in each case. Returns which happened; the
+    last two are expected ends (:meth:`Metrics.expected_end`: one info line naming ``route``,
+    and ``llmpipe_expected_ends``), a client gone is also a ``llmpipe_client_disconnects``.
 
     The body and its writes run in a task of the app's lifespan nursery (in this task when the
     app has no lifespan running); this task watches the client and the server and waits. So
@@ -313,9 +337,14 @@ async def run_stream(
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    if not writer.ended:
-                        writer.gone = True
-                        run.outcome = "gone"
+                    if writer.ended:
+                        # The response is complete and hypercorn is ending the connection (or
+                        # readying it for the next request) inside the body's last send: a
+                        # cancellation there would leave the socket open and the keep-alive
+                        # timer unset until the client leaves.
+                        return
+                    writer.gone = True
+                    run.outcome = "gone"
                     run.scope.cancel()
                     await give_up_after(final_timeout)
                     return
@@ -341,4 +370,7 @@ async def run_stream(
         watchers.cancel_scope.cancel()
     if run.outcome == "gone":
         runtime.metrics.disconnects.inc()
+    if run.outcome != "done":
+        reason = "client_gone" if run.outcome == "gone" else "shutdown"
+        runtime.metrics.expected_end(reason, "stream", route=route, bytes=writer.bytes_written)
     return run.outcome

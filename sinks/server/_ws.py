@@ -109,6 +109,10 @@ slows the player (the sends wait), never the memory. When the client goes away,
 the read loop sees the disconnect and cancels the whole nursery: the turn, its pipeline and the
 upstream request are closed.
 
+Frames are read by a task of their own into a bounded inbox (:data:`MAX_INBOX_FRAMES`), so a
+disconnect is seen even while a send to the client is stuck; a client that sends that many
+frames ahead of reading the answers (a ping flood) is disconnected (close code 1008).
+
 Keepalive: the server never times out an idle connection (there is no receive deadline).
 WebSocket protocol pings from the client are answered by the server (hypercorn/wsproto) without
 reaching the app; server-initiated protocol pings are hypercorn's ``websocket_ping_interval``
@@ -149,14 +153,14 @@ The history is bounded by :data:`MAX_HISTORY_MESSAGES` and :data:`MAX_HISTORY_CH
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 import trio
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pipeline import (
     Error,
@@ -168,11 +172,12 @@ from pipeline import (
     error_event,
     event_to_dict,
     is_terminal,
+    json_text,
 )
 from pipeline.text import SpeakableStream
 
 from ..speech import AudioChunk, EmitAudio, EspeakEngine, HeardText, Player, Speaker, SpeechEngine
-from ._context import SpeechRequest, StreamRequest
+from ._context import SpeechRequest, StreamRequest, decode_json
 from ._errors import ErrorReply, Forbidden, Refused, RequestError
 from ._metrics import StreamReason
 from ._runtime import AppRuntime
@@ -182,6 +187,7 @@ __all__ = [
     "MAX_HISTORY_CHARS",
     "MAX_HISTORY_MESSAGES",
     "SUBPROTOCOL",
+    "WebSocketApp",
     "check_origin",
     "trim_history",
     "websocket_endpoint",
@@ -197,8 +203,19 @@ MAX_HISTORY_MESSAGES: Final = 64
 MAX_HISTORY_CHARS: Final = 200_000
 """Default bound on the characters of content a connection keeps (~800 KB at worst)."""
 
+MAX_INBOX_FRAMES: Final = 32
+"""Client frames read but not yet answered, per connection; a client further ahead (it sends
+and does not read the answers) is disconnected. Each is at most ``max_body_bytes``."""
+
+DRAIN_SECONDS: Final = 5.0
+"""At most this long after a session, the endpoint reads and drops the client's frames (see
+:class:`WebSocketApp`)."""
+DRAIN_QUIET: Final = 0.05
+"""The drain ends once the client has sent nothing for this long."""
+
 Message = dict[str, str]
 Frame = str | bytes
+_Frame = str | int | bytes  # a text frame, the size of one too large, or a binary one
 
 
 def trim_history(
@@ -250,7 +267,7 @@ class _Turn:
 
 
 def _dumps(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json_text(obj)
 
 
 def _protocol_error(field: str, message: str, *, status: int = 400) -> dict[str, Any]:
@@ -274,14 +291,65 @@ class _Session:
         self.turns = 0
         self.turn: _Turn | None = None  # the latest turn until it has finished
         self.send_lock = trio.Lock()
+        self.sending: set[trio.CancelScope] = set()  # the shielded sends in flight
+        self.close_code = 1011  # how the server closes the connection if it ends it
+        self.close_reason = ""
         self.nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
+        inbox_send, inbox = trio.open_memory_channel[_Frame](MAX_INBOX_FRAMES)
+        async with trio.open_nursery() as nursery, inbox_send, inbox:
             self.nursery = nursery
+            nursery.start_soon(self._unshield_when_cancelled)
             nursery.start_soon(self._close_on_shutdown, self.runtime.shutting_down)
-            await self._read_loop()
-            nursery.cancel_scope.cancel()  # the client went away: end the turn and upstream
+            nursery.start_soon(self._receive_frames, inbox_send)
+            await self._read_loop(inbox)
+
+    def _abort(self) -> None:
+        """End the session now: cancel all its tasks, sends in flight included (their shields
+        are lifted: the client is gone or must go, so delivery no longer counts)."""
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
+        self._unshield()
+
+    def _unshield(self) -> None:
+        for scope in self.sending:
+            scope.shield = False
+
+    async def _unshield_when_cancelled(self) -> None:
+        """However the session ends (the client left, shutdown, or the server's grace ran out
+        and cancelled the request from outside), no shielded send may keep it alive: a send to
+        a client that stopped reading never returns, nor does one that waits for hypercorn to
+        hand over a disconnect that nobody reads any more."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._unshield()
+
+    async def _receive_frames(self, inbox: trio.MemorySendChannel[_Frame]) -> None:
+        """Read the client's frames into ``inbox``, never waiting on anything but the client:
+        so its disconnect is seen even while a send to it is stuck (a client that floods
+        frames and never reads the replies), and ends the session. A frame over
+        ``max_body_bytes`` is replaced by its size (the reader answers 413). A client more than
+        :data:`MAX_INBOX_FRAMES` frames ahead of the answers is disconnected."""
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                self._abort()  # the client went away: end the turn and upstream
+                return
+            text = message.get("text")
+            frame: _Frame = b"" if text is None else text  # a binary frame: only its kind counts
+            if text is not None and len(text) > self.max_frame:  # chars <= bytes: a cheap check
+                frame = len(text)
+            try:
+                inbox.send_nowait(frame)
+            except trio.WouldBlock:
+                self.runtime.metrics.expected_end(
+                    "inbox_full", "websocket", client=self.client, frames=MAX_INBOX_FRAMES
+                )
+                self.close_code, self.close_reason = 1008, "too many messages not answered yet"
+                self._abort()
+                return
 
     async def _close_on_shutdown(self, shutting_down: trio.Event) -> None:
         """Server shutdown: end the turn with a retryable ``shutdown`` error, close with 1001."""
@@ -296,10 +364,17 @@ class _Session:
                 await _stop_speech(turn)
             await turn.finished.wait()
         async with self.send_lock:
-            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            with trio.CancelScope(shield=True) as scope, contextlib.suppress(Exception):
+                self.sending.add(scope)
                 await self.ws.close(code=1001, reason="server shutting down")
-        assert self.nursery is not None
-        self.nursery.cancel_scope.cancel()
+        self._abort()
+
+    async def finish(self) -> None:
+        """After :meth:`run`: if the server ended the session while the connection is open,
+        close it with :attr:`close_code` (at most :data:`DRAIN_SECONDS`)."""
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with trio.move_on_after(DRAIN_SECONDS), contextlib.suppress(Exception):
+                await self.ws.close(code=self.close_code, reason=self.close_reason)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -317,10 +392,12 @@ class _Session:
 
     async def _send_frames(self, frames: Sequence[Frame]) -> None:
         """Send ``frames`` (text or binary) one after the other, all of them or none (only a
-        cancellation before the first one starts stops them). Shielded, as :meth:`_send`."""
+        cancellation before the first one starts stops them). Shielded, as :meth:`_send`,
+        except from the end of the session (see :meth:`_unshield_when_cancelled`)."""
         async with self.send_lock:
             gone = False
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True) as scope:
+                self.sending.add(scope)
                 try:
                     for frame in frames:
                         if isinstance(frame, bytes):
@@ -329,9 +406,10 @@ class _Session:
                             await self.ws.send_text(frame)
                 except (WebSocketDisconnect, OSError, trio.BrokenResourceError):
                     gone = True
+                finally:
+                    self.sending.discard(scope)
             if gone:
-                assert self.nursery is not None
-                self.nursery.cancel_scope.cancel()
+                self._abort()
                 await trio.lowlevel.checkpoint()  # raises Cancelled
 
     async def _send_event(self, turn: _Turn, event: Event) -> None:
@@ -341,24 +419,20 @@ class _Session:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
+    async def _read_loop(self, inbox: trio.MemoryReceiveChannel[_Frame]) -> None:
+        async for text in inbox:
+            if isinstance(text, bytes):
                 await self._send(_protocol_error("frame", "expected a text frame with JSON"))
                 continue
-            if len(text) > self.max_frame:  # chars <= bytes: a cheap first check
+            if isinstance(text, int):
                 await self._send(
                     _protocol_error("frame", f"at most {self.max_frame} bytes", status=413)
                 )
                 continue
             try:
-                body = json.loads(text)
-            except ValueError as exc:
-                await self._send(_protocol_error("body", f"invalid JSON: {exc}"))
+                body = decode_json(text)
+            except RequestError as exc:
+                await self._send({"type": "error", **exc.to_json()})
                 continue
             if not isinstance(body, dict):
                 await self._send(_protocol_error("body", "expected a JSON object"))
@@ -519,6 +593,15 @@ class _Session:
         finally:
             if turn.interrupted:
                 reason = "cancelled"
+            if reason in ("cancelled", "consumer_gone"):
+                why = "interrupted" if turn.interrupted else "shutdown" if turn.shutdown else None
+                runtime.metrics.expected_end(
+                    why or "client_gone",
+                    "websocket_turn",
+                    client=self.client,
+                    turn=turn.number,
+                    delivered_chars=turn.delivered_chars,
+                )
             if turn.speaker is not None:
                 runtime.metrics.live.speakers.discard(turn.speaker)
                 runtime.metrics.speech_ended(record, turn.speaker.statistics())
@@ -673,6 +756,7 @@ async def websocket_endpoint(runtime: AppRuntime, websocket: WebSocket) -> None:
         session = _Session(websocket, runtime)
         await websocket.accept(subprotocol=chosen)
         await session.run()
+        await session.finish()
 
 
 def check_origin(websocket: WebSocket, allowed: Sequence[str]) -> None:
@@ -716,6 +800,29 @@ def _subprotocol(websocket: WebSocket) -> str | None:
             f'new WebSocket(url, ["{SUBPROTOCOL}", "bearer." + token])',
         )
     return None
+
+
+@attrs.frozen
+class WebSocketApp:
+    """The ``/v1/ws`` route as a raw ASGI app: :func:`websocket_endpoint`, then a drain.
+
+    Hypercorn hands the client's frames to the app through a small queue (10) and stops reading
+    the socket while it is full, even after the app has returned or seen a disconnect (it goes
+    on handing over the frames it had already read). A client that sent more than that (a flood
+    of pings) would so pin its connection, and the shutdown until the grace runs out. So once
+    the session has ended, the frames still coming are read and dropped until the client has
+    been quiet for :data:`DRAIN_QUIET`, for at most :data:`DRAIN_SECONDS`."""
+
+    runtime: AppRuntime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await websocket_endpoint(self.runtime, WebSocket(scope, receive, send))
+        with trio.move_on_after(DRAIN_SECONDS):
+            while True:
+                with trio.move_on_after(DRAIN_QUIET) as quiet:
+                    await receive()
+                if quiet.cancelled_caught:
+                    return
 
 
 def _auth_headers(websocket: WebSocket) -> Mapping[str, str]:
