@@ -46,6 +46,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--heartbeat", type=float, default=15.0, help="seconds between comments")
     parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        help="give up on a client that stays connected but reads nothing for this long "
+        "(the buffering policy decides what that means for its stream)",
+    )
+    parser.add_argument(
         "--idle-cancel", type=float, default=60.0, help="cancel unread resumable streams after"
     )
     parser.add_argument("--shutdown-grace", type=float, default=5.0)
@@ -77,6 +84,7 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             max_streams_per_client=args.max_streams_per_client,
             max_generations_per_client=args.max_generations_per_client,
             heartbeat_interval=args.heartbeat,
+            send_timeout=args.send_timeout,
             idle_cancel_after=args.idle_cancel,
             auth_token=args.auth_token,
             cors_origins=tuple(args.cors_origin),

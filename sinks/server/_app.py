@@ -226,6 +226,7 @@ async def _serve_live(
                 runtime.factory(request) as producer,
                 runtime.live_events(Pipeline(producer), request) as events,
             ):
+                writer.source = events
                 await pump(runtime, events, writer, record)
         except Exception as group:
             exc = lone_exception(group)
@@ -247,6 +248,8 @@ async def _serve_live(
     try:
         outcome = await run_stream(runtime, receive, writer, body)
         reason = OUTCOME_REASONS[outcome]
+        if writer.frozen == "overflow":
+            record.fail("overflow")
         log.debug("live stream ended: %s", outcome)
     finally:
         runtime.metrics.end_stream(record, reason)

@@ -180,6 +180,9 @@ class ServerConfig:
     max_streams_total: int = 1000
     max_generations_per_client: int = 8  # resumable generations running (they outlive requests)
     heartbeat_interval: float = 15.0
+    # A write that waits this long for a client that stays connected but reads nothing: the
+    # client is frozen, and the stream stops waiting for it (see ``_stream.wait_frozen``).
+    send_timeout: float = 30.0
     idle_cancel_after: float = 60.0  # a resumable generation nobody follows is cancelled
     auth_token: str | None = None  # bearer token required when set
     cors_origins: tuple[str, ...] = ()  # CORS off unless origins are configured
