@@ -369,7 +369,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
 async def _create_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, send: Send) -> None:
     """``POST /v1/streams``: start a resumable generation in the lifespan nursery."""
     request = Request(scope, receive)
-    parsed = await read_stream_request(runtime, request)
+    parsed = await read_request(runtime, request, partial(StreamRequest.from_json, resumable=True))
     store = _store(runtime)
     nursery = runtime.nursery
     if nursery is None or runtime.shutting_down.is_set():

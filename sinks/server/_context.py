@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
@@ -23,6 +23,7 @@ from ._errors import RequestError
 
 __all__ = [
     "MAX_MESSAGES",
+    "OnDisconnect",
     "ProducerFactory",
     "ServerConfig",
     "SpeechRequest",
@@ -32,6 +33,7 @@ __all__ = [
 
 MAX_MESSAGES: Final = 256
 _ROLES: Final = frozenset({"system", "user", "assistant"})
+OnDisconnect: TypeAlias = Literal["cancel", "continue"]
 _VOICE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")
 
 
@@ -61,10 +63,18 @@ class StreamRequest:
     policy: Policy = Policy.COALESCE
     max_buffer_bytes: int | None = None
     tools: tuple[Mapping[str, Any], ...] = ()  # Chat Completions function tools
+    # A resumable generation's fate when its readers leave (None: "continue"). "continue":
+    # it goes on into the store for a later resume (bounded by idle_cancel_after); "cancel":
+    # it is cancelled once every reader it had has gone (see ``_resumable._watch``).
+    on_disconnect: OnDisconnect | None = None
 
     @classmethod
-    def from_json(cls, body: object, *, providers: Sequence[str]) -> StreamRequest:
-        """Validate a decoded JSON body; ``providers`` are the names this server accepts."""
+    def from_json(
+        cls, body: object, *, providers: Sequence[str], resumable: bool = False
+    ) -> StreamRequest:
+        """Validate a decoded JSON body; ``providers`` are the names this server accepts.
+        ``on_disconnect`` is accepted only for a ``resumable`` generation (a live stream always
+        ends with its client)."""
         if not isinstance(body, dict):
             raise RequestError("body", "expected a JSON object")
         unknown = set(body) - {
@@ -75,6 +85,7 @@ class StreamRequest:
             "max_tokens",
             "temperature",
             "buffering",
+            "on_disconnect",
         }
         if unknown:
             raise RequestError(sorted(unknown)[0], "unknown field")
@@ -125,7 +136,16 @@ class StreamRequest:
             or not 1 <= max_bytes <= 1 << 24
         ):
             raise RequestError("buffering.max_bytes", "expected an integer from 1 to 16 MiB")
+        on_disconnect = body.get("on_disconnect")
+        if on_disconnect is not None:
+            if not resumable:
+                raise RequestError(
+                    "on_disconnect", "only for resumable generations (POST /v1/streams)"
+                )
+            if on_disconnect not in get_args(OnDisconnect):
+                raise RequestError("on_disconnect", f"one of {list(get_args(OnDisconnect))}")
         return cls(
+            on_disconnect=on_disconnect,
             messages=tuple(clean),
             provider=provider,
             model=model,
