@@ -33,6 +33,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="URL",
         help="where resumable streams live: memory (default) or redis://HOST:PORT/DB",
     )
+    parser.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--keyfile", help="the PEM private key of --certfile")
     parser.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN'")
     parser.add_argument(
         "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
@@ -103,10 +105,13 @@ async def run(args: argparse.Namespace, io: IO) -> int:
                     shutdown_trigger=_until_signal,
                     freeze_heap=args.gc_tuning,
                     gc_threshold=gc_threshold,
+                    certfile=args.certfile,
+                    keyfile=args.keyfile,
                 )
             )
+            scheme = "https" if args.certfile else "http"
             print(
-                f"llmpipe serving {backend.name} on http://{args.host}:{port}/ "
+                f"llmpipe serving {backend.name} on {scheme}://{args.host}:{port}/ "
                 "(page at /, API under /v1)",
                 file=io.err,
                 flush=True,

@@ -40,8 +40,14 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     freeze_heap: bool = False,
     gc_threshold: tuple[int, int, int] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> None:
     """Serve ``app`` on ``host:port`` (``port=0``: any free port) until shut down.
+
+    TLS: with ``certfile`` (PEM, the certificate chain) and ``keyfile`` (PEM, its private key)
+    the server speaks HTTPS (and WSS) only, through hypercorn's TLS (HTTP/1.1 and HTTP/2 by
+    ALPN); a missing or mismatched file raises at start, before the port is reported.
 
     Start it with ``port = await nursery.start(serve, app, host, 0)``: the bound port is
     reported through ``task_status`` once the socket listens (hypercorn reports its binds, the
@@ -89,6 +95,10 @@ async def serve(
     config = HypercornConfig()
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     config.bind = [f"{bind_host}:{port}"]
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("TLS needs both certfile and keyfile")
+    config.certfile = certfile
+    config.keyfile = keyfile
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     if runtime is not None:
