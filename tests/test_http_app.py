@@ -6,6 +6,7 @@ Real time throughout (sockets are involved); every wait is bounded by a short ``
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -317,7 +318,7 @@ async def test_auth() -> None:
         )
         assert resp.status_code == 200
         assert '"type":"done"' in resp.text
-        assert (await client.get(url + "/health")).json() == {"status": "ok"}
+        assert (await client.get(url + "/health")).json() == {"status": "ok", "pid": os.getpid()}
 
 
 async def test_per_client_limit() -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
+import os
 import signal
+import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -33,6 +37,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="URL",
         help="where resumable streams live: memory (default) or redis://HOST:PORT/DB",
     )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="serve with N processes on the one port (SO_REUSEPORT; auto: one per core). Each "
+        "runs its own backend (the local model: one copy each); use --store redis:// so that "
+        "any of them resumes or cancels any stream",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
     parser.add_argument("--keyfile", help="the PEM private key of --certfile")
     parser.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN'")
@@ -70,6 +84,62 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    n = int(value)
+    if n < 1:
+        raise ValueError(value)
+    return n
+
+
+def _worker(args: argparse.Namespace, ready: Any) -> None:
+    """One worker process of ``--workers N`` (spawned): serve on the shared port."""
+    from ._main import IO
+
+    args.worker_ready = ready.put
+    sys.exit(trio.run(run, args, IO(sys.stdout, sys.stderr)))
+
+
+async def _supervise(args: argparse.Namespace, io: IO) -> int:
+    """Run ``args.workers`` processes serving one port (each binds it with SO_REUSEPORT; the
+    port, when 0, is reserved here first by a bound socket that never listens). SIGTERM and
+    SIGINT are passed on to every worker, each of which shuts down gracefully. Returns the
+    highest exit code of the workers."""
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as reservation:
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reservation.bind((args.host, args.port))
+        port = reservation.getsockname()[1]
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Queue()
+        child_args = argparse.Namespace(**{**vars(args), "port": port, "workers": 1})
+        child_args.reuse_port = True
+        procs = [ctx.Process(target=_worker, args=(child_args, ready)) for _ in range(args.workers)]
+        for proc in procs:
+            proc.start()
+        try:
+            pids = [
+                await trio.to_thread.run_sync(functools.partial(ready.get, timeout=120))
+                for _ in procs
+            ]
+            scheme = "https" if args.certfile else "http"
+            print(
+                f"llmpipe serving on {scheme}://{args.host}:{port}/ with {len(procs)} workers "
+                f"(pids {' '.join(map(str, pids))})",
+                file=io.err,
+                flush=True,
+            )
+            await _until_signal()
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()  # SIGTERM: a graceful shutdown
+            for proc in procs:
+                await trio.to_thread.run_sync(proc.join)
+    return max(proc.exitcode or 0 for proc in procs)
+
+
 async def _until_signal() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
@@ -79,6 +149,8 @@ async def _until_signal() -> None:
 async def run(args: argparse.Namespace, io: IO) -> int:
     from ..server import GC_THRESHOLD, ServerConfig, create_app, serve
 
+    if args.workers > 1:
+        return await _supervise(args, io)
     store = open_store(args.store)  # before anything starts: a bad URL or extra fails here
     async with store, backend_from_args(args) as backend:
         config = ServerConfig(
@@ -107,6 +179,7 @@ async def run(args: argparse.Namespace, io: IO) -> int:
                     gc_threshold=gc_threshold,
                     certfile=args.certfile,
                     keyfile=args.keyfile,
+                    reuse_port=args.reuse_port,
                 )
             )
             scheme = "https" if args.certfile else "http"
@@ -116,4 +189,7 @@ async def run(args: argparse.Namespace, io: IO) -> int:
                 file=io.err,
                 flush=True,
             )
+            ready = getattr(args, "worker_ready", None)
+            if ready is not None:  # a worker of --workers N
+                ready(os.getpid())
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -429,7 +430,7 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
     async def health(request: Request) -> Response:
         if runtime.shutting_down.is_set():
             return JSONResponse({"status": "shutting_down"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "pid": os.getpid()})  # which worker answered
 
     async def models(request: Request) -> Response:
         try:

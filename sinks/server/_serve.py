@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final
@@ -42,8 +43,12 @@ async def serve(
     gc_threshold: tuple[int, int, int] | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``app`` on ``host:port`` (``port=0``: any free port) until shut down.
+
+    ``reuse_port``: listen with ``SO_REUSEPORT``, so that several processes serve one port
+    (the kernel spreads connections over them; ``llmpipe serve --workers N``).
 
     TLS: with ``certfile`` (PEM, the certificate chain) and ``keyfile`` (PEM, its private key)
     the server speaks HTTPS (and WSS) only, through hypercorn's TLS (HTTP/1.1 and HTTP/2 by
@@ -95,6 +100,15 @@ async def serve(
     config = HypercornConfig()
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     config.bind = [f"{bind_host}:{port}"]
+    if reuse_port:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            listener.bind((host.strip("[]"), port))
+            # hypercorn takes the descriptor over (it closes it when it stops serving)
+            config.bind = [f"fd://{listener.detach()}"]
     if (certfile is None) != (keyfile is None):
         raise ValueError("TLS needs both certfile and keyfile")
     config.certfile = certfile
@@ -113,6 +127,17 @@ async def serve(
         if runtime is not None:
             runtime.begin_shutdown()
 
+    await _serve(app, config, trigger, task_status, freeze_heap, gc_threshold)
+
+
+async def _serve(
+    app: Any,
+    config: HypercornConfig,
+    trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[int],
+    freeze_heap: bool,
+    gc_threshold: tuple[int, int, int] | None,
+) -> None:
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
             partial(hypercorn_serve, app, config, shutdown_trigger=trigger)
