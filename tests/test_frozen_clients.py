@@ -10,35 +10,18 @@ import gc
 import json
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from http_kit import eventually, factory_of, running
 
 from pipeline import Producer
 from pipeline.testing import CountingProducer
-from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime, serve
+from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
-
-
-def factory_of(make: Callable[[StreamRequest], Producer]) -> Any:
-    @asynccontextmanager
-    async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
-        yield make(request)
-
-    return factory
-
-
-@asynccontextmanager
-async def running(app: Any) -> AsyncIterator[int]:
-    async with trio.open_nursery() as nursery:
-        yield await nursery.start(partial(serve, app, "127.0.0.1", 0))
-        nursery.cancel_scope.cancel()
 
 
 async def frozen_client(
@@ -65,12 +48,6 @@ async def until_parked(producers: list[CountingProducer], within: float = 20) ->
         assert [p.emitted for p in producers] == last
 
 
-async def eventually(predicate: Callable[[], bool], within: float) -> None:
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 (polling another task's state)
-            await trio.sleep(0.02)
-
-
 def metric(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
@@ -93,7 +70,8 @@ async def test_frozen_clients_memory_is_bounded_then_given_up(policy: str) -> No
     app = create_app(factory_of(make), ServerConfig(send_timeout=send_timeout))
     runtime = get_runtime(app)
     body = json.dumps({**BODY, "buffering": {"policy": policy, "max_bytes": max_bytes}}).encode()
-    async with running(app) as port:
+    async with running(app) as url:
+        port = int(url.rsplit(":", 1)[1])
         gc.collect()
         tracemalloc.start()
         try:
@@ -117,7 +95,7 @@ async def test_frozen_clients_memory_is_bounded_then_given_up(policy: str) -> No
         assert all(p.cancelled for p in producers)
         await eventually(lambda: runtime.active == 0, within=5)
         async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            text = (await client.get(url + "/metrics")).text
         assert metric(text, "llmpipe_frozen_clients_total") == k
         assert metric(text, "llmpipe_streams_active") == 0
         for s in socks:
@@ -131,13 +109,14 @@ async def test_fail_policy_ends_a_frozen_stream_with_overflow() -> None:
     app = create_app(factory_of(lambda r: producer), ServerConfig(send_timeout=0.5))
     runtime = get_runtime(app)
     body = json.dumps({**BODY, "buffering": {"policy": "fail", "max_bytes": 1 << 24}}).encode()
-    async with running(app) as port:
+    async with running(app) as url:
+        port = int(url.rsplit(":", 1)[1])
         sock = await frozen_client(port, "POST", "/v1/stream", body)
         await eventually(lambda: producer.closed_at is not None, within=20)
         assert producer.cancelled
         await eventually(lambda: runtime.active == 0, within=5)
         async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            text = (await client.get(url + "/metrics")).text
         assert metric(text, 'llmpipe_errors_total{kind="overflow"}') == 1
         assert metric(text, "llmpipe_frozen_clients_total") == 1
         sock.close()
@@ -151,12 +130,13 @@ async def test_frozen_resume_reader_is_given_up_and_the_generation_goes_on() -> 
         factory_of(lambda r: producer), ServerConfig(send_timeout=0.5, idle_cancel_after=30)
     )
     runtime = get_runtime(app)
-    async with running(app) as port, httpx.AsyncClient() as client:
-        created = (await client.post(f"http://127.0.0.1:{port}/v1/streams", json=BODY)).json()
+    async with running(app) as url, httpx.AsyncClient() as client:
+        port = int(url.rsplit(":", 1)[1])
+        created = (await client.post(url + "/v1/streams", json=BODY)).json()
         sock = await frozen_client(port, "GET", created["events_url"])
         await eventually(lambda: runtime.active == 1, within=5)
         await eventually(lambda: runtime.active == 0, within=20)
-        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        text = (await client.get(url + "/metrics")).text
         assert metric(text, "llmpipe_frozen_clients_total") == 1
         await eventually(lambda: producer.closed_at is not None, within=20)
         assert not producer.cancelled

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from http_kit import eventually, factory_of
 
 from pipeline import Done, Emit, Producer, TextDelta
 from pipeline.producers import OpenAIChatProducer, openai_client
@@ -93,14 +94,6 @@ async def nginx_in_front(upstream_port: int, tmp_path: Path) -> AsyncIterator[st
         proc.wait(timeout=5)
         if proc.stderr:
             proc.stderr.close()
-
-
-def factory_of(make: Callable[[StreamRequest], Producer]) -> Any:
-    @asynccontextmanager
-    async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
-        yield make(request)
-
-    return factory
 
 
 @asynccontextmanager
@@ -221,8 +214,6 @@ async def test_disconnect_at_the_proxy_cancels_the_upstream(emulator: Any, tmp_p
                 await emu.wait_disconnect(0)
             assert emu.requests[0].outcome == "disconnected"
             runtime = get_runtime(app)
-            with trio.fail_after(5):
-                while runtime.active:  # noqa: ASYNC110 (polling the server's state)
-                    await trio.sleep(0.01)
+            await eventually(lambda: not runtime.active, within=5)
     finally:
         await sdk.close()

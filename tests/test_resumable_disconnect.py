@@ -6,37 +6,18 @@ On a real hypercorn server, in memory and on a private redis-server. Real time, 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from http_kit import eventually, factory_of, running
 
-from pipeline import Producer
 from pipeline.testing import CountingProducer
 from pipeline.wire import SSEDecoder, SSEEvent
-from sinks.server import ServerConfig, StreamRequest, create_app, serve
+from sinks.server import ServerConfig, create_app
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
-
-
-def factory_of(make: Callable[[StreamRequest], Producer]) -> Any:
-    @asynccontextmanager
-    async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
-        yield make(request)
-
-    return factory
-
-
-@asynccontextmanager
-async def running(app: Any) -> AsyncIterator[str]:
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(partial(serve, app, "127.0.0.1", 0))
-        yield f"http://127.0.0.1:{port}"
-        nursery.cancel_scope.cancel()
 
 
 async def read_events(
@@ -55,12 +36,6 @@ async def read_events(
 
 def text_of(events: list[SSEEvent]) -> str:
     return "".join(json.loads(e.data).get("text", "") for e in events if e.event == "text")
-
-
-async def eventually(predicate: Callable[[], bool], within: float) -> None:
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 (polling another task's state)
-            await trio.sleep(0.01)
 
 
 @pytest.fixture(params=["memory", "redis"])
