@@ -39,13 +39,16 @@ async def frozen_client(
 
 
 async def until_parked(producers: list[CountingProducer], within: float = 20) -> None:
-    """Until every producer waits on its full channel (its count stops moving)."""
+    """Until every producer waits on its full channel and its count has stopped moving."""
     with trio.fail_after(within):
-        while not all(p.emitted and p.attempted == p.emitted + 1 for p in producers):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-        last = [p.emitted for p in producers]
-        await trio.sleep(0.3)
-        assert [p.emitted for p in producers] == last
+        last: list[int] = []
+        while True:
+            now = [p.emitted for p in producers]
+            parked = all(p.emitted and p.attempted == p.emitted + 1 for p in producers)
+            if parked and now == last:
+                return
+            last = now
+            await trio.sleep(0.3)
 
 
 def metric(text: str, name: str) -> float:
