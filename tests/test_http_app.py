@@ -6,15 +6,15 @@ Real time throughout (sockets are involved); every wait is bounded by a short ``
 from __future__ import annotations
 
 import json
+import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from http_kit import eventually, factory_of, running
 
 from pipeline import (
     ChannelOverflowError,
@@ -40,7 +40,6 @@ from sinks.server import (
     StreamRequest,
     create_app,
     get_runtime,
-    serve,
 )
 from sinks.server._errors import (
     ClientGone,
@@ -56,26 +55,6 @@ from sinks.server._errors import (
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
 
 
-def factory_of(make: Callable[[StreamRequest], Producer]) -> Any:
-    @asynccontextmanager
-    async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
-        yield make(request)
-
-    return factory
-
-
-@asynccontextmanager
-async def running(app: Any, *, trigger: trio.Event | None = None) -> AsyncIterator[str]:
-    """Serve ``app`` on a free port for the block; cancelled at the end (abrupt) unless a
-    ``trigger`` is given (then the caller shuts it down gracefully)."""
-    async with trio.open_nursery() as nursery:
-        wait = trigger.wait if trigger is not None else None
-        port = await nursery.start(partial(serve, app, "127.0.0.1", 0, shutdown_trigger=wait))
-        yield f"http://127.0.0.1:{port}"
-        if trigger is None:
-            nursery.cancel_scope.cancel()
-
-
 async def read_sse(
     response: httpx.Response, stop: Callable[[list[SSEEvent]], bool] | None = None
 ) -> tuple[bytes, list[SSEEvent]]:
@@ -89,13 +68,6 @@ async def read_sse(
         if stop is not None and stop(events):
             break
     return bytes(raw), events
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll ``predicate`` (state of another task or of the server) until true, or fail."""
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 (polling state that has no event)
-            await trio.sleep(0.005)
 
 
 async def stalled_client(port: int, body: bytes) -> trio.socket.SocketType:
@@ -317,7 +289,7 @@ async def test_auth() -> None:
         )
         assert resp.status_code == 200
         assert '"type":"done"' in resp.text
-        assert (await client.get(url + "/health")).json() == {"status": "ok"}
+        assert (await client.get(url + "/health")).json() == {"status": "ok", "pid": os.getpid()}
 
 
 async def test_per_client_limit() -> None:

@@ -7,7 +7,16 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from .. import Backoff, ConfigError, ConsumerGone, Error, Event, EventReceiver, is_terminal
+from .. import (
+    Backoff,
+    ConfigError,
+    ConsumerGone,
+    Error,
+    Event,
+    EventReceiver,
+    TextDelta,
+    is_terminal,
+)
 from ._base import (
     StoreError,
     StoreFull,
@@ -49,7 +58,9 @@ class StoreSink:
 
     ``cancel_event`` (a function, called at that moment) gives the ``Error`` stored when the
     sink is cancelled, so the owner can say why (shut down, deleted, idle) and whether a retry
-    makes sense; by default kind ``"cancelled"``, "the generation was cancelled".
+    makes sense; by default kind ``"cancelled"``, "the generation was cancelled". The ``Error``
+    the sink stores says in ``partial_chars`` how many characters of text the stream holds
+    before it (:attr:`text_chars`), unless the error already says.
 
     ``create=True`` creates the stream first (otherwise the caller creates it, usually before the
     pipeline starts, so that readers can attach at once).
@@ -80,6 +91,7 @@ class StoreSink:
     events_stored: int = attrs.field(default=0, init=False)
     batches: int = attrs.field(default=0, init=False)
     last_seq: int = attrs.field(default=0, init=False)
+    text_chars: int = attrs.field(default=0, init=False)
     ended: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -165,6 +177,7 @@ class StoreSink:
         self.events_stored += len(batch)
         self.batches += 1
         self.last_seq = batch[-1].seq
+        self.text_chars += sum(len(ev.text) for ev in batch if isinstance(ev, TextDelta))
         if is_terminal(batch[-1]):
             self.ended = True
 
@@ -181,6 +194,8 @@ class StoreSink:
             end = Error(
                 kind=kind, message=messages[kind], retryable=kind == "store", seq=self.last_seq + 1
             )
+        if not end.partial_chars:  # what readers of the stream got before its end
+            end = attrs.evolve(end, partial_chars=self.text_chars)
         if kind == "store":
             # Not cancelled: wait (unshielded) for the store to come back, within retry_for.
             with trio.move_on_after(self.retry_for + self.end_timeout):

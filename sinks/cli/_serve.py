@@ -7,7 +7,11 @@ import contextlib
 import errno
 import functools
 import logging
+import multiprocessing
+import os
 import signal
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TextIO
@@ -41,6 +45,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="where resumable streams live: memory (default) or redis://HOST:PORT/DB",
     )
     parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="serve with N processes on the one port (SO_REUSEPORT; auto: one per core). Each "
+        "runs its own backend (the local model: one copy each); use --store redis:// so that "
+        "any of them resumes or cancels any stream",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--keyfile", help="the PEM private key of --certfile")
+    parser.add_argument(
         "--auth-token",
         help="require 'Authorization: Bearer TOKEN' (a flag shows in ps: prefer "
         "$LLMPIPE_AUTH_TOKEN, read when this flag is not given, or --auth-token-file)",
@@ -72,6 +88,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="WebSocket connections (idle or not) one client address may have open",
     )
     parser.add_argument("--heartbeat", type=float, default=15.0, help="seconds between comments")
+    parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        help="give up on a client that stays connected but reads nothing for this long "
+        "(the buffering policy decides what that means for its stream)",
+    )
     parser.add_argument(
         "--idle-cancel", type=float, default=60.0, help="cancel unread resumable streams after"
     )
@@ -173,6 +196,62 @@ def _bind_error(exc: Exception, args: argparse.Namespace) -> Exception:
     return ConfigError(f"--port {args.port}: {why}")
 
 
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    n = int(value)
+    if n < 1:
+        raise ValueError(value)
+    return n
+
+
+def _worker(args: argparse.Namespace, ready: Any) -> None:
+    """One worker process of ``--workers N`` (spawned): serve on the shared port."""
+    from ._main import IO
+
+    args.worker_ready = ready.put
+    sys.exit(trio.run(run, args, IO(sys.stdout, sys.stderr)))
+
+
+async def _supervise(args: argparse.Namespace, io: IO) -> int:
+    """Run ``args.workers`` processes serving one port (each binds it with SO_REUSEPORT; the
+    port, when 0, is reserved here first by a bound socket that never listens). SIGTERM and
+    SIGINT are passed on to every worker, each of which shuts down gracefully. Returns the
+    highest exit code of the workers."""
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as reservation:
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reservation.bind((args.host, args.port))
+        port = reservation.getsockname()[1]
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Queue()
+        child_args = argparse.Namespace(**{**vars(args), "port": port, "workers": 1})
+        child_args.reuse_port = True
+        procs = [ctx.Process(target=_worker, args=(child_args, ready)) for _ in range(args.workers)]
+        for proc in procs:
+            proc.start()
+        try:
+            pids = [
+                await trio.to_thread.run_sync(functools.partial(ready.get, timeout=120))
+                for _ in procs
+            ]
+            scheme = "https" if args.certfile else "http"
+            print(
+                f"llmpipe serving on {scheme}://{args.host}:{port}/ with {len(procs)} workers "
+                f"(pids {' '.join(map(str, pids))})",
+                file=io.err,
+                flush=True,
+            )
+            await _until_signal()
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()  # SIGTERM: a graceful shutdown
+            for proc in procs:
+                await trio.to_thread.run_sync(proc.join)
+    return max(proc.exitcode or 0 for proc in procs)
+
+
 async def _until_signal() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
@@ -189,6 +268,8 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             auth_tokens = read_tokens(args.auth_token_file)
         except ConfigError as exc:
             raise ConfigError(f"--auth-token-file: {exc}") from None
+    if args.workers > 1:
+        return await _supervise(args, io)
     store = open_store(args.store)  # before anything starts: a bad URL or extra fails here
     async with (
         server_logging(io.err, args.log_format, args.log_level),
@@ -201,6 +282,7 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             max_generations_per_client=args.max_generations_per_client,
             max_websockets_per_client=args.max_websockets_per_client,
             heartbeat_interval=args.heartbeat,
+            send_timeout=args.send_timeout,
             idle_cancel_after=args.idle_cancel,
             auth_token=auth_token,
             auth_tokens=auth_tokens,
@@ -222,14 +304,21 @@ async def run(args: argparse.Namespace, io: IO) -> int:
                         shutdown_trigger=_until_signal,
                         freeze_heap=args.gc_tuning,
                         gc_threshold=gc_threshold,
+                        certfile=args.certfile,
+                        keyfile=args.keyfile,
+                        reuse_port=args.reuse_port,
                     )
                 )
             except Exception as group:
                 raise _bind_error(lone_exception(group), args) from None
+            scheme = "https" if args.certfile else "http"
             print(
-                f"llmpipe serving {backend.name} on http://{args.host}:{port}/ "
+                f"llmpipe serving {backend.name} on {scheme}://{args.host}:{port}/ "
                 "(page at /, API under /v1)",
                 file=io.err,
                 flush=True,
             )
+            ready = getattr(args, "worker_ready", None)
+            if ready is not None:  # a worker of --workers N
+                ready(os.getpid())
     return 0

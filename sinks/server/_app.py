@@ -28,9 +28,11 @@ principal, so another principal's stream is a 404 like an unknown id.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -234,6 +236,7 @@ async def _serve_live(
                 runtime.factory(request) as producer,
                 runtime.live_events(Pipeline(producer), request) as events,
             ):
+                writer.source = events
                 await pump(runtime, events, writer, record)
         except Exception as group:
             if client_gone(group):
@@ -255,6 +258,8 @@ async def _serve_live(
     try:
         outcome = await run_stream(runtime, receive, writer, body, route=route)
         reason = OUTCOME_REASONS[outcome]
+        if writer.frozen == "overflow":
+            record.fail("overflow")
         log.debug("live stream ended: %s", outcome)
     finally:
         runtime.metrics.end_stream(record, reason)
@@ -375,7 +380,7 @@ async def _create_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     """``POST /v1/streams``: start a resumable generation in the lifespan nursery."""
     request = Request(scope, receive)
     principal = runtime.check_auth(request.headers)  # the stream's owner (401 if none)
-    parsed = await read_stream_request(runtime, request)
+    parsed = await read_request(runtime, request, partial(StreamRequest.from_json, resumable=True))
     store = _store(runtime)
     nursery = runtime.nursery
     if nursery is None or runtime.shutting_down.is_set():
@@ -439,7 +444,7 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
     async def health(request: Request) -> Response:
         if runtime.shutting_down.is_set():
             return JSONResponse({"status": "shutting_down"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "pid": os.getpid()})  # which worker answered
 
     async def models(request: Request) -> Response:
         try:

@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
@@ -25,6 +25,7 @@ from ._errors import RequestError
 __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_MESSAGES",
+    "OnDisconnect",
     "ProducerFactory",
     "ServerConfig",
     "SpeechRequest",
@@ -38,6 +39,7 @@ MAX_JSON_DEPTH: Final = 32
 """Arrays and objects nested deeper than this in a request body (or WebSocket frame) are
 refused (a valid request nests 4 deep)."""
 _ROLES: Final = frozenset({"system", "user", "assistant"})
+OnDisconnect: TypeAlias = Literal["cancel", "continue"]
 _VOICE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
@@ -112,10 +114,18 @@ class StreamRequest:
     policy: Policy = Policy.COALESCE
     max_buffer_bytes: int | None = None
     tools: tuple[Mapping[str, Any], ...] = ()  # Chat Completions function tools
+    # A resumable generation's fate when its readers leave (None: "continue"). "continue":
+    # it goes on into the store for a later resume (bounded by idle_cancel_after); "cancel":
+    # it is cancelled once every reader it had has gone (see ``_resumable._watch``).
+    on_disconnect: OnDisconnect | None = None
 
     @classmethod
-    def from_json(cls, body: object, *, providers: Sequence[str]) -> StreamRequest:
-        """Validate a decoded JSON body; ``providers`` are the names this server accepts."""
+    def from_json(
+        cls, body: object, *, providers: Sequence[str], resumable: bool = False
+    ) -> StreamRequest:
+        """Validate a decoded JSON body; ``providers`` are the names this server accepts.
+        ``on_disconnect`` is accepted only for a ``resumable`` generation (a live stream always
+        ends with its client)."""
         if not isinstance(body, dict):
             raise RequestError("body", "expected a JSON object")
         unknown = set(body) - {
@@ -126,6 +136,7 @@ class StreamRequest:
             "max_tokens",
             "temperature",
             "buffering",
+            "on_disconnect",
         }
         if unknown:
             name = sorted(unknown)[0]
@@ -177,7 +188,16 @@ class StreamRequest:
             or not 1 <= max_bytes <= 1 << 24
         ):
             raise RequestError("buffering.max_bytes", "expected an integer from 1 to 16 MiB")
+        on_disconnect = body.get("on_disconnect")
+        if on_disconnect is not None:
+            if not resumable:
+                raise RequestError(
+                    "on_disconnect", "only for resumable generations (POST /v1/streams)"
+                )
+            if on_disconnect not in get_args(OnDisconnect):
+                raise RequestError("on_disconnect", f"one of {list(get_args(OnDisconnect))}")
         return cls(
+            on_disconnect=on_disconnect,
             messages=tuple(clean),
             provider=provider,
             model=model,
@@ -233,6 +253,9 @@ class ServerConfig:
     max_generations_per_client: int = 8  # resumable generations running (they outlive requests)
     max_websockets_per_client: int = 16  # open WebSocket connections, idle or not
     heartbeat_interval: float = 15.0
+    # A write that waits this long for a client that stays connected but reads nothing: the
+    # client is frozen, and the stream stops waiting for it (see ``_stream.wait_frozen``).
+    send_timeout: float = 30.0
     idle_cancel_after: float = 60.0  # a resumable generation nobody follows is cancelled
     # Bearer tokens (auth is on when either is set): ``auth_token`` is the principal "default";
     # ``auth_tokens`` are (name, token) pairs, one per principal (see ``_auth.py``). Never shown

@@ -163,6 +163,7 @@ class Metrics:
     text_deltas: Counter
     text_chars: Counter
     disconnects: Counter
+    frozen_clients: Counter
     errors: Counter
     requests_rejected: Counter
     expected_ends: Counter
@@ -204,6 +205,12 @@ class Metrics:
         self.disconnects = Counter(
             "llmpipe_client_disconnects",
             "Clients that went away before their stream ended.",
+            registry=r,
+        )
+        self.frozen_clients = Counter(
+            "llmpipe_frozen_clients",
+            "Streams given up on because their client, still connected, read nothing for the "
+            "send deadline (send_timeout).",
             registry=r,
         )
         self.errors = Counter(

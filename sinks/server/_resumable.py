@@ -13,7 +13,15 @@ A *reader* (``GET /v1/streams/{id}/events``) never touches the generation: it re
 from ``after`` (the ``Last-Event-ID``) in pieces of :data:`READ_LIMIT` events, then follows it
 live with ``wait``. Each frame's ``id`` is the event's ``seq`` and ``after`` advances to the last
 one written, so a client that reconnects with the last id it saw gets every event exactly once.
-While following, a task touches the store every few seconds so the idle watcher sees a reader.
+While following, a task touches the store every second or so, so the watcher sees a reader.
+
+``on_disconnect`` (per request): ``"continue"`` (the default) keeps generating into the store
+while nobody reads, for a later resume (``idle_cancel_after`` still bounds a generation nobody
+has read for that long); ``"cancel"`` cancels it once it has had a reader and no reader has
+touched it for two touch intervals (its readers left, on whichever process they were). A
+cancelled generation's events stay readable; its final ``cancelled`` error carries the number
+of characters stored before it in ``partial_chars``.
+
 
 Crashes: the stream is created with an owner lease (``config.owner_lease``) that the watcher
 renews; the generation's :class:`~pipeline.stores.StoreSink` retries an unreachable store for
@@ -92,8 +100,10 @@ def _poll_interval(idle_cancel_after: float) -> float:
 
 
 def touch_interval(idle_cancel_after: float) -> float:
-    """How often a reader touches the stream: well within ``idle_cancel_after``."""
-    return max(0.01, min(5.0, idle_cancel_after / 4))
+    """How often a reader touches the stream: well within ``idle_cancel_after``, and at least
+    once a second (a generation with ``on_disconnect: "cancel"`` counts its readers as gone two
+    intervals after their last touch)."""
+    return max(0.01, min(1.0, idle_cancel_after / 4))
 
 
 async def _watch(
@@ -123,6 +133,14 @@ async def _watch(
         if info.cancel_requested:
             gen.cancel("cancelled")
             return
+        if (
+            gen.on_disconnect == "cancel"
+            and info.last_reader_at is not None
+            and time.time() - info.last_reader_at > 2 * touch_interval(idle_after)
+        ):
+            log.info("stream %s: its readers left, cancelling", gen.stream_id)
+            gen.cancel("disconnected")
+            return
         last = info.last_reader_at if info.last_reader_at is not None else started_wall
         if time.time() - last > idle_after:
             gen.cancel("idle")
@@ -141,7 +159,7 @@ async def run_generation(
     """Run one generation into ``store`` (the stream must exist). Runs in the lifespan nursery;
     never raises (failures are stored as the stream's ``Error`` event). Cancelled by its
     :class:`Generation` (``DELETE``, idle) or by the lifespan ending (shutdown)."""
-    gen = Generation(stream_id, client)
+    gen = Generation(stream_id, client, request.on_disconnect or "continue")
     runtime.generations[stream_id] = gen
     runtime.metrics.generations_active.inc()
     record = begin_stream(runtime, "generation", "/v1/streams", request)

@@ -21,7 +21,7 @@ from pipeline import DEFAULT_MAX_BYTES, EventReceiver, Pipeline
 from pipeline.stores import StreamStore
 
 from ._auth import DEFAULT_PRINCIPAL, authenticate, check_tokens
-from ._context import ProducerFactory, ServerConfig, StreamRequest
+from ._context import OnDisconnect, ProducerFactory, ServerConfig, StreamRequest
 from ._errors import (
     ErrorReply,
     Overloaded,
@@ -45,8 +45,10 @@ class Generation:
 
     stream_id: str
     client: str = "unknown"  # who started it (the per-client limit of generations)
+    on_disconnect: OnDisconnect = "continue"
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    reason: str | None = None  # why it was cancelled: "cancelled", "idle", "shutdown"
+    # why it was cancelled: "cancelled", "idle", "disconnected", "shutdown"
+    reason: str | None = None
 
     def cancel(self, reason: str) -> None:
         """Stop the generation (idempotent; the first reason wins)."""

@@ -78,8 +78,18 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     freeze_heap: bool = False,
     gc_threshold: tuple[int, int, int] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``app`` on ``host:port`` (``port=0``: any free port) until shut down.
+
+    ``reuse_port``: listen with ``SO_REUSEPORT``, so that several processes serve one port
+    (the kernel spreads connections over them; ``llmpipe serve --workers N``).
+
+    TLS: with ``certfile`` (PEM, the certificate chain) and ``keyfile`` (PEM, its private key)
+    the server speaks HTTPS (and WSS) only, through hypercorn's TLS (HTTP/1.1 and HTTP/2 by
+    ALPN); a missing or mismatched file raises at start, before the port is reported.
 
     Start it with ``port = await nursery.start(serve, app, host, 0)``: the bound port is
     reported through ``task_status`` once the socket listens (hypercorn reports its binds, the
@@ -129,6 +139,19 @@ async def serve(
     config = HypercornConfig()
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     config.bind = [f"{bind_host}:{port}"]
+    if reuse_port:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            listener.bind((host.strip("[]"), port))
+            # hypercorn takes the descriptor over (it closes it when it stops serving)
+            config.bind = [f"fd://{listener.detach()}"]
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("TLS needs both certfile and keyfile")
+    config.certfile = certfile
+    config.keyfile = keyfile
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     if runtime is not None:

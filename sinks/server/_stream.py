@@ -17,6 +17,13 @@ request task) while the request task watches:
   after which a final ``error`` frame of kind ``"shutdown"`` (retryable, without ``id`` so a
   resuming client's ``Last-Event-ID`` stays on the last real event) is written and the response
   ends.
+* the frozen-client watcher (:func:`wait_frozen`) gives up on a client that stays connected
+  but reads nothing for ``send_timeout`` seconds (the send deadline): the body is cancelled and
+  the request task returns at once, so hypercorn closes the socket and the stuck write fails.
+  What the deadline means for the stream is its buffering policy's: ``fail`` ends it with an
+  ``overflow`` error at once; the others (``coalesce`` keeps merging, ``spill`` keeps spilling,
+  ``block``) let the generation go on while it still can, and end the stream once nothing moves
+  (the producer has finished or waits on the full buffer) and the client still reads nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +36,16 @@ import attrs
 import trio
 from starlette.types import Receive, Send
 
-from pipeline import Error, Event, Heartbeat, event_to_json, json_text, lone_exception
+from pipeline import (
+    Error,
+    Event,
+    EventReceiver,
+    Heartbeat,
+    Policy,
+    event_to_json,
+    json_text,
+    lone_exception,
+)
 from pipeline.wire import (
     NDJSON_CONTENT_TYPE,
     SSE_HEADERS,
@@ -52,11 +68,13 @@ __all__ = [
     "choose_format",
     "client_gone",
     "run_stream",
+    "wait_frozen",
 ]
 
 log = logging.getLogger("llmpipe.http")
 
 Format = Literal["sse", "ndjson"]
+Frozen = Literal["overflow", "gone"]
 SHUTDOWN_WRITE_TIMEOUT: Final = 1.0
 """How long the final frame and the end of a response may take at shutdown (at most half the
 grace): a client that stopped reading does not hold the shutdown up longer."""
@@ -130,6 +148,18 @@ class StreamWriter:
         self.gone = False
         self.bytes_written = 0
         self.last_write_at = trio.current_time()
+        self._waiting_since: float | None = None
+        # The channel the body writes from (set by the live pump): the frozen-client watcher
+        # reads its policy and progress. ``None`` (a resume reader): nothing upstream waits.
+        self.source: EventReceiver | None = None
+        # How the stream was given up when its client froze (see :func:`wait_frozen`).
+        self.frozen: Frozen | None = None
+
+    def waiting_for(self) -> float:
+        """How long the ASGI ``send`` in progress has been waiting for the client to read (0.0
+        when none is)."""
+        since = self._waiting_since
+        return 0.0 if since is None else trio.current_time() - since
 
     # -- encoding --------------------------------------------------------------------------------
 
@@ -240,14 +270,47 @@ class StreamWriter:
             for message in messages:
                 if self.gone:
                     raise ClientGone("the client went away")
+                self._waiting_since = trio.current_time()
                 try:
                     await self._send(message)
                 except _SEND_ERRORS as exc:
                     self.gone = True
                     raise ClientGone(f"write failed: {exc!r}") from exc
+                finally:
+                    self._waiting_since = None
         finally:
             self._writing = False
             self._waiting.unpark()
+
+
+async def wait_frozen(writer: StreamWriter, send_timeout: float) -> Frozen:
+    """Return once ``writer``'s client counts as frozen, and how to end its stream.
+
+    A client is frozen once one write has waited ``send_timeout`` seconds (the send deadline;
+    checked once per ``send_timeout``, so it is seen within twice that). Then the buffering
+    policy of :attr:`StreamWriter.source` decides: ``fail`` returns ``"overflow"`` at once;
+    any other returns ``"gone"`` once the channel's sender has closed (the generation is over,
+    all of it waiting for this client) or has sent nothing for another ``send_timeout`` (it
+    waits on the full buffer), and not while the generation still moves (coalesce merging,
+    spill spilling). A writer with no source (a resume reader: everything is in the store) is
+    ``"gone"`` at the deadline."""
+    last: int | None = None
+    while True:
+        waited = writer.waiting_for()
+        if waited < send_timeout:
+            last = None
+            await trio.sleep(send_timeout - waited)
+            continue
+        source = writer.source
+        if source is None:
+            return "gone"
+        stats = source.statistics()
+        if stats.policy == Policy.FAIL.value:
+            return "overflow"
+        if stats.sender_closed or stats.items_sent == last:
+            return "gone"
+        last = stats.items_sent
+        await trio.sleep(send_timeout)
 
 
 @attrs.define(eq=False)
@@ -349,6 +412,17 @@ async def run_stream(
                     await give_up_after(final_timeout)
                     return
 
+        async def watch_frozen() -> None:
+            writer.frozen = await wait_frozen(writer, runtime.config.send_timeout)
+            log.info("client read nothing for %.1f s: stream given up", runtime.config.send_timeout)
+            runtime.metrics.frozen_clients.inc()
+            writer.gone = True
+            run.outcome = "gone"
+            run.scope.cancel()
+            # The body's write is stuck (hypercorn shields it): return now, hypercorn closes
+            # the socket, and that write fails.
+            watchers.cancel_scope.cancel()
+
         async def watch_shutdown() -> None:
             await runtime.shutting_down.wait()
             if run.outcome == "done":
@@ -358,6 +432,7 @@ async def run_stream(
 
         watchers.start_soon(watch_disconnect)
         watchers.start_soon(watch_shutdown)
+        watchers.start_soon(watch_frozen)
         try:
             if runtime.nursery is not None:
                 runtime.nursery.start_soon(_drive, runtime, writer, body, run)
