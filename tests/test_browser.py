@@ -229,7 +229,6 @@ async def test_page_streams_resumes_and_stops_in_chromium(nursery: trio.Nursery)
     assert full["state"] == "done", full
     assert full["text"] == TEXT
     assert full["rendered"] == TEXT
-    assert full["reconnects"] == 0
     assert full["seqs"] == sorted(set(full["seqs"]))
     assert full["partialLength"] < len(TEXT), "the answer only appeared at the end"
     assert full["frames"] <= full["events"], "more renders than events"
@@ -244,11 +243,11 @@ async def test_page_streams_resumes_and_stops_in_chromium(nursery: trio.Nursery)
     assert "<script" not in full["xss"]
     assert "&lt;img" in full["xss"]
 
-    # (2) The cut connection and the offline moment resume with no lost or repeated text.
+    # (2) streamChat in the page: the cut connection and the reset one resume with no lost or
+    # repeated text.
     dropped = results["drop"]
     assert dropped["state"] == "done", dropped
     assert dropped["text"] == DROP_TEXT
-    assert dropped["rendered"] == DROP_TEXT
     assert dropped["seqs"] == sorted(set(dropped["seqs"])), "an event was delivered twice"
     assert dropped["seqs"] == list(range(dropped["seqs"][0], dropped["seqs"][-1] + 1))
     assert drop.sent, "the events connection was never cut"
@@ -260,20 +259,21 @@ async def test_page_streams_resumes_and_stops_in_chromium(nursery: trio.Nursery)
     # The proxy reset the connections while the answer was still arriving: a second resume.
     assert dropped["resetSockets"] > 0
     assert dropped["beforeReset"]["state"] != "done", "the answer ended before the reset"
-    assert dropped["reconnects"] >= 2, "a reset connection did not make the page reconnect"
+    assert dropped["reconnects"] >= 2, "a reset connection did not make streamChat reconnect"
     assert resumes[2] is not None
     assert int(resumes[2]) >= dropped["beforeReset"]["seqs"][-1]
-    # Events replayed after a reconnection arrive in a burst: rendered in fewer frames.
-    assert dropped["frames"] < dropped["events"]
     assert len(producers.made["drop"]) == 1, "a reconnection started a new generation"
 
-    # (3) Stop aborts the page's stream and cancels the generation upstream.
+    # (3) Stop interrupts the page's turn (on its WebSocket) and cancels the generation upstream.
     stopped = results["stop"]
     assert stopped["state"] == "stopped", stopped
     assert stopped["text"] == stopped["textAtStop"], "text arrived after Stop"
     assert STOP_TEXT.startswith(stopped["text"])
     assert len(stopped["text"]) < len(STOP_TEXT)
-    # The page waited 500 ms after the DELETE was answered: the cancellation has landed.
+    end = stopped["turns"][-1]["end"]
+    assert end["type"] == "interrupted", end
+    assert end["delivered_chars"] == len(stopped["text"]), "the server and the page disagree"
+    # The page had the server's `interrupted` answer and waited 500 ms more.
     (producer,) = producers.made["stop"]
     assert producer.closed
     assert producer.cancelled, "Stop did not cancel the generation upstream"
