@@ -482,9 +482,11 @@ async def test_page_is_a_chat_with_figures_and_a_metrics_panel_in_chromium(
 
     with trio.fail_after(90):
         out = await _run_node(node, "e2e_chat.mjs", base, CHAT_TOKEN, str(screenshot))
-    run = json.loads(out.strip().splitlines()[-1])["chat"]
-    assert "failed" not in run, f"the chat failed in the browser:\n{run['failed']}"
-    assert run["problems"] == [], run["problems"]
+    results = json.loads(out.strip().splitlines()[-1])
+    for name, res in results.items():
+        assert "failed" not in res, f"scenario {name} failed in the browser:\n{res['failed']}"
+        assert res["problems"] == [], f"{name}: page errors {res['problems']}"
+    run = results["chat"]
 
     # The token came from the address's fragment, left the address bar, and went with every
     # request: the WebSocket's handshake passed the server's auth (turns were answered), and
@@ -523,8 +525,13 @@ async def test_page_is_a_chat_with_figures_and_a_metrics_panel_in_chromium(
         assert turn["tokens"] == tokens, turn  # the usage event's output_tokens
         assert turn["ttftMs"] >= FIRST_DELAY * 1000, turn
         assert turn["tokensPerSecond"] > 0, turn
-        assert shown["ttft"] == f"first token {round(turn['ttftMs'])} ms"
-        assert shown["tps"] == f"{turn['tokensPerSecond']:.1f} tok/s ({tokens} tokens)"
+        # As shown: rounded by JS (Math.round, toFixed), which breaks ties unlike Python's round.
+        ttft = re.fullmatch(r"first token (\d+) ms", shown["ttft"])
+        assert ttft, shown
+        assert abs(int(ttft[1]) - turn["ttftMs"]) <= 0.5
+        tps = re.fullmatch(rf"(\d+\.\d) tok/s \({tokens} tokens\)", shown["tps"])
+        assert tps, shown
+        assert abs(float(tps[1]) - turn["tokensPerSecond"]) <= 0.05 + 1e-9
 
     # The metrics panel polled /metrics and its figures changed between the two reads.
     before, after = run["first"], run["second"]
@@ -541,6 +548,13 @@ async def test_page_is_a_chat_with_figures_and_a_metrics_panel_in_chromium(
     # No stream is live after the turns: nothing queued (the figures as the panel shows them).
     assert after["buffer"] == "0 B · 0 events · fullest 0%"
     assert re.fullmatch(r"\d+ ms/s · \d+\.\d\d s total", after["blocked"]), after["blocked"]
+
+    # A /metrics that refuses the page (no token given) stops the polling, and says why.
+    refused = results["refused"]
+    assert refused["requests"] == 1, refused
+    assert refused["polling"] is False
+    assert refused["state"] == "error"
+    assert refused["status"] == "/metrics: HTTP 401: open the page as /#token=<token>"
 
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"\nscreenshot of the chat page: {screenshot}")

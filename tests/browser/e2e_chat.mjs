@@ -75,12 +75,35 @@ async function chat() {
   return { ...hooks, address, first, second, dom, ws, metricsAuth: [...metricsAuth], problems };
 }
 
+/** Without its token, a server whose /metrics needs one answers 401: the panel says how to
+ * give the token and stops polling (the 401 is played by playwright's router). */
+async function refused() {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  let requests = 0;
+  await page.route("**/metrics", (route) => { requests++; route.fulfill({ status: 401, body: "{}" }); });
+  await page.goto(base, { waitUntil: "load" });
+  await page.waitForFunction(() => window.__llmpipe.metrics.errors >= 1, null, { timeout: TIMEOUT, polling: 50 });
+  await page.waitForTimeout(2500); // two more polls, had it not stopped
+  const out = await page.evaluate(() => ({
+    ...structuredClone(window.__llmpipe.metrics),
+    status: document.getElementById("m-status").textContent,
+    state: document.getElementById("metrics").dataset.state,
+  }));
+  await context.close();
+  return { ...out, requests, problems };
+}
+
 const results = {};
 try {
-  try {
-    results.chat = await chat();
-  } catch (err) {
-    results.chat = { failed: String(err && err.stack || err) };
+  for (const [name, fn] of Object.entries({ chat, refused })) {
+    try {
+      results[name] = await fn();
+    } catch (err) {
+      results[name] = { failed: String(err && err.stack || err) };
+    }
   }
 } finally {
   await browser.close();

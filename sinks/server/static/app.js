@@ -95,7 +95,7 @@ const chat = new ChatSocket(webSocketUrl("/v1/ws"), { token });
 // entry per answer: {prompt, text, spoken, ttftMs, tokens, tokensPerSecond, end}.
 const hooks = (window.__llmpipe = {
   state: "idle", text: "", rendered: "", events: 0, seqs: [], frames: 0, error: null,
-  turns: [], history: chat.history, metrics: { polls: 0, errors: 0, error: null, last: null },
+  turns: [], history: chat.history, metrics: { polls: 0, errors: 0, error: null, last: null, polling: true },
 });
 // The audio of the last speech turn, as data (read by tests/browser/e2e_speech.mjs).
 let audio = null;
@@ -365,10 +365,17 @@ function showMetrics(m, at) {
   return last;
 }
 
+/** A refusal that polling again will not change: the panel stops and says why. */
+class Refused extends Error {}
+
 async function pollMetrics() {
   const panel = $("metrics");
+  let again = true;
   try {
     const res = await fetch("/metrics", { headers: authHeaders, cache: "no-store" });
+    if (res.status === 401 || res.status === 403) {
+      throw new Refused(`HTTP ${res.status}${token ? "" : ": open the page as /#token=<token>"}`);
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const text = await res.text();
     hooks.metrics.last = showMetrics(parseMetrics(text), performance.now());
@@ -381,8 +388,10 @@ async function pollMetrics() {
     hooks.metrics.error = String(err.message || err);
     panel.dataset.state = "error";
     $("m-status").textContent = `/metrics: ${hooks.metrics.error}`;
+    again = !(err instanceof Refused); // reload the page (with its token) to start again
   } finally {
-    setTimeout(pollMetrics, POLL_MS);
+    if (again) setTimeout(pollMetrics, POLL_MS);
+    hooks.metrics.polling = again;
   }
 }
 pollMetrics();
