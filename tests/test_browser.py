@@ -1,14 +1,21 @@
 """End to end: the web page (``sinks/server/static``) in headless Chromium against the real app.
 
 The app runs in-process on hypercorn (trio, 127.0.0.1, a free port) with scripted producers;
-``tests/browser/e2e.mjs`` drives Debian's Chromium through playwright-core and prints JSON. The
+``tests/browser/e2e*.mjs`` drive Debian's Chromium through playwright-core and print JSON. The
 page's module is also unit-tested under Node (``tests/browser/llmpipe.test.mjs``).
 
-Two dropped connections, both real: :class:`_DropOnce` (test middleware, armed by the page
-test through ``POST /__test/drop``) ends the next first-time events response in the middle of a
-frame, and the page must resume with ``Last-Event-ID`` = the last whole frame's id; then a TCP
-proxy in ``e2e.mjs`` (the page is loaded through it) resets every connection mid-stream, a
-network error. The text must come out whole, each event once, from one generation.
+The page is a chat over one WebSocket (``tests/browser/e2e_chat.mjs``): two turns whose second
+answer exists only if the server kept the first in the conversation, each answer's time to first
+token and tokens per second as shown, the ``/metrics`` panel read twice (its figures and
+sparklines move), the ``#token=`` fragment sent with the WebSocket and ``/metrics``, and a
+screenshot kept in ``tests/artifacts/page_chat.png`` (ignored by git; the path is printed).
+
+Two dropped connections, both real, for ``streamChat`` (``llmpipe.js``'s resumable reader) run
+in the page: :class:`_DropOnce` (test middleware, armed by the test through
+``POST /__test/drop``) ends the next first-time events response in the middle of a frame, and
+it must resume with ``Last-Event-ID`` = the last whole frame's id; then a TCP proxy in
+``e2e.mjs`` (the page is loaded through it) resets every connection mid-stream, a network
+error. The text must come out whole, each event once, from one generation.
 
 The "Speak" switch (``tests/browser/e2e_speech.mjs``): speech turns over ``WS /v1/ws`` with real
 espeak-ng, the audio played by the page with Web Audio and checked as data (the page's
@@ -37,8 +44,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline import Usage
 from pipeline.producers import ScriptedProducer
-from sinks.server import StreamRequest, create_app, serve
+from sinks.server import ServerConfig, StreamRequest, create_app, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -229,7 +237,6 @@ async def test_page_streams_resumes_and_stops_in_chromium(nursery: trio.Nursery)
     assert full["state"] == "done", full
     assert full["text"] == TEXT
     assert full["rendered"] == TEXT
-    assert full["reconnects"] == 0
     assert full["seqs"] == sorted(set(full["seqs"]))
     assert full["partialLength"] < len(TEXT), "the answer only appeared at the end"
     assert full["frames"] <= full["events"], "more renders than events"
@@ -244,11 +251,11 @@ async def test_page_streams_resumes_and_stops_in_chromium(nursery: trio.Nursery)
     assert "<script" not in full["xss"]
     assert "&lt;img" in full["xss"]
 
-    # (2) The cut connection and the offline moment resume with no lost or repeated text.
+    # (2) streamChat in the page: the cut connection and the reset one resume with no lost or
+    # repeated text.
     dropped = results["drop"]
     assert dropped["state"] == "done", dropped
     assert dropped["text"] == DROP_TEXT
-    assert dropped["rendered"] == DROP_TEXT
     assert dropped["seqs"] == sorted(set(dropped["seqs"])), "an event was delivered twice"
     assert dropped["seqs"] == list(range(dropped["seqs"][0], dropped["seqs"][-1] + 1))
     assert drop.sent, "the events connection was never cut"
@@ -260,20 +267,21 @@ async def test_page_streams_resumes_and_stops_in_chromium(nursery: trio.Nursery)
     # The proxy reset the connections while the answer was still arriving: a second resume.
     assert dropped["resetSockets"] > 0
     assert dropped["beforeReset"]["state"] != "done", "the answer ended before the reset"
-    assert dropped["reconnects"] >= 2, "a reset connection did not make the page reconnect"
+    assert dropped["reconnects"] >= 2, "a reset connection did not make streamChat reconnect"
     assert resumes[2] is not None
     assert int(resumes[2]) >= dropped["beforeReset"]["seqs"][-1]
-    # Events replayed after a reconnection arrive in a burst: rendered in fewer frames.
-    assert dropped["frames"] < dropped["events"]
     assert len(producers.made["drop"]) == 1, "a reconnection started a new generation"
 
-    # (3) Stop aborts the page's stream and cancels the generation upstream.
+    # (3) Stop interrupts the page's turn (on its WebSocket) and cancels the generation upstream.
     stopped = results["stop"]
     assert stopped["state"] == "stopped", stopped
     assert stopped["text"] == stopped["textAtStop"], "text arrived after Stop"
     assert STOP_TEXT.startswith(stopped["text"])
     assert len(stopped["text"]) < len(STOP_TEXT)
-    # The page waited 500 ms after the DELETE was answered: the cancellation has landed.
+    end = stopped["turns"][-1]["end"]
+    assert end["type"] == "interrupted", end
+    assert end["delivered_chars"] == len(stopped["text"]), "the server and the page disagree"
+    # The page had the server's `interrupted` answer and waited 500 ms more.
     (producer,) = producers.made["stop"]
     assert producer.closed
     assert producer.cancelled, "Stop did not cancel the generation upstream"
@@ -422,3 +430,131 @@ async def test_page_speaks_and_stop_is_barge_in_in_chromium(nursery: trio.Nurser
     assert all(w["sample"] < audio["samplesReceived"] for w in words[: len(heard_words)])
     (producer,) = producers.made["bargein"]
     assert producer.closed
+
+
+# ---- the chat: turns on one WebSocket, answer figures, the /metrics panel ---------------------
+
+CHAT_TOKEN = "chat-secret"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+FIRST_DELAY = 0.2  # seconds before each answer's first token: a floor for the page's TTFT
+
+
+def _chat_answer(messages: list[dict[str, str]]) -> str:
+    """The scripted model: remembers a word only if the conversation it is given holds it."""
+    last = messages[-1]["content"]
+    if last.startswith("Remember the word "):
+        return f"I will remember **{last.removeprefix('Remember the word ').rstrip('.')}**."
+    for m in messages[:-1]:
+        found = re.search(r"I will remember \*\*(\w+)\*\*", m["content"])
+        if m["role"] == "assistant" and found:
+            return f"You asked me to remember {found[1]}."
+    return "You never asked me to remember anything."
+
+
+@attrs.define
+class _ChatProducers:
+    """One ScriptedProducer per turn, answering from the messages it is given, with a usage event
+    (so the page's token count is the provider's, whatever coalescing merged)."""
+
+    requests: list[list[dict[str, str]]] = attrs.Factory(list)
+
+    @asynccontextmanager
+    async def __call__(self, request: StreamRequest) -> AsyncIterator[ScriptedProducer]:
+        messages = [dict(m) for m in request.messages]
+        self.requests.append(messages)
+        text = _chat_answer(messages)
+        script = ScriptedProducer.from_text(text, delay=0.02, first_delay=FIRST_DELAY)
+        *deltas, done = script.steps
+        yield ScriptedProducer([*deltas, Usage(7, len(deltas)), done])
+
+
+async def test_page_is_a_chat_with_figures_and_a_metrics_panel_in_chromium(
+    nursery: trio.Nursery,
+) -> None:
+    node = _require_tools()
+    producers = _ChatProducers()
+    app = create_app(producers, ServerConfig(auth_token=CHAT_TOKEN))
+    port: int = await nursery.start(serve, app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}/"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "page_chat.png"
+    screenshot.unlink(missing_ok=True)
+
+    with trio.fail_after(90):
+        out = await _run_node(node, "e2e_chat.mjs", base, CHAT_TOKEN, str(screenshot))
+    results = json.loads(out.strip().splitlines()[-1])
+    for name, res in results.items():
+        assert "failed" not in res, f"scenario {name} failed in the browser:\n{res['failed']}"
+        assert res["problems"] == [], f"{name}: page errors {res['problems']}"
+    run = results["chat"]
+
+    # The token came from the address's fragment, left the address bar, and went with every
+    # request: the WebSocket's handshake passed the server's auth (turns were answered), and
+    # each GET /metrics carried it.
+    assert run["address"] == base
+    assert run["metricsAuth"] == [f"Bearer {CHAT_TOKEN}"]
+
+    # Two turns on one WebSocket; the server kept the history, so the second answer depends on
+    # the first, and each request carried only its new message.
+    first_answer = "I will remember **ostrich**."
+    second_answer = "You asked me to remember ostrich."
+    assert run["ws"]["urls"] == [f"ws://127.0.0.1:{port}/v1/ws"]
+    assert run["ws"]["sent"] == [
+        {"type": "request", "prompt": "Remember the word ostrich."},
+        {"type": "request", "prompt": "Which word did I ask you to remember?"},
+    ]
+    assert producers.requests == [
+        [{"role": "user", "content": "Remember the word ostrich."}],
+        [
+            {"role": "user", "content": "Remember the word ostrich."},
+            {"role": "assistant", "content": first_answer},
+            {"role": "user", "content": "Which word did I ask you to remember?"},
+        ],
+    ]
+    assert [t["text"] for t in run["turns"]] == [first_answer, second_answer]
+    assert [t["end"]["type"] for t in run["turns"]] == ["done", "done"]
+    assert run["history"][-1] == {"role": "assistant", "content": second_answer}
+    dom = run["dom"]
+    assert [d["user"] for d in dom] == [t["prompt"] for t in run["turns"]]
+    assert [d["answer"] for d in dom] == ["I will remember ostrich.", second_answer]
+
+    # Per answer: time to first token (from the request frame; the model waited FIRST_DELAY
+    # before its first token, so no smaller figure is right) and tokens per second, shown.
+    for turn, shown in zip(run["turns"], dom, strict=True):
+        tokens = len(turn["text"].split())
+        assert turn["tokens"] == tokens, turn  # the usage event's output_tokens
+        assert turn["ttftMs"] >= FIRST_DELAY * 1000, turn
+        assert turn["tokensPerSecond"] > 0, turn
+        # As shown: rounded by JS (Math.round, toFixed), which breaks ties unlike Python's round.
+        ttft = re.fullmatch(r"first token (\d+) ms", shown["ttft"])
+        assert ttft, shown
+        assert abs(int(ttft[1]) - turn["ttftMs"]) <= 0.5
+        tps = re.fullmatch(rf"(\d+\.\d) tok/s \({tokens} tokens\)", shown["tps"])
+        assert tps, shown
+        assert abs(float(tps[1]) - turn["tokensPerSecond"]) <= 0.05 + 1e-9
+
+    # The metrics panel polled /metrics and its figures changed between the two reads.
+    before, after = run["first"], run["second"]
+    assert before["error"] is None
+    assert after["error"] is None
+    assert before["last"]["streamsServed"] == 0
+    assert before["streams"] == "0 now · 0 served"
+    assert after["last"]["streamsServed"] == 2
+    assert after["streams"] == "0 now · 2 served"
+    assert after["polls"] > before["polls"]
+    # Each sparkline gained a point per poll.
+    grown = zip(before["points"], after["points"], strict=True)
+    assert all(p_after > p_before for p_before, p_after in grown), (before, after)
+    # No stream is live after the turns: nothing queued (the figures as the panel shows them).
+    assert after["buffer"] == "0 B · 0 events · fullest 0%"
+    assert re.fullmatch(r"\d+ ms/s · \d+\.\d\d s total", after["blocked"]), after["blocked"]
+
+    # A /metrics that refuses the page (no token given) stops the polling, and says why.
+    refused = results["refused"]
+    assert refused["requests"] == 1, refused
+    assert refused["polling"] is False
+    assert refused["state"] == "error"
+    assert refused["status"] == "/metrics: HTTP 401: open the page as /#token=<token>"
+
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"\nscreenshot of the chat page: {screenshot}")

@@ -4,12 +4,14 @@
 //
 // Scenarios (each in a fresh browser context), keyed by the prompt the server's test producer
 // factory recognises:
-//   full  the whole answer streams and renders (list, code fence, inline markup)
-//   drop  the server ends the events response mid-frame once (armed through /__test/drop),
-//         then a TCP proxy between browser and server resets the connections mid-stream (a
-//         network error; Chromium's offline emulation does not break a response in flight):
-//         the page resumes both times
-//   stop  Stop is clicked mid-answer: the fetch is aborted and the stream DELETEd
+//   full  the whole answer streams over the page's WebSocket and renders (list, code fence,
+//         inline markup)
+//   drop  llmpipe.js's streamChat, run in the page (the page's chat is a WebSocket, which has
+//         no resume), follows a resumable stream: the server ends the events response
+//         mid-frame once (armed through /__test/drop), then a TCP proxy between browser and
+//         server resets the connections mid-stream (a network error; Chromium's offline
+//         emulation does not break a response in flight): it resumes both times
+//   stop  Stop is clicked mid-answer: the page sends an interrupt on the WebSocket
 import net from "node:net";
 
 import { launch } from "./chromium.mjs";
@@ -22,8 +24,8 @@ const browser = await launch();
 
 const hooks = (page) => page.evaluate(() => ({ ...window.__llmpipe }));
 
-/** Open the page in a new context, type the prompt and click Send. */
-async function start(prompt, url = base) {
+/** Open the page in a new context, recording its errors. */
+async function open(url = base) {
   const context = await browser.newContext();
   const page = await context.newPage();
   const problems = [];
@@ -35,6 +37,12 @@ async function start(prompt, url = base) {
     }
   });
   await page.goto(url, { waitUntil: "load" });
+  return { context, page, problems };
+}
+
+/** Open the page in a new context, type the prompt and click Send. */
+async function start(prompt) {
+  const { context, page, problems } = await open();
   await page.fill("#prompt", prompt);
   await page.click("#send");
   return { context, page, problems };
@@ -59,11 +67,11 @@ async function full() {
   const h = await hooks(page);
   const dom = await page.evaluate(() => ({
     status: document.getElementById("status").textContent,
-    li: [...document.querySelectorAll("#answer li")].map((e) => e.textContent),
-    code: [...document.querySelectorAll("#answer pre code")].map((e) => e.textContent),
-    strong: [...document.querySelectorAll("#answer strong")].map((e) => e.textContent),
-    h: [...document.querySelectorAll("#answer h2")].map((e) => e.textContent),
-    html: document.getElementById("answer").innerHTML,
+    li: [...document.querySelectorAll(".turn:last-child .answer li")].map((e) => e.textContent),
+    code: [...document.querySelectorAll(".turn:last-child .answer pre code")].map((e) => e.textContent),
+    strong: [...document.querySelectorAll(".turn:last-child .answer strong")].map((e) => e.textContent),
+    h: [...document.querySelectorAll(".turn:last-child .answer h2")].map((e) => e.textContent),
+    html: document.querySelector(".turn:last-child .answer").innerHTML,
   }));
   // The renderer escapes HTML: markup in model output stays text.
   const xss = await page.evaluate(async () => {
@@ -94,25 +102,52 @@ function proxy() {
   })));
 }
 
+/** streamChat in the page, recording into window.__resume what the page's hooks used to. */
+function followInPage(page) {
+  return page.evaluate(() => {
+    const h = (window.__resume = {
+      state: "streaming", text: "", events: 0, seqs: [], reconnects: 0, resumedFrom: [], streamId: null, error: null,
+    });
+    import("./llmpipe.js").then(async ({ streamChat }) => {
+      const chat = streamChat({ prompt: "drop" }, {
+        onReconnect: (n, lastId) => { h.reconnects = n; h.resumedFrom.push(lastId); },
+      });
+      chat.ready.then((info) => { h.streamId = info.id; }, () => {});
+      try {
+        for await (const ev of chat) {
+          h.events++;
+          h.seqs.push(ev.seq);
+          if (ev.type === "text") h.text += ev.text;
+          else if (ev.type === "done" || ev.type === "error") h.state = ev.type;
+        }
+      } catch (err) {
+        h.error = String(err);
+        h.state = "error";
+      }
+    });
+  });
+}
+
 async function drop() {
   // Arm the server: end the next first-time events response after 10 frames, mid-frame.
   const armed = await fetch(`${base}__test/drop?after=10`, { method: "POST" });
   if (!armed.ok) throw new Error(`could not arm the drop: ${armed.status}`);
   const px = await proxy();
   try {
-    const { context, page, problems } = await start("drop", px.url);
-    // First drop (server side): the page reconnects on its own.
-    await page.waitForFunction(() => window.__llmpipe.reconnects >= 1, null, { timeout: TIMEOUT, polling: 10 });
-    const afterServerDrop = await hooks(page);
+    const { context, page, problems } = await open(px.url);
+    const resume = () => page.evaluate(() => ({ ...window.__resume }));
+    await followInPage(page);
+    // First drop (server side): streamChat reconnects on its own.
+    await page.waitForFunction(() => window.__resume.reconnects >= 1, null, { timeout: TIMEOUT, polling: 10 });
+    const afterServerDrop = await resume();
     // Second drop (network): reset every connection while the answer is still arriving.
-    await page.waitForFunction(() => window.__llmpipe.events >= 40, null, { timeout: TIMEOUT, polling: 10 });
-    const beforeReset = await hooks(page);
+    await page.waitForFunction(() => window.__resume.events >= 40, null, { timeout: TIMEOUT, polling: 10 });
+    const beforeReset = await resume();
     const resetSockets = px.reset();
-    await finished(page);
-    const h = await hooks(page);
-    const status = await page.textContent("#status");
+    await page.waitForFunction(() => window.__resume.state !== "streaming", null, { timeout: TIMEOUT, polling: 10 });
+    const h = await resume();
     await context.close();
-    return { ...h, afterServerDrop, beforeReset, resetSockets, status, problems };
+    return { ...h, afterServerDrop, beforeReset, resetSockets, problems };
   } finally {
     px.close();
   }

@@ -18,7 +18,7 @@ const browser = await launch(["--autoplay-policy=no-user-gesture-required"]);
 
 const snapshot = (page) => page.evaluate(() => ({
   ...window.__llmpipe, audio: structuredClone(window.llmpipeAudio),
-  heardLine: document.getElementById("heard").hidden ? null : document.getElementById("heard").textContent,
+  heardLine: ((el) => (el.hidden ? null : el.textContent))(document.querySelector(".turn:last-child .heard")),
   status: document.getElementById("status").textContent,
 }));
 

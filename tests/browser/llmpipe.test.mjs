@@ -7,7 +7,8 @@ import http from "node:http";
 import { test } from "node:test";
 
 import {
-  PcmPlayer, PlaybackCursor, SSEParser, SpeechProtocolError, followEvents, pcm16ToFloat32, speakChat,
+  ChatSocket, PcmPlayer, PlaybackCursor, SSEParser, SpeechProtocolError, followEvents, parseMetrics,
+  pcm16ToFloat32, speakChat, trimHistory,
   streamChat,
 } from "../../sinks/server/static/llmpipe.js";
 
@@ -240,13 +241,13 @@ test("speakChat: request with speech, text/words/audio delivered, done after pla
   ws.serve({ type: "word", turn: 1, text: "Hello", sample: 0 });
   ws.serve(new Uint8Array(882).buffer);
   ws.serve({ type: "done", turn: 1, seq: 2 });
-  assert.equal(ws.closed, 1000);
   let end = null;
   turn.then((ev) => { end = ev; });
   await new Promise((r) => setTimeout(r, 5));
   assert.equal(end, null, "resolved before its audio played");
   for (const s of ctx.sources) s.onended();
   assert.equal((await turn).type, "done");
+  assert.equal(ws.closed, 1000); // its own connection, closed after the turn
   assert.deepEqual(got, { text: "Hello there.", words: ["Hello"], audio: [[441, 0.02], [441, 0.02]], formats: [[22050, true]] });
 });
 
@@ -286,4 +287,124 @@ test("speakChat: a protocol error rejects", async () => {
   const ws = await opened();
   ws.serve({ type: "error", error: { type: "invalid_request", field: "speech.rate", message: "too fast" } });
   await assert.rejects(turn, (err) => err instanceof SpeechProtocolError && err.field === "speech.rate");
+});
+
+// ---- the chat: a conversation over one WebSocket -------------------------------------------
+
+test("ChatSocket: one connection, each turn sends only its new message; history as delivered", async () => {
+  FakeSocket.last = null;
+  const chat = new ChatSocket("ws://x/v1/ws", { WebSocketImpl: FakeSocket });
+  const sent = [];
+  const first = chat.turn({ prompt: "Remember 7" }, { onSent: (r) => sent.push(r) });
+  const ws = await opened();
+  ws.serve({ type: "text", turn: 1, seq: 1, text: "Noted: " });
+  ws.serve({ type: "text", turn: 1, seq: 2, text: "7." });
+  ws.serve({ type: "done", turn: 1, seq: 3, stop_reason: "stop" });
+  assert.equal((await first).type, "done");
+  assert.equal(ws.closed, null, "the connection stays open between turns");
+  // Turn 2 on the same socket, interrupted after some text: the history keeps what was delivered.
+  const ctl = new AbortController();
+  const second = chat.turn({ prompt: "Which number?" }, { signal: ctl.signal });
+  await null;
+  assert.equal(FakeSocket.last, ws);
+  ws.serve({ type: "text", turn: 2, seq: 1, text: "It was" });
+  ctl.abort();
+  ws.serve({ type: "text", turn: 2, seq: 2, text: " 7" }); // in flight: delivered, then interrupted
+  ws.serve({ type: "interrupted", turn: 2, delivered_chars: 8 });
+  assert.equal((await second).type, "interrupted");
+  assert.deepEqual(ws.sent, [
+    { type: "request", prompt: "Remember 7" },
+    { type: "request", prompt: "Which number?" },
+    { type: "interrupt" },
+  ]);
+  assert.deepEqual(sent, [{ type: "request", prompt: "Remember 7" }]);
+  assert.deepEqual(chat.history, [
+    { role: "user", content: "Remember 7" }, { role: "assistant", content: "Noted: 7." },
+    { role: "user", content: "Which number?" }, { role: "assistant", content: "It was 7" },
+  ]);
+});
+
+test("ChatSocket: after a lost connection the next turn reconnects and carries the history", async () => {
+  FakeSocket.last = null;
+  const chat = new ChatSocket("ws://x/v1/ws", { WebSocketImpl: FakeSocket, token: "t" });
+  const first = chat.turn({ prompt: "A" });
+  const ws1 = await opened();
+  assert.deepEqual(ws1.protocols, ["llmpipe", "bearer.t"]);
+  ws1.serve({ type: "text", turn: 1, seq: 1, text: "a" });
+  ws1.serve({ type: "done", turn: 1, seq: 2 });
+  await first;
+  const second = chat.turn({ prompt: "B" });
+  await null;
+  ws1.serve({ type: "text", turn: 2, seq: 1, text: "b, partly" });
+  ws1.onclose({ code: 1006 }); // the connection drops mid-answer
+  await assert.rejects(second, /closed before the turn ended \(code 1006\)/);
+  FakeSocket.last = null;
+  const third = chat.turn({ prompt: "C" });
+  const ws2 = await opened();
+  assert.notEqual(ws2, ws1);
+  assert.deepEqual(ws2.sent, [{
+    type: "request",
+    messages: [
+      { role: "user", content: "A" }, { role: "assistant", content: "a" },
+      { role: "user", content: "B" }, { role: "assistant", content: "b, partly" },
+      { role: "user", content: "C" },
+    ],
+  }]);
+  ws2.serve({ type: "done", turn: 1, seq: 1 });
+  await third;
+  // New chat: the server is told to forget; only the new message goes.
+  chat.reset();
+  const fourth = chat.turn({ messages: [{ role: "user", content: "D" }] });
+  await null;
+  assert.deepEqual(ws2.sent.at(-1), { type: "request", messages: [{ role: "user", content: "D" }], reset: true });
+  ws2.serve({ type: "error", turn: 2, seq: 1, kind: "upstream", message: "boom" });
+  assert.equal((await fourth).type, "error");
+  assert.deepEqual(chat.history, [], "a turn that failed before any text is not kept");
+});
+
+test("ChatSocket: a refused request keeps the connection and what the next request must carry", async () => {
+  FakeSocket.last = null;
+  const chat = new ChatSocket("ws://x/v1/ws", { WebSocketImpl: FakeSocket });
+  chat.history = [{ role: "user", content: "A" }, { role: "assistant", content: "a" }];
+  const first = chat.turn({ prompt: "B", max_tokens: -1 });
+  const ws = await opened();
+  assert.equal(ws.sent[0].messages.length, 3);
+  ws.serve({ type: "error", error: { type: "invalid_request", field: "max_tokens", message: "must be > 0" } });
+  await assert.rejects(first, (err) => err instanceof SpeechProtocolError && err.field === "max_tokens");
+  const second = chat.turn({ prompt: "B" });
+  await null;
+  assert.equal(FakeSocket.last, ws);
+  assert.deepEqual(ws.sent[1].messages.map((m) => m.content), ["A", "a", "B"]);
+  ws.serve({ type: "done", turn: 1, seq: 1 });
+  await second;
+  assert.equal(chat.busy, false);
+  await assert.rejects(chat.turn({ prompt: "x" }, { signal: AbortSignal.abort() }));
+});
+
+test("trimHistory bounds as the server does: system pinned, oldest first, no leading assistant", () => {
+  const m = (role, content) => ({ role, content });
+  const conv = [m("system", "be brief"), m("user", "1"), m("assistant", "one"), m("user", "2"), m("assistant", "two"), m("user", "3")];
+  assert.deepEqual(trimHistory(conv, { maxMessages: 4 }), [m("system", "be brief"), m("user", "2"), m("assistant", "two"), m("user", "3")]);
+  assert.deepEqual(trimHistory(conv, { maxMessages: 3 }), [m("system", "be brief"), m("user", "3")]);
+  assert.deepEqual(trimHistory(conv, { maxChars: 14 }), [m("system", "be brief"), m("user", "2"), m("assistant", "two"), m("user", "3")]);
+  assert.deepEqual(trimHistory([m("user", "x".repeat(500))], { maxChars: 10 }), [m("user", "x".repeat(500))]);
+});
+
+test("parseMetrics sums each sample over its labels and skips comments", () => {
+  const m = parseMetrics([
+    "# HELP llmpipe_streams_total Event streams served.",
+    "# TYPE llmpipe_streams_total counter",
+    'llmpipe_streams_total{kind="sse"} 3.0',
+    'llmpipe_streams_total{kind="ws",x="a b"} 2.0',
+    "llmpipe_streams_active 1.0",
+    "llmpipe_buffer_fill_ratio_max 2.5e-01",
+    'llmpipe_time_to_first_token_seconds_bucket{le="+Inf"} 4.0',
+    "garbage line",
+    "",
+  ].join("\n"));
+  assert.equal(m.get("llmpipe_streams_total"), 5);
+  assert.equal(m.get("llmpipe_streams_active"), 1);
+  assert.equal(m.get("llmpipe_buffer_fill_ratio_max"), 0.25);
+  assert.equal(m.get("llmpipe_time_to_first_token_seconds_bucket"), 4);
+  assert.equal(m.has("garbage"), false);
 });

@@ -1,8 +1,11 @@
-// The llmpipe page: a prompt box, the answer rendered as markdown while it streams, Stop, and
-// automatic resume after a dropped connection (all of that in llmpipe.js). With "Speak" on, the
-// prompt goes over the WebSocket as a speech turn: the answer is shown as it arrives and spoken
-// (Web Audio), and Stop interrupts the voice (barge-in) and shows what was heard.
-import { speakChat, streamChat, webSocketUrl } from "./llmpipe.js";
+// The llmpipe page: a small chat. The conversation goes over one WebSocket (WS /v1/ws, a
+// ChatSocket from llmpipe.js), turn by turn: the server keeps the history, so each message is
+// answered in the light of the previous ones. Each answer is rendered as markdown while it
+// streams, with its time to first token and tokens per second. With "Speak" on, a turn is also
+// spoken (Web Audio) and Stop interrupts the voice (barge-in) and shows what was heard; Stop
+// on a text turn interrupts it (the server keeps only what was delivered). A side panel polls
+// GET /metrics once a second: streams, buffer occupancy and blocked time, with sparklines.
+import { ChatSocket, parseMetrics, webSocketUrl } from "./llmpipe.js";
 
 // ---- a tiny progressive markdown renderer -------------------------------------------------
 // Everything is HTML-escaped before any markup is added, so model output cannot inject HTML.
@@ -68,12 +71,31 @@ export function renderMarkdown(src) {
 
 const $ = (id) => document.getElementById(id);
 const form = $("form"), prompt = $("prompt"), send = $("send"), stop = $("stop");
-const answer = $("answer"), status = $("status"), speak = $("speak"), heard = $("heard");
+const turns = $("turns"), status = $("status"), speak = $("speak"), newChat = $("new");
 
-// Test hooks (read by tests/browser/e2e.mjs); also handy in the devtools console.
+/**
+ * The bearer token of a server started with `--auth-token`: open the page as
+ * `http://host:port/#token=<token>` (a fragment is never sent to the server, so it stays out of
+ * its logs and of Referer headers); it is kept for the tab's session and removed from the address.
+ */
+function readToken() {
+  const m = /^#(?:.*&)?token=([^&]*)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem("llmpipe.token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("llmpipe.token") || undefined;
+}
+const token = readToken();
+const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
+const chat = new ChatSocket(webSocketUrl("/v1/ws"), { token });
+
+// Test hooks (read by tests/browser/e2e*.mjs); also handy in the devtools console. `text`,
+// `rendered`, `events`, `seqs` and `frames` are the current (last) turn's; `turns` has one
+// entry per answer: {prompt, text, spoken, ttftMs, tokens, tokensPerSecond, end}.
 const hooks = (window.__llmpipe = {
-  state: "idle", text: "", rendered: "", events: 0, seqs: [], reconnects: 0,
-  resumedFrom: [], frames: 0, streamId: null, error: null,
+  state: "idle", text: "", rendered: "", events: 0, seqs: [], frames: 0, error: null,
+  turns: [], history: chat.history, metrics: { polls: 0, errors: 0, error: null, last: null, polling: true },
 });
 // The audio of the last speech turn, as data (read by tests/browser/e2e_speech.mjs).
 let audio = null;
@@ -94,6 +116,7 @@ function setState(state, detail = "") {
 }
 
 // Text arrives per token; the DOM is updated at most once per animation frame.
+let answer = null; // the current turn's <article>
 let pending = "", frame = 0;
 function renderNow() {
   frame = 0;
@@ -107,8 +130,12 @@ function appendText(t) {
   pending += t;
   frame ||= requestAnimationFrame(renderNow);
 }
+function flushText() {
+  if (frame) cancelAnimationFrame(frame);
+  renderNow();
+}
 
-let current = null; // the running chat (or speech turn: {stop()}), for Stop
+let current = null; // the running turn ({stop()}), for Stop
 let audioContext = null; // made on the first Send with Speak on: a user gesture may start audio
 let tap = null; // an AnalyserNode between the voice and the loudspeaker: the output, as data
 
@@ -120,68 +147,47 @@ window.llmpipeAudioPeak = () => {
   return data.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
 };
 
-function startRun() {
+/** A new turn in the transcript: the user's message, then (filled as it streams) the answer. */
+function addTurn(text, spoken) {
+  const li = document.createElement("li");
+  li.className = "turn";
+  li.dataset.turn = String(hooks.turns.length + 1);
+  li.innerHTML = `<p class="user"></p><article class="answer" aria-live="off"></article>
+    <p class="heard" hidden></p><p class="stats"><span class="ttft"></span><span class="tps"></span></p>`;
+  li.querySelector(".user").textContent = text;
+  if (spoken) li.classList.add("spoken");
+  turns.append(li);
+  li.scrollIntoView({ block: "nearest" });
+  return li;
+}
+
+const ms = (x) => `${Math.round(x)} ms`;
+
+/** Show an answer's figures: time to first token, and tokens per second after the first. */
+function showStats(li, t) {
+  li.querySelector(".ttft").textContent = t.ttftMs === null ? "no text" : `first token ${ms(t.ttftMs)}`;
+  li.querySelector(".tps").textContent = t.tokensPerSecond === null
+    ? `${t.tokens} token${t.tokens === 1 ? "" : "s"}`
+    : `${t.tokensPerSecond.toFixed(1)} tok/s (${t.tokens} tokens)`;
+}
+
+async function runTurn(text, spoken) {
+  const li = addTurn(text, spoken);
+  answer = li.querySelector(".answer");
   hooks.text = hooks.rendered = pending = "";
-  hooks.events = hooks.reconnects = hooks.frames = 0;
+  hooks.events = hooks.frames = 0;
   hooks.seqs = [];
-  hooks.resumedFrom = [];
-  hooks.error = hooks.streamId = null;
-  answer.innerHTML = "";
-  heard.hidden = true;
-  heard.textContent = "";
-  send.disabled = true;
+  hooks.error = null;
+  // The answer's timing, from the request frame (performance.now(), ms). Tokens: the usage
+  // event's output_tokens when the provider reports it, else the text deltas received.
+  const t = { prompt: text, text: "", spoken, ttftMs: null, tokens: 0, tokensPerSecond: null, end: null };
+  let sentAt = 0, firstAt = 0, lastAt = 0, deltas = 0, usage = null;
+  hooks.turns.push(t);
+  send.disabled = newChat.disabled = true;
   stop.disabled = false;
   setState("streaming");
-}
+  if (spoken) resetAudio();
 
-function endRun(chat) {
-  if (current === chat) current = null;
-  send.disabled = false;
-  stop.disabled = true;
-}
-
-async function run(text) {
-  startRun();
-  const chat = (current = streamChat({ prompt: text }, {
-    onReconnect: (n, lastId) => {
-      hooks.reconnects = n;
-      hooks.resumedFrom.push(lastId);
-      setState("resumed", `reconnected after event ${lastId || "(none)"}`);
-    },
-  }));
-  chat.ready.then((info) => { hooks.streamId = info.id; }, () => {});
-  let end = null;
-  try {
-    for await (const ev of chat) {
-      hooks.events++;
-      hooks.seqs.push(ev.seq);
-      if (ev.type === "text") {
-        hooks.text += ev.text;
-        appendText(ev.text);
-      } else if (ev.type === "done" || ev.type === "error") {
-        end = ev;
-      } else if (ev.type === "dropped") {
-        hooks.droppedChars = (hooks.droppedChars || 0) + ev.text_chars;
-      }
-    }
-    if (frame) cancelAnimationFrame(frame);
-    renderNow();
-    if (end?.type === "done") setState("done", end.stop_reason || "");
-    else if (end?.type === "error") setState("error", end.message);
-    else setState("stopped");
-  } catch (err) {
-    renderNow();
-    hooks.error = String(err);
-    setState("error", String(err.message || err));
-  } finally {
-    endRun(chat);
-  }
-}
-
-/** A speech turn over WS /v1/ws: text rendered as it comes, audio played, Stop = barge-in. */
-async function runSpeech(text) {
-  startRun();
-  resetAudio();
   const ctl = new AbortController();
   const turn = (current = { stop: () => ctl.abort() });
   let player = null;
@@ -194,21 +200,38 @@ async function runSpeech(text) {
     audio.underruns = player.cursor.underruns;
     audio.contextState = player.context.state;
   };
-  ctl.signal.addEventListener("abort", () => {
-    count(); // from here on the player schedules nothing (speakChat stops it on the same abort)
-    audio.stopped = true;
-    audio.scheduledAtStop = audio.samplesScheduled;
-  }, { once: true });
+  if (spoken) {
+    ctl.signal.addEventListener("abort", () => {
+      count(); // from here on the player schedules nothing (the turn stops it on the same abort)
+      audio.stopped = true;
+      audio.scheduledAtStop = audio.samplesScheduled;
+    }, { once: true });
+  }
+  const figures = () => {
+    t.tokens = usage ?? deltas;
+    t.ttftMs = deltas ? firstAt - sentAt : null;
+    t.tokensPerSecond = t.tokens > 1 && lastAt > firstAt ? (t.tokens - 1) / ((lastAt - firstAt) / 1000) : null;
+    showStats(li, t);
+  };
   try {
-    const end = await speakChat(webSocketUrl("/v1/ws"), { prompt: text, speech: {} }, {
+    const end = await chat.turn(spoken ? { prompt: text, speech: {} } : { prompt: text }, {
       signal: ctl.signal,
       audioContext,
-      destination: tap,
-      onText: (t, ev) => {
-        hooks.events++;
-        hooks.seqs.push(ev.seq);
-        hooks.text += t;
-        appendText(t);
+      destination: tap ?? undefined,
+      onSent: () => { sentAt = performance.now(); },
+      onEvent: (ev) => {
+        if (ev.type === "usage") usage = ev.output_tokens;
+        if (ev.type === "text" || ev.type === "done" || ev.type === "error") {
+          hooks.events++;
+          hooks.seqs.push(ev.seq);
+        }
+      },
+      onText: (s) => {
+        lastAt = performance.now();
+        if (!deltas++) firstAt = lastAt;
+        hooks.text += s;
+        t.text += s;
+        appendText(s);
       },
       onWord: (w) => { audio.words.push({ text: w.text, sample: w.sample }); },
       onFormat: (fmt, p) => {
@@ -223,49 +246,152 @@ async function runSpeech(text) {
         audio.bytesReceived += samples.length * 2;
         count();
       },
-      onDone: (ev) => { hooks.events++; hooks.seqs.push(ev.seq); },
+      onDone: figures, // a spoken answer's figures show before its audio has finished playing
     });
     count();
-    if (frame) cancelAnimationFrame(frame);
-    renderNow();
+    flushText();
+    figures();
+    t.end = end;
     if (end.type === "interrupted") {
-      audio.interrupted = end;
-      heard.textContent = `heard: ${end.heard ?? ""}`;
-      heard.hidden = false;
+      if (spoken) {
+        audio.interrupted = end;
+        const heard = li.querySelector(".heard");
+        heard.textContent = `heard: ${end.heard ?? ""}`;
+        heard.hidden = false;
+      }
       setState("stopped", "interrupted");
     } else if (end.type === "done") setState("done", end.stop_reason || "");
     else setState("error", end.message);
   } catch (err) {
     count();
-    renderNow();
+    flushText();
+    figures();
     hooks.error = String(err);
     setState("error", String(err.message || err));
   } finally {
-    endRun(turn);
+    if (current === turn) current = null;
+    send.disabled = newChat.disabled = false;
+    stop.disabled = true;
+    hooks.history = chat.history;
   }
 }
 
 form.addEventListener("submit", (e) => {
   e.preventDefault();
-  if (current || !prompt.value.trim()) return;
-  if (!speak.checked) return run(prompt.value);
-  // In the click's user gesture, so that autoplay policy lets it play.
-  if (!audioContext) {
-    audioContext = new AudioContext({ sampleRate: 22050, latencyHint: "interactive" });
-    tap = audioContext.createAnalyser();
-    tap.fftSize = 2048;
-    tap.connect(audioContext.destination);
+  const text = prompt.value;
+  if (current || !text.trim()) return;
+  prompt.value = "";
+  if (speak.checked) {
+    // In the click's user gesture, so that autoplay policy lets it play.
+    if (!audioContext) {
+      audioContext = new AudioContext({ sampleRate: 22050, latencyHint: "interactive" });
+      tap = audioContext.createAnalyser();
+      tap.fftSize = 2048;
+      tap.connect(audioContext.destination);
+    }
+    audioContext.resume();
   }
-  audioContext.resume();
-  runSpeech(prompt.value);
+  runTurn(text, speak.checked);
 });
 prompt.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
 });
-stop.addEventListener("click", async () => {
-  const chat = current;
-  if (!chat) return;
+stop.addEventListener("click", () => {
+  if (!current) return;
   stop.disabled = true;
-  await chat.stop(); // aborts the fetch, then DELETE /v1/streams/{id}; or interrupts the voice
+  current.stop(); // sends {"type": "interrupt"}; a spoken turn's audio stops at once
   hooks.stopSent = true;
 });
+newChat.addEventListener("click", () => {
+  if (current) return;
+  chat.reset(); // the next turn starts a new conversation (the server forgets the history)
+  hooks.turns = [];
+  hooks.history = chat.history;
+  turns.replaceChildren();
+  setState("idle");
+  prompt.focus();
+});
+
+// ---- the server panel: GET /metrics once a second ------------------------------------------
+
+const POLL_MS = 1000;
+const SAMPLES = 60; // a minute of history per sparkline
+const series = { streams: [], buffer: [], blocked: [] };
+let previous = null; // the last sample: {at, blockedSeconds}
+
+/** Draw `values` as a sparkline into `svg` (viewBox 0 0 120 28), newest at the right. */
+function sparkline(svg, values) {
+  const W = 120, H = 28, step = W / (SAMPLES - 1);
+  const top = Math.max(...values, 0) || 1; // all zero: a flat line at the bottom
+  const points = values.map((v, i) => {
+    const x = W - (values.length - 1 - i) * step;
+    const y = H - 1 - (Math.max(v, 0) / top) * (H - 2);
+    return `${x.toFixed(1)},${y.toFixed(1)}`;
+  });
+  svg.querySelector("polyline").setAttribute("points", points.join(" "));
+  svg.dataset.max = String(top);
+}
+
+function push(name, value) {
+  const values = series[name];
+  values.push(value);
+  if (values.length > SAMPLES) values.shift();
+  sparkline($(`spark-${name}`), values);
+}
+
+const bytes = (n) => (n < 1024 ? `${n} B` : n < 1 << 20 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / (1 << 20)).toFixed(1)} MiB`);
+
+function showMetrics(m, at) {
+  const get = (name) => m.get(name) ?? 0;
+  const last = {
+    streamsActive: get("llmpipe_streams_active"),
+    streamsServed: get("llmpipe_streams_total"),
+    bufferBytes: get("llmpipe_buffer_bytes"),
+    bufferItems: get("llmpipe_buffer_items"),
+    bufferFill: get("llmpipe_buffer_fill_ratio_max"),
+    blockedSeconds: get("llmpipe_producer_blocked_seconds_total"),
+    blockedPerSecond: 0, // seconds of backpressure per second since the last poll, summed over streams
+  };
+  if (previous && at > previous.at) {
+    last.blockedPerSecond = Math.max(0, last.blockedSeconds - previous.blockedSeconds) / ((at - previous.at) / 1000);
+  }
+  previous = { at, blockedSeconds: last.blockedSeconds };
+  $("m-streams").textContent = `${last.streamsActive} now · ${last.streamsServed} served`;
+  $("m-buffer").textContent = `${bytes(last.bufferBytes)} · ${last.bufferItems} events · fullest ${Math.round(last.bufferFill * 100)}%`;
+  $("m-blocked").textContent = `${ms(last.blockedPerSecond * 1000)}/s · ${last.blockedSeconds.toFixed(2)} s total`;
+  push("streams", last.streamsActive);
+  push("buffer", last.bufferBytes);
+  push("blocked", last.blockedPerSecond);
+  return last;
+}
+
+/** A refusal that polling again will not change: the panel stops and says why. */
+class Refused extends Error {}
+
+async function pollMetrics() {
+  const panel = $("metrics");
+  let again = true;
+  try {
+    const res = await fetch("/metrics", { headers: authHeaders, cache: "no-store" });
+    if (res.status === 401 || res.status === 403) {
+      throw new Refused(`HTTP ${res.status}${token ? "" : ": open the page as /#token=<token>"}`);
+    }
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const text = await res.text();
+    hooks.metrics.last = showMetrics(parseMetrics(text), performance.now());
+    hooks.metrics.polls++;
+    hooks.metrics.error = null;
+    panel.dataset.state = "ok";
+    $("m-status").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    hooks.metrics.errors++;
+    hooks.metrics.error = String(err.message || err);
+    panel.dataset.state = "error";
+    $("m-status").textContent = `/metrics: ${hooks.metrics.error}`;
+    again = !(err instanceof Refused); // reload the page (with its token) to start again
+  } finally {
+    if (again) setTimeout(pollMetrics, POLL_MS);
+    hooks.metrics.polling = again;
+  }
+}
+pollMetrics();

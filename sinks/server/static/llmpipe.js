@@ -16,7 +16,10 @@
 //   pcm16ToFloat32   s16le PCM bytes -> Float32Array samples in [-1, 1)
 //   PlaybackCursor   where the next audio chunk starts on an AudioContext's clock (back to back)
 //   PcmPlayer        schedules PCM chunks on an AudioContext; stopAll() silences them at once
-//   speakChat        a speech turn over WS /v1/ws: text, words and audio; abort = barge-in
+//   ChatSocket       a conversation over WS /v1/ws, turn by turn (the server keeps the history);
+//                    a turn with `speech` is also spoken; abort = interrupt (barge-in)
+//   speakChat        one speech turn on its own connection
+//   parseMetrics     Prometheus text (GET /metrics) -> Map of sample name -> value
 
 /** The event types that end a stream. */
 export const TERMINAL = new Set(["done", "error"]);
@@ -424,91 +427,259 @@ export class SpeechProtocolError extends Error {
   }
 }
 
+/** Bounds of the conversation a ChatSocket keeps (the server's defaults, `_ws.py`). */
+export const MAX_HISTORY_MESSAGES = 64;
+export const MAX_HISTORY_CHARS = 200_000;
+
 /**
- * One speech turn over `WS /v1/ws`: sends `body` (`{prompt}` or `{messages}`, plus `speech`,
- * default `{}`: the server's voice and rate) as a request, delivers the text as it arrives and
- * plays the audio (s16le mono PCM frames at playback speed) through a PcmPlayer.
- *
- * Resolves with the turn's end: the `done` or `error` event once its audio has finished
- * playing here, or, after `signal` aborts, the server's `interrupted` answer (`heard` is the
- * text the listener heard). Aborting is barge-in: `{"type": "interrupt"}` is sent and every
- * scheduled source stops at once; audio still in flight is dropped. Rejects on a protocol
- * error (SpeechProtocolError) or a connection lost before the end.
- *
- * Options: signal, token (bearer token, sent as the `bearer.<token>` subprotocol since browsers
- * cannot set headers), audioContext (else one is made at the audio's sample rate; make it in a
- * user gesture, or autoplay policy keeps it suspended), destination (an AudioNode of that context
- * to play into; default its destination), lead (seconds, 0.1), WebSocketImpl,
- * and callbacks onText(text, ev), onWord(ev), onFormat(ev, player), onAudio(samples, placed)
- * (`placed` null when dropped), onDone(ev) (as the terminal event arrives).
+ * Bound a conversation as the server does (`trim_history` in `_ws.py`): leading `system`
+ * messages are pinned; of the rest the oldest go first until at most `maxMessages` messages and
+ * `maxChars` characters of content remain (the newest is always kept), then `assistant`
+ * messages left at the front are dropped too. Returns a new array.
  */
-export function speakChat(url, body, opts = {}) {
-  const { signal, token, lead = 0.1, WebSocketImpl = globalThis.WebSocket } = opts;
-  const protocols = token ? ["llmpipe", `bearer.${token}`] : ["llmpipe"];
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const ws = new WebSocketImpl(url, protocols);
-    ws.binaryType = "arraybuffer";
-    let player = null, format = null;
-    let aborted = false, ending = false, ended = false; // ending: the turn ended, audio plays on
-    const finish = (fn, value) => {
-      if (ended) return;
-      ended = true;
-      signal?.removeEventListener("abort", onAbort);
-      if (fn === reject) player?.stopAll();
-      ws.onclose = ws.onerror = ws.onmessage = null;
-      try { ws.close(1000); } catch { /* closing already */ }
-      fn(value);
-    };
-    const onAbort = () => {
-      aborted = true;
-      player?.stopAll(); // barge-in: silence first, then tell the server
-      if (ending) return; // the turn is over: whenIdle() resolves, finish with its end
-      if (ws.readyState === 1) ws.send(JSON.stringify({ type: "interrupt" }));
-      else finish(reject, signal.reason); // not connected yet: no turn to interrupt
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-    ws.onopen = () => {
-      ws.send(JSON.stringify({ type: "request", ...body, speech: body.speech ?? {} }));
-    };
-    ws.onerror = () => finish(reject, new Error(`WebSocket error on ${url}`));
-    ws.onclose = (e) => finish(reject, new Error(`the connection closed before the turn ended (code ${e.code})`));
-    ws.onmessage = async (e) => {
-      if (typeof e.data !== "string") {
-        if (!player) return; // audio before its format: not in the protocol
-        const samples = pcm16ToFloat32(e.data);
-        opts.onAudio?.(samples, player.play(samples, format.sample_rate)); // dropped after abort
-        return;
-      }
-      const ev = JSON.parse(e.data);
-      switch (ev.type) {
-        case "text": opts.onText?.(ev.text, ev); break;
-        case "word": opts.onWord?.(ev); break;
-        case "audio_format": {
-          format = ev;
-          const ctx = opts.audioContext ?? new AudioContext({ sampleRate: ev.sample_rate });
-          player = new PcmPlayer(ctx, { lead, destination: opts.destination ?? ctx.destination });
-          if (aborted) player.stopAll();
-          opts.onFormat?.(ev, player);
-          break;
+export function trimHistory(messages, { maxMessages = MAX_HISTORY_MESSAGES, maxChars = MAX_HISTORY_CHARS } = {}) {
+  let i = 0;
+  while (i < messages.length && messages[i].role === "system") i++;
+  const pinned = messages.slice(0, i), rest = messages.slice(i);
+  let count = messages.length;
+  let chars = messages.reduce((n, m) => n + (m.content ?? "").length, 0);
+  let start = 0;
+  while (rest.length - start > 1 && (count > maxMessages || chars > maxChars)) {
+    count--;
+    chars -= (rest[start].content ?? "").length;
+    start++;
+  }
+  while (rest.length - start > 1 && rest[start].role === "assistant") start++;
+  return [...pinned, ...rest.slice(start)];
+}
+
+/**
+ * A conversation over one `WS /v1/ws` connection, turn by turn. The server keeps the
+ * conversation's history per connection, so each `turn()` sends only its new message(s); the
+ * ChatSocket keeps the same history (`history`: the turn's messages, then the answer as
+ * delivered, or as heard after a spoken turn was interrupted; bounded as the server bounds it)
+ * so that, when the connection was lost, the first turn on the next connection (opened on
+ * demand) carries the conversation so far and the model still sees it.
+ *
+ * Options: token (bearer token, sent as the `bearer.<token>` subprotocol since browsers cannot
+ * set headers), WebSocketImpl, lead (seconds of scheduling lead for audio, 0.1).
+ */
+export class ChatSocket {
+  constructor(url, { token, WebSocketImpl = globalThis.WebSocket, lead = 0.1 } = {}) {
+    this.url = url;
+    this.protocols = token ? ["llmpipe", `bearer.${token}`] : ["llmpipe"];
+    this.WebSocketImpl = WebSocketImpl;
+    this.lead = lead;
+    this.history = [];
+    this.busy = false;
+    this._ws = null; // the open connection, or null
+    this._fresh = true; // the server's history is empty (a new connection, or after reset)
+    this._reset = false; // the next request forgets the server's history
+  }
+
+  /** Forget the conversation: the next turn starts a new one (on the same connection). */
+  reset() {
+    if (this.busy) throw new Error("a turn is in progress");
+    this.history = [];
+    this._reset = this._ws !== null && !this._fresh;
+  }
+
+  /** Close the connection (the server forgets its history; `history` is kept). Idempotent. */
+  close() {
+    const ws = this._ws;
+    this._ws = null;
+    if (!ws) return;
+    ws.onclose = ws.onerror = ws.onmessage = null;
+    try { ws.close(1000); } catch { /* closing already */ }
+  }
+
+  _connect(signal) {
+    if (this._ws) return Promise.resolve(this._ws);
+    return new Promise((resolve, reject) => {
+      const ws = new this.WebSocketImpl(this.url, this.protocols);
+      ws.binaryType = "arraybuffer";
+      const fail = (err) => {
+        signal?.removeEventListener("abort", onAbort);
+        ws.onopen = ws.onclose = ws.onerror = null;
+        try { ws.close(1000); } catch { /* not open */ }
+        reject(err);
+      };
+      const onAbort = () => fail(signal.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      ws.onerror = () => fail(new Error(`WebSocket error on ${this.url}`));
+      ws.onclose = (e) => fail(new Error(`the connection closed before it opened (code ${e.code})`));
+      ws.onopen = () => {
+        signal?.removeEventListener("abort", onAbort);
+        this._idle(ws);
+        this._ws = ws;
+        this._fresh = true;
+        this._reset = false;
+        resolve(ws);
+      };
+    });
+  }
+
+  /** Between turns: nothing to deliver; a close or error means the connection is gone. */
+  _idle(ws) {
+    const gone = () => { if (this._ws === ws) this._ws = null; };
+    ws.onmessage = null;
+    ws.onclose = ws.onerror = gone;
+  }
+
+  /**
+   * One turn: sends `body` (`{prompt}` or `{messages}` with this turn's new messages, plus the
+   * fields of `POST /v1/stream`; with `speech` (`{}` = the server's voice and rate) a spoken
+   * turn whose audio is played through a PcmPlayer as it arrives) and delivers its events.
+   *
+   * Resolves with the turn's end: the `done` or `error` event (a spoken turn: once its audio
+   * has finished playing here), or, after `signal` aborts, the server's `interrupted` answer
+   * (`heard`: the text the listener heard, in a spoken turn). Aborting sends
+   * `{"type": "interrupt"}` and stops every scheduled audio source at once (barge-in). Rejects
+   * on a protocol error (SpeechProtocolError, e.g. an invalid request; the connection stays
+   * open) or a lost connection (the next turn reconnects).
+   *
+   * Options: signal, audioContext (else one is made at the audio's sample rate; make it in a
+   * user gesture, or autoplay policy keeps it suspended), destination (an AudioNode of that
+   * context; default its destination), and callbacks onSent(request) (the request frame just
+   * went out), onText(text, ev), onEvent(ev) (every JSON event of the turn), onWord(ev),
+   * onFormat(ev, player), onAudio(samples, placed) (`placed` null when dropped), onDone(ev) (as
+   * the terminal event arrives).
+   */
+  async turn(body, opts = {}) {
+    if (this.busy) throw new Error("a turn is in progress");
+    if (opts.signal?.aborted) throw opts.signal.reason;
+    this.busy = true;
+    try {
+      const ws = await this._connect(opts.signal);
+      return await this._turn(ws, body, opts);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  _turn(ws, body, opts) {
+    const { signal } = opts;
+    const messages = body.messages ?? [{ role: "user", content: body.prompt }];
+    const request = { type: "request", ...body };
+    if (this._fresh && this.history.length) {
+      delete request.prompt;
+      request.messages = [...this.history, ...messages]; // a new connection: the conversation so far
+    }
+    if (this._reset) request.reset = true;
+    const spoken = body.speech != null;
+    const state = [this._fresh, this._reset]; // restored if the server refuses the request
+    let text = "";
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      let player = null, format = null;
+      let aborted = false, ending = false, ended = false; // ending: the turn ended, audio plays on
+      const remember = (answer, failed) => {
+        if (failed && !answer) return; // the server keeps nothing either
+        this.history.push(...messages);
+        if (answer) this.history.push({ role: "assistant", content: answer });
+        this.history = trimHistory(this.history);
+      };
+      const finish = (fn, value) => {
+        if (ended) return;
+        ended = true;
+        signal?.removeEventListener("abort", onAbort);
+        if (fn === reject) player?.stopAll();
+        if (this._ws === ws) this._idle(ws);
+        fn(value);
+      };
+      const lost = (err) => {
+        if (this._ws === ws) this._ws = null;
+        remember(text, true);
+        finish(reject, err);
+      };
+      const onAbort = () => {
+        aborted = true;
+        player?.stopAll(); // barge-in: silence first, then tell the server
+        if (ending) return; // the turn is over: whenIdle() resolves, finish with its end
+        try { ws.send(JSON.stringify({ type: "interrupt" })); } catch (err) { lost(err); }
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      ws.onerror = () => lost(new Error(`WebSocket error on ${this.url}`));
+      ws.onclose = (e) => lost(new Error(`the connection closed before the turn ended (code ${e.code})`));
+      ws.onmessage = async (e) => {
+        if (typeof e.data !== "string") {
+          if (!player) return; // audio before its format: not in the protocol
+          const samples = pcm16ToFloat32(e.data);
+          opts.onAudio?.(samples, player.play(samples, format.sample_rate)); // dropped after abort
+          return;
         }
-        case "interrupted": finish(resolve, ev); break;
-        case "done":
-        case "error":
-          if (ev.type === "error" && !("turn" in ev)) {
-            finish(reject, new SpeechProtocolError(ev.error));
+        const ev = JSON.parse(e.data);
+        if (ev.type === "error" && !("turn" in ev)) {
+          // A protocol error: this request was refused; the connection stays usable.
+          [this._fresh, this._reset] = state;
+          finish(reject, new SpeechProtocolError(ev.error));
+          return;
+        }
+        if (ev.type !== "pong") opts.onEvent?.(ev);
+        switch (ev.type) {
+          case "text": text += ev.text; opts.onText?.(ev.text, ev); break;
+          case "word": opts.onWord?.(ev); break;
+          case "audio_format": {
+            format = ev;
+            const ctx = opts.audioContext ?? new AudioContext({ sampleRate: ev.sample_rate });
+            player = new PcmPlayer(ctx, { lead: this.lead, destination: opts.destination ?? ctx.destination });
+            if (aborted) player.stopAll();
+            opts.onFormat?.(ev, player);
             break;
           }
-          // The turn's end (also when an interrupt crossed it: the server ignores that one).
-          opts.onDone?.(ev);
-          ending = true;
-          ws.onclose = ws.onerror = ws.onmessage = null;
-          ws.close(1000);
-          if (player) await player.whenIdle();
-          finish(resolve, ev);
-          break;
-        default: break; // metadata, usage, heartbeat, pong
-      }
-    };
-  });
+          case "interrupted":
+            remember(spoken ? ev.heard ?? "" : text, false);
+            finish(resolve, ev);
+            break;
+          case "done":
+          case "error":
+            // The turn's end (also when an interrupt crossed it: the server ignores that one).
+            remember(text, ev.type === "error");
+            opts.onDone?.(ev);
+            ending = true;
+            this._idle(ws);
+            if (player) await player.whenIdle();
+            finish(resolve, ev);
+            break;
+          default: break; // metadata, usage, heartbeat, pong
+        }
+      };
+      ws.send(JSON.stringify(request));
+      this._fresh = this._reset = false;
+      opts.onSent?.(request);
+    });
+  }
+}
+
+/**
+ * One speech turn on its own connection (a ChatSocket used once, then closed): sends `body`
+ * (`{prompt}` or `{messages}`, plus `speech`, default `{}`: the server's voice and rate) and
+ * plays the answer; resolves and rejects as `ChatSocket.turn`. Options: those of the
+ * ChatSocket (token, WebSocketImpl, lead) and of `turn` (signal, audioContext, callbacks).
+ */
+export async function speakChat(url, body, opts = {}) {
+  const chat = new ChatSocket(url, opts);
+  try {
+    return await chat.turn({ ...body, speech: body.speech ?? {} }, opts);
+  } finally {
+    chat.close();
+  }
+}
+
+/**
+ * Parse Prometheus text exposition (what `GET /metrics` answers) into a Map from each sample's
+ * name (`llmpipe_streams_total`) to the sum of its values over all label sets. Comments,
+ * `# HELP`/`# TYPE` lines and unparsable lines are skipped.
+ */
+export function parseMetrics(text) {
+  const out = new Map();
+  for (const line of text.split("\n")) {
+    if (!line || line[0] === "#") continue;
+    const m = /^([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const value = Number(m[3]); // "+Inf", "NaN" included
+    if (Number.isNaN(value) && m[3] !== "NaN") continue;
+    out.set(m[1], (out.get(m[1]) ?? 0) + value);
+  }
+  return out;
 }
