@@ -92,7 +92,7 @@ async def test_two_workers_one_killed_every_job_once_poison_dead_lettered(
             "worker", *common, "--out", str(out), "--consumer", name,
             "--provider", "openai", "--base-url", emu.openai_base_url, "--model", "emulated-gpt",
             "--concurrency", "3", "--rpm", str(RPM), "--tpm", str(TPM), "--window", str(WINDOW),
-            "--attempts", "2", "--max-deliveries", "2", "--claim-idle", "2", "--until-empty",
+            "--attempts", "2", "--max-deliveries", "2", "--claim-idle", "3", "--until-empty",
         )  # fmt: skip
 
     async with RedisJobQueue(redis_url, name=queue_name) as queue:
