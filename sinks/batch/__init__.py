@@ -6,9 +6,17 @@ OpenAI Batch request format or a short form), admits each request through a :cla
 everyone) and records each outcome in a :class:`Ledger` (:class:`BatchDirectory`: one document
 per job written atomically, ``results.jsonl`` / ``errors.jsonl`` in the OpenAI Batch output
 format, which is also the manifest a rerun resumes from). Progress comes as events.
+
+Beyond one machine: a :class:`RedisJobQueue` holds the jobs on a Redis stream, each
+:class:`Worker` (on any machine) takes them through a consumer group and records outcomes back
+in it, and a :class:`RedisLimiter` shares the limits. These names load lazily (PEP 562), so
+``coredis`` (the ``redis`` extra) is imported only when one is used.
 """
 
+import typing as _typing
+
 from pipeline.packaging import fixup_module_metadata as _fixup_module_metadata
+from pipeline.packaging import lazy_attributes as _lazy_attributes
 
 from ._jobs import RESERVED_NAMES as RESERVED_NAMES
 from ._jobs import InvalidJob as InvalidJob
@@ -17,6 +25,8 @@ from ._jobs import Job as Job
 from ._jobs import JobsFile as JobsFile
 from ._jobs import JobSource as JobSource
 from ._jobs import count_lines as count_lines
+from ._jobs import job_from_json as job_from_json
+from ._jobs import job_to_json as job_to_json
 from ._jobs import output_name as output_name
 from ._jobs import parse_job as parse_job
 from ._jobs import parse_jobs as parse_jobs
@@ -51,6 +61,16 @@ from ._runner import ProducerFactory as ProducerFactory
 from ._runner import RateLimited as RateLimited
 from ._runner import backend_producers as backend_producers
 
+if _typing.TYPE_CHECKING:
+    from ._queue import Delivery as Delivery
+    from ._queue import QueueCounts as QueueCounts
+    from ._queue import QueueError as QueueError
+    from ._queue import RedisJobQueue as RedisJobQueue
+    from ._redis_limits import RedisLimiter as RedisLimiter
+    from ._redis_limits import open_redis_limiter as open_redis_limiter
+    from ._worker import Worker as Worker
+    from ._worker import WorkerConfig as WorkerConfig
+
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_WINDOW",
@@ -63,6 +83,7 @@ __all__ = [
     "BatchEnded",
     "BatchEvent",
     "BatchStatistics",
+    "Delivery",
     "InvalidJob",
     "InvalidLine",
     "Job",
@@ -82,16 +103,40 @@ __all__ = [
     "LocalLimiter",
     "Permit",
     "ProducerFactory",
+    "QueueCounts",
+    "QueueError",
     "RateLimited",
+    "RedisJobQueue",
+    "RedisLimiter",
     "TokenBudget",
+    "Worker",
+    "WorkerConfig",
     "backend_producers",
     "count_lines",
     "error_record",
+    "job_from_json",
+    "job_to_json",
     "open_directory",
+    "open_redis_limiter",
     "output_name",
     "parse_job",
     "parse_jobs",
     "result_record",
 ]
+
+# Public name -> the private module that defines it, imported on first access.
+_LAZY: dict[str, str] = {
+    "Delivery": "._queue",
+    "QueueCounts": "._queue",
+    "QueueError": "._queue",
+    "RedisJobQueue": "._queue",
+    "RedisLimiter": "._redis_limits",
+    "open_redis_limiter": "._redis_limits",
+    "Worker": "._worker",
+    "WorkerConfig": "._worker",
+}
+
+if not _typing.TYPE_CHECKING:  # hidden from mypy, which would type every unknown name as Any
+    __getattr__, __dir__ = _lazy_attributes(globals(), _LAZY, __all__)
 
 _fixup_module_metadata(__name__, globals())

@@ -34,6 +34,8 @@ __all__ = [
     "JobSource",
     "JobsFile",
     "count_lines",
+    "job_from_json",
+    "job_to_json",
     "output_name",
     "parse_job",
     "parse_jobs",
@@ -236,6 +238,40 @@ def parse_jobs(lines: Iterable[str], *, first_line: int = 1) -> Iterator[Job | I
             yield parse_job(text, number)
         except InvalidJob as exc:
             yield InvalidLine(number, str(exc))
+
+
+def job_to_json(job: Job) -> str:
+    """A job as one JSON object (every field, the messages as given), for a queue; read it
+    back with :func:`job_from_json`."""
+    return json.dumps(
+        {
+            "custom_id": job.custom_id,
+            "messages": [dict(m) for m in job.messages],
+            "output": job.output,
+            "model": job.model,
+            "max_tokens": job.max_tokens,
+            "temperature": job.temperature,
+            "line": job.line,
+        },
+        ensure_ascii=False,
+    )
+
+
+def job_from_json(text: str) -> Job:
+    """The job :func:`job_to_json` wrote; :class:`InvalidJob` if ``text`` is not one."""
+    try:
+        obj = json.loads(text)
+        return Job(
+            obj["custom_id"],
+            obj["messages"],
+            obj["output"],
+            model=obj.get("model"),
+            max_tokens=obj.get("max_tokens"),
+            temperature=obj.get("temperature"),
+            line=obj.get("line", 0),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidJob(f"not a queued job: {exc}") from None
 
 
 class JobSource(Protocol):

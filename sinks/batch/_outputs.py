@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from ..files import commit_atomic, open_atomic
-from ._jobs import Job
+from ._jobs import InvalidJob, Job, _check_output
 
 __all__ = [
     "ERRORS_FILE",
@@ -240,6 +240,37 @@ class BatchDirectory:
         async with self._lock:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_append, self._errors, record)
+
+    async def add_result(self, record: dict[str, Any]) -> bool:
+        """Record a job done by someone else (a worker): ``record`` is its ``results.jsonl``
+        object (:func:`result_record`), the document's name and text in it. Returns ``False``
+        (and changes nothing) if the job is done here already. :class:`InvalidJob` if the
+        record does not name a plain document."""
+        custom_id = record["custom_id"]
+        if custom_id in self._done:
+            return False
+        try:
+            name = _check_output(record["llmpipe"]["document"])
+            text = record["response"]["body"]["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise InvalidJob(f"result of {custom_id!r}: no document in it ({exc})") from None
+        await trio.to_thread.run_sync(_write_document, self.path / name, str(text or ""))
+        async with self._lock:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_append, self._results, record)
+        self._done.add(custom_id)
+        self._spent += _usage_total(record)
+        return True
+
+    async def add_error(self, record: dict[str, Any]) -> bool:
+        """Record a failure found elsewhere (``errors.jsonl`` object), unless its job is done
+        here; returns whether it was recorded."""
+        if record.get("custom_id") in self._done:
+            return False
+        async with self._lock:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_append, self._errors, record)
+        return True
 
     async def compact_errors(self) -> int:
         """Rewrite ``errors.jsonl`` atomically with the last failure of each job still not

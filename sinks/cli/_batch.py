@@ -4,6 +4,11 @@ Progress goes to standard error with rich when it is a terminal (jobs done/faile
 tokens per second, requests per minute against the limit, ETA), nothing when it is not; a
 summary at the end on standard output, or with ``--json`` one JSON object per event and the
 summary as the last. Run the same command again to resume: jobs recorded done are skipped.
+
+With ``--redis URL``: ``--submit`` puts the jobs on the queue and returns (``llmpipe worker``
+runs them, on any machine); ``llmpipe batch status --redis URL`` shows the queue's counts;
+``llmpipe batch collect --redis URL --out DIR`` writes what the workers recorded (documents,
+``results.jsonl``, the dead-lettered jobs in ``errors.jsonl``) into DIR.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ..batch import (
     open_directory,
 )
 from ._providers import add_provider_options, backend_from_args
+from ._queue import add_queue_options, collect, show_status, submit
 
 if TYPE_CHECKING:
     from pipeline.producers import Backend
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["NAME", "add_parser", "run", "summary_line"]
 
 NAME = "batch"
+ACTIONS = ("status", "collect")
+"""Words in place of JOBS.jsonl that act on a queue (``--redis``) instead."""
 
 _REFRESH = 0.25  # seconds between two redraws of the progress display
 
@@ -60,8 +68,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "results.jsonl and errors.jsonl in the OpenAI Batch output format. Run it again to "
         "resume: jobs already done are skipped.",
     )
-    parser.add_argument("jobs", metavar="JOBS.jsonl", help="the jobs file")
-    parser.add_argument("--out", metavar="DIR", required=True, help="where the documents go")
+    parser.add_argument(
+        "jobs",
+        metavar="JOBS.jsonl",
+        help="the jobs file; or, with --redis, 'status' (the queue's counts) or 'collect' "
+        "(write what the workers recorded into --out)",
+    )
+    parser.add_argument("--out", metavar="DIR", help="where the documents go")
+    add_queue_options(parser)
+    parser.add_argument(
+        "--submit",
+        action="store_true",
+        help="with --redis: put the jobs on the queue and return (llmpipe worker runs them)",
+    )
     add_provider_options(parser)
     parser.add_argument(
         "--concurrency", type=int, default=8, help="requests in flight at most (default 8)"
@@ -73,6 +92,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=int,
         help="never send a request that could take the batch's tokens over this (all runs)",
     )
+    add_job_options(parser)
+    return parser
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """The per-job options ``batch`` and ``worker`` share: cost guard, attempts, ``--json``."""
     parser.add_argument(
         "--max-input-tokens", type=int, help="fail a job whose prompt is larger (nothing sent)"
     )
@@ -87,16 +112,47 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per event on standard output"
     )
-    return parser
 
 
-def _check(args: argparse.Namespace) -> None:
+def batch_config(args: argparse.Namespace, **options: Any) -> BatchConfig:
+    """The :class:`BatchConfig` of the options of :func:`add_job_options` (and ``options``)."""
+    guard = None
+    if args.max_input_tokens is not None or args.max_output_tokens is not None:
+        guard = CostGuard(args.max_input_tokens, args.max_output_tokens)
+    return BatchConfig(
+        workers=args.concurrency,
+        retry=attrs.evolve(BatchConfig().retry, max_attempts=args.attempts),
+        cost_guard=guard,
+        default_max_tokens=args.max_tokens,
+        **options,
+    )
+
+
+def _check(args: argparse.Namespace) -> str:
+    """Check the options; return what to do: ``run``, ``submit``, ``status`` or ``collect``."""
     for option in ("concurrency", "rpm", "tpm", "max_tokens_total", "attempts"):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise ConfigError(f"--{option.replace('_', '-')} must be >= 1")
-    if not Path(args.jobs).is_file():
+    is_file = Path(args.jobs).is_file()
+    if args.jobs in ACTIONS and not is_file:
+        if args.redis is None:
+            raise ConfigError(f"'llmpipe batch {args.jobs}' needs --redis URL")
+        if args.jobs == "collect" and args.out is None:
+            raise ConfigError("'llmpipe batch collect' needs --out DIR")
+        return str(args.jobs)
+    if not is_file:
         raise ConfigError(f"{args.jobs}: no such jobs file")
+    if args.redis is not None and not args.submit:
+        raise ConfigError(
+            "with --redis, add --submit (llmpipe worker runs the jobs), or use "
+            "'llmpipe batch status' / 'llmpipe batch collect'"
+        )
+    if args.submit and args.redis is None:
+        raise ConfigError("--submit needs --redis URL")
+    if args.out is None and not args.submit:
+        raise ConfigError("--out DIR is required")
+    return "submit" if args.submit else "run"
 
 
 def _producers(backend: Backend, system: str | None) -> ProducerFactory:
@@ -192,17 +248,14 @@ def _show(progress: Any, stats: BatchStatistics) -> None:
 
 
 async def run(args: argparse.Namespace, io: IO) -> int:
-    _check(args)
-    guard = None
-    if args.max_input_tokens is not None or args.max_output_tokens is not None:
-        guard = CostGuard(args.max_input_tokens, args.max_output_tokens)
-    config = BatchConfig(
-        workers=args.concurrency,
-        retry=attrs.evolve(BatchConfig().retry, max_attempts=args.attempts),
-        cost_guard=guard,
-        max_tokens_total=args.max_tokens_total,
-        default_max_tokens=args.max_tokens,
-    )
+    action = _check(args)
+    if action == "status":
+        return await show_status(args, io)
+    if action == "collect":
+        return await collect(args, io)
+    if action == "submit":
+        return await submit(args, io)
+    config = batch_config(args, max_tokens_total=args.max_tokens_total)
     limiter = LocalLimiter(
         concurrency=args.concurrency, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
     )

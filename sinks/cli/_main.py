@@ -1,7 +1,7 @@
 """``llmpipe``: one argparse tree for every subcommand, one ``trio.run``, one table of exit codes.
 
 Each subcommand lives in its own module (``_stream``, ``_speak``, ``_serve``, ``_client``,
-``_emulate``, ``_batch``)
+``_emulate``, ``_batch``, ``_worker``)
 with two functions: ``add_parser(subparsers)`` declares its options, ``run(args, io)`` is the
 async body that :func:`main` runs under ``trio.run``. Errors are printed here, once, as one line
 with a hint (:data:`HINTS`), and turned into an :class:`ExitCode`.
@@ -28,7 +28,7 @@ from pipeline import (
     lone_exception,
 )
 
-from . import _batch, _client, _emulate, _serve, _speak, _stream
+from . import _batch, _client, _emulate, _serve, _speak, _stream, _worker
 
 __all__ = ["HINTS", "ExitCode", "IO", "main"]
 
@@ -80,13 +80,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, self.prog)
 
 
-_SUBCOMMANDS: Final = (_stream, _speak, _serve, _client, _emulate, _batch)
+_SUBCOMMANDS: Final = (_stream, _speak, _serve, _client, _emulate, _batch, _worker)
 
 Run = Callable[[argparse.Namespace, IO], Awaitable[int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: ``llmpipe {stream,speak,serve,client,emulate,batch} ...``."""
+    """The whole command line: ``llmpipe {stream,speak,serve,client,emulate,batch,worker}
+    ...``."""
     parser = _Parser(prog="llmpipe", description="Stream LLM output to the consumers that read it.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in _SUBCOMMANDS:
