@@ -215,12 +215,13 @@ async def test_an_orphaned_stream_is_ended_by_a_reader_and_by_delete(
         assert [e.event for e in events] == ["text", "error"]
         end = json.loads(events[-1].data)
         assert (end["kind"], end["retryable"]) == ("incomplete", True)
+        assert end["partial_chars"] == 1  # the text the stream holds ("x")
 
         resp = await client.delete(url + "/v1/streams/delete-me")
         assert resp.status_code == 204
         resp = await client.get(url + "/v1/streams/delete-me/events")
         end = json.loads(SSEDecoder().feed(resp.content)[-1].data)
-        assert end["kind"] == "cancelled"
+        assert (end["kind"], end["partial_chars"]) == ("cancelled", 1)
 
 
 # A server process that owns the generations it starts (lease 1 s), on a free port it prints.
@@ -287,3 +288,5 @@ async def test_the_owner_process_and_redis_killed_a_reader_elsewhere_ends_the_st
     assert rest[-1].event == "error"
     end = json.loads(rest[-1].data)
     assert (end["kind"], end["retryable"]) == ("incomplete", True)
+    text = "".join(json.loads(e.data)["text"] for e in first[:10] + rest if e.event == "text")
+    assert end["partial_chars"] == len(text)

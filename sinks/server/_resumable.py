@@ -50,6 +50,7 @@ from pipeline import (
     Producer,
     Route,
     RunningPipeline,
+    TextDelta,
     error_event,
     is_terminal,
 )
@@ -269,15 +270,33 @@ async def _end_stream(store: StreamStore, stream_id: str, event: Error) -> None:
             log.warning("stream %s: could not store its end: %r", stream_id, exc)
 
 
-def orphaned_end(cancelled: bool = False) -> Error:
-    """The terminal event stored into an orphaned stream (see :func:`end_orphan`)."""
+def orphaned_end(cancelled: bool = False, partial_chars: int = 0) -> Error:
+    """The terminal event stored into an orphaned stream (see :func:`end_orphan`);
+    ``partial_chars`` is the text the stream holds."""
     if cancelled:
-        return Error(kind="cancelled", message="the generation was cancelled (it had no owner)")
+        return Error(
+            kind="cancelled",
+            message="the generation was cancelled (it had no owner)",
+            partial_chars=partial_chars,
+        )
     return Error(
         kind="incomplete",
         message="the generation stopped: the process running it or the stream store failed",
         retryable=True,
+        partial_chars=partial_chars,
     )
+
+
+async def _stored_chars(store: StreamStore, stream_id: str) -> int:
+    """The characters of text a stream holds, read back :data:`READ_LIMIT` events at a time (an
+    orphan is ended once, by one reader: this rare read costs what one replay costs)."""
+    chars, after = 0, 0
+    while True:
+        events = await store.read(stream_id, after, READ_LIMIT)
+        if not events:
+            return chars
+        chars += sum(len(e.text) for e in events if isinstance(e, TextDelta))
+        after = events[-1].seq
 
 
 async def end_orphan(store: StreamStore, info: StreamInfo, *, cancelled: bool = False) -> bool:
@@ -288,7 +307,8 @@ async def end_orphan(store: StreamStore, info: StreamInfo, *, cancelled: bool = 
         return True
     if not info.orphaned:
         return False
-    ended = await store.end_if_orphaned(info.stream_id, orphaned_end(cancelled))
+    chars = await _stored_chars(store, info.stream_id)
+    ended = await store.end_if_orphaned(info.stream_id, orphaned_end(cancelled, chars))
     if ended:
         log.warning("stream %s: no live owner, ended it", info.stream_id)
     return ended or (await store.info(info.stream_id)).ended
