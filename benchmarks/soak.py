@@ -104,7 +104,9 @@ class Tally:
     hung: int = 0
     failures: list[str] = attrs.Factory(list)
 
-    def check(self, scenario: str, n: int, got: str, ended: str, partial: int | None) -> None:
+    def check(
+        self, scenario: str, n: int, got: str, ended: str, partial: int | None, kind: str = ""
+    ) -> None:
         """``got`` is what the client received; ``ended`` done | error | cut (a disconnect or
         an interrupt); ``partial`` an error event's partial_chars."""
         expected = "".join(text_for(n))
@@ -112,7 +114,9 @@ class Tally:
         self.bytes_checked += len(got.encode())
         ok = got == expected if ended == "done" else expected.startswith(got)
         if partial is not None and partial != len(got):
-            self.failures.append(f"{scenario} #{n}: partial_chars {partial}, received {len(got)}")
+            self.failures.append(
+                f"{scenario} #{n}: {kind} error's partial_chars {partial}, received {len(got)}"
+            )
         if not ok:
             common = _common_prefix(got, expected)
             self.bytes_lost += len(got[common:].encode()) + (
@@ -297,7 +301,12 @@ class Soak:
                             return
                         elif isinstance(event, Error):
                             self.tally.check(
-                                f"resume-{store}", n, "".join(got), "error", event.partial_chars
+                                f"resume-{store}",
+                                n,
+                                "".join(got),
+                                "error",
+                                event.partial_chars,
+                                event.kind,
                             )
                             return
                         seen += 1

@@ -71,6 +71,7 @@ class Conn:
     replay: int = 0  # first resend this many events at or below Last-Event-ID
     retry: int | None = None  # send ``retry:`` (ms) first
     shutdown: bool = False  # when dropping, first send a retryable "shutdown" error event
+    reader_failed: bool = False  # when dropping, first an unnumbered retryable "store" error
     hang: bool = False  # when dropping, keep the connection open until the client leaves
     raw: bytes | None = None  # send this body instead
 
@@ -171,6 +172,9 @@ class SSEServer:
         if conn.shutdown:
             bye = Error(kind="shutdown", message="server going away", retryable=True)
             await chunk(encode_event(event_to_json(bye), event="error"))
+        if conn.reader_failed:  # this connection's reader lost the store, not the stream
+            lost = Error(kind="store", message="the stream store failed", retryable=True)
+            await chunk(encode_event(event_to_json(lost), event="error"))
         if conn.hang:
             while await stream.receive_some(65536):
                 pass
@@ -244,6 +248,16 @@ async def test_shutdown_event_triggers_reconnect(server: SSEServer) -> None:
     assert await _collect(server.url, backoff=FAST) == EVENTS  # no shutdown Error handed out
     assert _last_ids(server) == [None, "3"]
     assert server.gets()[0].closed.is_set()  # the client left the hanging connection
+
+
+async def test_an_unnumbered_retryable_error_is_the_connections_not_the_streams(
+    server: SSEServer,
+) -> None:
+    # A server whose store failed while this reader read it says so in an unnumbered error;
+    # the stream itself goes on (its own end is stored, so numbered): reconnect, lose nothing.
+    server.plan.append(Conn(drop_after=3, reader_failed=True, hang=True))
+    assert await _collect(server.url, backoff=FAST) == EVENTS  # the store Error not handed out
+    assert _last_ids(server) == [None, "3"]
 
 
 async def test_error_event_ends_the_stream(server: SSEServer) -> None:

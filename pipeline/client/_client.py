@@ -216,8 +216,8 @@ class EventStream:
             except httpx.TransportError as exc:
                 raise StreamConnectionError(f"{self.url}: {exc!r}") from exc
             for sse in self._decoder.feed(chunk):
-                if not self._handle(sse):
-                    await self._lost(StreamConnectionError("the server is shutting down"))
+                if (gone := self._handle(sse)) is not None:
+                    await self._lost(StreamConnectionError(f"the server said: {gone.message}"))
                     break
                 if self._finished:  # nothing after the terminal event counts
                     await self._close_response()
@@ -225,25 +225,32 @@ class EventStream:
             if self._decoder.retry is not None:
                 self.retry = self._decoder.retry
 
-    def _handle(self, sse: SSEEvent) -> bool:
-        """Queue one SSE event; False when the server announced a (retryable) shutdown."""
+    def _handle(self, sse: SSEEvent) -> Error | None:
+        """Queue one SSE event; or return it, without queueing it, when it is about this
+        connection rather than the stream: a retryable error that is a shutdown, or that is
+        unnumbered (the stream's own end is stored, so numbered; an unnumbered one is, say, the
+        server losing its store for a moment while reading): reconnect then."""
         try:
             event = event_from_json(sse.data)
         except ValueError as exc:
             raise StreamProtocolError(
                 f"{self.url}: not an llmpipe event ({exc}): {sse.data[:200]!r}"
             ) from None
-        if isinstance(event, Error) and event.kind == "shutdown" and event.retryable:
-            return False
+        if (
+            isinstance(event, Error)
+            and event.retryable
+            and (event.kind == "shutdown" or event.seq == 0)
+        ):
+            return event
         if event.seq > 0:
             if self._received is not None and event.seq <= self._received:
-                return True  # a replayed event we already have
+                return None  # a replayed event we already have
             self._received = event.seq
             self._failures = 0  # progress: the next drop starts the backoff over
         self._pending.append(event)
         if is_terminal(event):
             self._finished = True
-        return True
+        return None
 
     async def _lost(self, reason: BaseException) -> None:
         """The connection is gone (or going): close it; the next one is a reconnect."""

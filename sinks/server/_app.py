@@ -362,6 +362,11 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
                 if client_gone(group):
                     raise
                 exc = lone_exception(group)
+                if isinstance(exc, BaseExceptionGroup):
+                    # Both of the reader's tasks failing on the store at once: a store failure.
+                    stores, rest = exc.split(StoreError)
+                    if stores is not None and rest is None:
+                        exc = lone_exception(stores.exceptions[0])
                 if isinstance(exc, StreamNotFound):
                     event = Error(kind="not_found", message="the stream was deleted")
                 elif isinstance(exc, StoreError):
