@@ -28,8 +28,9 @@ Reconnects
     going away (an ``error`` event of kind ``"shutdown"`` that is ``retryable``) or that this
     connection failed rather than the stream (an unnumbered, ``seq == 0``, ``retryable`` error,
     such as the server losing its store for a moment while reading; the stream's own end is
-    stored, so numbered); those events are not handed out. It waits first, per :class:`Backoff` (exponential with full jitter, at least
-    what the server asked for with the SSE ``retry:`` field or a ``Retry-After`` header). After
+    stored, so numbered); those events are not handed out. It waits first, per
+    :class:`Backoff` (exponential with full jitter, at least what the server asked for with the
+    SSE ``retry:`` field or a ``Retry-After`` header). After
     ``max_reconnects`` consecutive reconnects that brought no new event it gives up with
     :class:`ReconnectsExhausted` (the last failure is its ``__cause__``); a connection that
     delivers a new event resets that count and the backoff. Other 4xx answers are not retried:
