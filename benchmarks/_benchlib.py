@@ -67,7 +67,9 @@ def command(argv: Sequence[str] | None = None) -> str:
     if "--summary" in args:
         i = args.index("--summary")
         del args[i : i + 2]
-    if args and os.path.isabs(args[0]):
+    if args and args[0].endswith(os.path.join("benchmarks", "__main__.py")):
+        args[0:1] = ["-m", "benchmarks"]
+    elif args and os.path.isabs(args[0]):
         rel0 = os.path.relpath(args[0])
         args[0] = rel0 if not rel0.startswith("..") else args[0]
     return " ".join([shlex.quote(exe), *map(shlex.quote, args)])
@@ -142,6 +144,7 @@ class Summary:
     command: str = field(default_factory=command)
     date: str = field(default_factory=lambda: datetime.date.today().isoformat())
     seconds: float = 0.0
+    harness: str = ""  # the harness's command line, when it ran the script
 
     def save(self, path: str | Path | None, echo: bool = True) -> None:
         """Write the summary as JSON to ``path`` (nothing when ``path`` is ``None``); with
