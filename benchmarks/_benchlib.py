@@ -33,6 +33,7 @@ __all__ = [
     "ROOT",
     "Summary",
     "add_harness_arguments",
+    "available",
     "command",
     "interleaved",
     "load_average",
@@ -112,6 +113,20 @@ def interleaved(
             if progress:
                 print(f"  round {r + 1}/{repeat}: {name}", file=sys.stderr, flush=True)
     return out
+
+
+def available(makers: Mapping[str, Callable[[], T | str]]) -> tuple[dict[str, T], dict[str, str]]:
+    """The baselines that could be built, and why each other one could not: each maker returns
+    the baseline, or a string saying why not (an optional library that is not installed)."""
+    found: dict[str, T] = {}
+    missing: dict[str, str] = {}
+    for name, make in makers.items():
+        made = make()
+        if isinstance(made, str):
+            missing[name] = made
+        else:
+            found[name] = made
+    return found, missing
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

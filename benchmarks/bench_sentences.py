@@ -54,7 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _benchlib import Summary, add_harness_arguments, interleaved, median, versions
+from _benchlib import Summary, add_harness_arguments, available, interleaved, median, versions
 from golden_rules import load_cases, random_chunks
 from hard_sentences import CASES as HARD
 
@@ -176,17 +176,15 @@ def livekit_pair() -> tuple[Whole, Stream] | str:
 
 
 def segmenters() -> tuple[dict[str, tuple[Whole, Stream]], dict[str, str]]:
-    found: dict[str, tuple[Whole, Stream]] = {
-        "llmpipe SentenceBuffer": (lambda text: llmpipe_stream([text]), llmpipe_stream)
-    }
-    missing: dict[str, str] = {}
-    for name, make in (("pySBD", pysbd_pair), ("Pipecat", pipecat_pair), ("LiveKit", livekit_pair)):
-        pair = make()
-        if isinstance(pair, str):
-            missing[name] = pair
-        else:
-            found[name] = pair
-    return found, missing
+    ours: tuple[Whole, Stream] = (lambda text: llmpipe_stream([text]), llmpipe_stream)
+    return available(
+        {
+            "llmpipe SentenceBuffer": lambda: ours,
+            "pySBD": pysbd_pair,
+            "Pipecat": pipecat_pair,
+            "LiveKit": livekit_pair,
+        }
+    )
 
 
 def _same(got: Sequence[str], expected: Sequence[str]) -> bool:

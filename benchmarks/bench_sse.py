@@ -42,7 +42,16 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _benchlib import HERE, Summary, add_harness_arguments, interleaved, median, pyplot, versions
+from _benchlib import (
+    HERE,
+    Summary,
+    add_harness_arguments,
+    available,
+    interleaved,
+    median,
+    pyplot,
+    versions,
+)
 
 from pipeline.testing.emulator import Reply, open_emulator
 from pipeline.wire import SSEDecoder
@@ -134,15 +143,13 @@ def openai_decoder() -> Decoder | str:
 
 
 def decoders() -> tuple[dict[str, Decoder], dict[str, str]]:
-    found: dict[str, Decoder] = {"llmpipe": llmpipe_decoder}
-    missing: dict[str, str] = {}
-    for name, make in (("httpx-sse", httpx_sse_decoder), ("openai SDK", openai_decoder)):
-        d = make()
-        if isinstance(d, str):
-            missing[name] = d
-        else:
-            found[name] = d
-    return found, missing
+    return available(
+        {
+            "llmpipe": lambda: llmpipe_decoder,
+            "httpx-sse": httpx_sse_decoder,
+            "openai SDK": openai_decoder,
+        }
+    )
 
 
 def timed(decode: Decoder, chunks: Sequence[bytes], expected: list[str]) -> float:
