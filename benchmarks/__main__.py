@@ -57,7 +57,7 @@ BENCHMARKS = (
     Bench("stream-path", "bench_stream_path.py", 0.5),
     Bench("speech", "bench_speech.py", 0.5),
     Bench("memory", "bench_memory.py", 2.5),
-    Bench("cancellation", "bench_cancel.py", 1.5),
+    Bench("cancellation", "bench_cancel.py", 2.0),
     Bench("sentences", "bench_sentences.py", 0.5),
     Bench("sse", "bench_sse.py", 1.0),
 )

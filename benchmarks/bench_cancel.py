@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     add_harness_arguments(parser, f"the plot ({PLOT})")
     parser.add_argument("--disconnects", type=int, default=1000, help="per server")
-    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=10, help="clients at a time")
     parser.add_argument("--rate", type=float, default=50.0, help="upstream tokens/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each answer")
     parser.add_argument("--max-wait", type=float, default=0.5, help="after the first token")
