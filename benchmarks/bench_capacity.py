@@ -4,6 +4,9 @@
     .venv/bin/python benchmarks/bench_capacity.py --write         # ... and writes CAPACITY.md
     .venv/bin/python benchmarks/bench_capacity.py --quick         # smoke: small N, 3 s streams
 
+``--write`` also draws ``capacity_delay.png`` and ``capacity_cpu.png`` (p99 added delay and server
+CPU per token against N, one line per server).
+
 Three kinds of process (see ``CAPACITY.md`` for the numbers and the discussion):
 
 * **upstream** (``_upstream``, on core 0): an OpenAI Chat Completions streaming endpoint on raw
@@ -17,8 +20,10 @@ Three kinds of process (see ``CAPACITY.md`` for the numbers and the discussion):
   ``i / rate``), which counts the emulator's own drift as delay.
 * **server under test** (pinned to core 1 with ``taskset -c 1``):
   ``llmpipe`` = ``llmpipe serve --provider openai --base-url <upstream>/v1`` as shipped;
-  ``relay`` = ``benchmarks/guide_relay.py`` (FastAPI + sse-starlette on uvicorn, SDK chunk
-  objects, one SSE event per token); ``floor`` / ``floor-httpx`` = ``benchmarks/floor_relay.py``,
+  ``relay`` = ``benchmarks/guide_relay.py`` (FastAPI + sse-starlette on plain uvicorn: asyncio
+  and h11, SDK chunk objects, one SSE event per token); ``relay-standard`` = the same on
+  ``uvicorn[standard]``'s uvloop and httptools, as users deploy it (skipped when they are not
+  installed: the ``bench`` extra); ``floor`` / ``floor-httpx`` = ``benchmarks/floor_relay.py``,
   the least a relay on trio + hypercorn can do per token (regex over the raw upstream bytes, one
   ``send`` per read; upstream on a bare socket / through httpx): the serving stack's ceiling.
 * **load generator** (this process, on core 0): N concurrent ``POST`` streams on raw asyncio
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -52,8 +58,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-HERE = Path(__file__).resolve().parent
+from _benchlib import HERE, ROOT, Summary, add_harness_arguments, pyplot, versions
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLO_MS = 50.0
 _STAMP = re.compile(rb"w(\d+):(\d+)")
@@ -215,9 +221,11 @@ def start_upstream(kind: str, tokens: int, rate: float, core: int | None) -> Pro
 
 def start_server(kind: str, upstream: str, core: int | None) -> Proc:
     env = {**os.environ, "OPENAI_API_KEY": "x", "OPENAI_BASE_URL": upstream + "/v1"}
-    if kind == "relay":
+    if kind in ("relay", "relay-standard"):
         port = free_port()
-        cmd = [sys.executable, str(HERE / "guide_relay.py"), "--port", str(port)]
+        stack = ["uvloop", "httptools"] if kind == "relay-standard" else ["asyncio", "h11"]
+        cmd = [sys.executable, str(HERE / "guide_relay.py"), "--port", str(port),
+               "--loop", stack[0], "--http", stack[1]]  # fmt: skip
         p = subprocess.Popen([*pin(core), *cmd], env=env, cwd=ROOT)
         wait_listening(port)
         return Proc(p, f"http://127.0.0.1:{port}")
@@ -230,7 +238,7 @@ def start_server(kind: str, upstream: str, core: int | None) -> Proc:
         cmd = [sys.executable, str(HERE / "floor_relay.py"), "--base-url", upstream + "/v1",
                "--upstream-client", client]  # fmt: skip
     else:
-        raise SystemExit(f"unknown server {kind!r} (relay, llmpipe, floor, floor-httpx)")
+        raise SystemExit(f"unknown server {kind!r} ({', '.join(SERVERS)})")
     p = subprocess.Popen([*pin(core), *cmd], env=env, stderr=subprocess.PIPE, cwd=ROOT)
     return Proc(p, _read_url(p.stderr, rb"on (http://[\d.:]+)"))
 
@@ -429,7 +437,7 @@ def run_one(args: argparse.Namespace, server: str, n: int) -> RunResult:
     try:
         srv = start_server(server, up.url, args.server_core)
         host, port = srv.url.removeprefix("http://").rsplit(":", 1)
-        path = "/chat" if server == "relay" else "/v1/stream"
+        path = "/chat" if server.startswith("relay") else "/v1/stream"
         stamped = args.upstream == "stamped"
         time.sleep(0.5)
         warm = Load(host, int(port), path, stamped, args.rate)
@@ -518,8 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--rate", type=float, default=20.0)
     parser.add_argument(
         "--servers",
-        help="comma-separated; default: relay,llmpipe,floor,floor-httpx "
-        "(--quick: relay,llmpipe,floor)",
+        help=f"comma-separated; default: {','.join(SERVERS)} (--quick: relay,llmpipe,floor)",
     )
     parser.add_argument(
         "--n",
@@ -535,10 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--upstream", choices=["stamped", "emulator"], default="stamped")
     parser.add_argument("--server-core", type=int, default=1)
     parser.add_argument("--loadgen-core", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke: N=20, 2 s streams")
-    parser.add_argument(
-        "--write", action="store_true", help="put the tables in CAPACITY.md (between markers)"
-    )
+    add_harness_arguments(parser, "CAPACITY.md's tables and the plots (quick: N=20, 2 s streams)")
     parser.add_argument("--out", default=str(HERE / "CAPACITY.md"))
     parser.add_argument("--profile", metavar="PREFIX", help="py-spy the server: PREFIX-S-N.txt")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
@@ -553,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ramp is None:
         args.ramp = args.seconds
     if args.servers is None:
-        args.servers = "relay,llmpipe,floor" if args.quick else "relay,llmpipe,floor,floor-httpx"
+        args.servers = "relay,llmpipe,floor" if args.quick else ",".join(SERVERS)
     if (os.cpu_count() or 1) < 2:
         args.server_core = args.loadgen_core = None
     with contextlib.suppress(OSError):
@@ -569,8 +573,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("\n".join(lines), flush=True)
     knees: dict[str, int | None] = {}
+    by_server: dict[str, list[RunResult]] = {}
     failed_any = False
     for server in args.servers.split(","):
+        if server == "relay-standard" and not uvicorn_standard():
+            print("\nskipped: relay-standard: uvloop or httptools is not installed", flush=True)
+            continue
         print(f"\n### {server}\n\n{HEADER}", flush=True)
         lines += ["", f"### {server}", "", HEADER]
         results: list[RunResult] = []
@@ -587,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if misses >= args.stop_after:
                 break
         knees[server] = knee(results)
+        by_server[server] = results
         failed_any |= any(s.error for r in results for s in r.streams) and args.quick
     lines += ["", "Knees (largest N with p99 added delay < 50 ms and every token delivered):"]
     for server, k in knees.items():
@@ -608,7 +617,85 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         write_results(Path(args.out), "\n".join(lines))
         print(f"wrote {args.out}")
+        plot(by_server)
+    summary(by_server, knees, args).save(args.summary)
     return 1 if failed_any else 0
+
+
+SERVERS = ("relay", "relay-standard", "llmpipe", "floor", "floor-httpx")
+PLOTS = ("capacity_delay.png", "capacity_cpu.png")
+
+
+def uvicorn_standard() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("uvloop", "httptools"))
+
+
+def cpu_per_token(r: RunResult) -> float:
+    rate = r.tokens_in_window / r.seconds
+    return r.server_cpu * 1e4 / rate if rate else float("nan")
+
+
+def plot(by_server: dict[str, list[RunResult]]) -> None:
+    for name, ylabel, value in (
+        (PLOTS[0], "p99 added delay, ms (log)", lambda r: r.pct(99)),
+        (PLOTS[1], "server CPU per relayed token, µs", cpu_per_token),
+    ):
+        with pyplot(HERE / name) as plt:
+            if plt is None:
+                return
+            for server, results in by_server.items():
+                plt.plot([r.n for r in results], [value(r) for r in results], marker="o",
+                         label=server)  # fmt: skip
+            if name == PLOTS[0]:
+                plt.axhline(SLO_MS, color="grey", linestyle="--", label=f"{SLO_MS:g} ms")
+                plt.yscale("log")
+            plt.xlabel("concurrent 20 tokens/s streams (N)")
+            plt.ylabel(ylabel)
+            plt.title("One server process on one core")
+            plt.legend()
+
+
+def summary(
+    by_server: dict[str, list[RunResult]], knees: dict[str, int | None], args: argparse.Namespace
+) -> Summary:
+    rows = []
+    first = min(int(x) for x in args.n.split(","))
+
+    def ratio(k: int | None, base: int | None) -> str:
+        return f"{k / base:.2f}" if k and base else ""
+
+    for server, results in by_server.items():
+        k = knees[server]
+        at = next((r for r in results if r.n == k), None)
+        rows.append([
+            server, str(k) if k is not None else f"< {first}",
+            ratio(k, knees.get("relay")), ratio(k, knees.get("relay-standard")),
+            f"{at.pct(99):.1f}" if at else "", f"{cpu_per_token(at):.0f}" if at else "",
+        ])  # fmt: skip
+    return Summary(
+        name="capacity",
+        title="Streams per core",
+        claim=(
+            f"How many {args.rate:g} tokens/s streams one server process on one core relays with "
+            "p99 added delay under 50 ms and every token delivered (the knee): `llmpipe serve` "
+            "against the guide relay (FastAPI + sse-starlette + the openai SDK) on plain "
+            "uvicorn and on uvicorn[standard] (uvloop + httptools), and the serving stack's "
+            "floors. Target: 5x the relay."
+        ),
+        columns=[
+            "server",
+            ">knee (streams)",
+            ">vs relay",
+            ">p99 added delay at the knee, ms",
+            ">server CPU per token at the knee, µs",
+        ],
+        rows=rows,
+        notes=[f"N tried: {args.n}; {args.seconds:g} s streams, {args.measure:g} s window."],
+        detail="CAPACITY.md",
+        plots=list(PLOTS) if args.write else [],
+        versions=versions("trio", "hypercorn", "uvicorn", "sse-starlette", "fastapi", "openai"),
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_pipeline.py --write   # full run, rewrites RESULTS.md
+    .venv/bin/python benchmarks/bench_pipeline.py --write   # full run, rewrites PIPELINE.md
     .venv/bin/python benchmarks/bench_pipeline.py --quick   # smoke test: small, checks only
 
 What is measured
@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
 import trio
-from _benchlib import command, load_average
+from _benchlib import Summary, add_harness_arguments, command, load_average, versions
 
 from pipeline import (
     Emit,
@@ -103,7 +103,7 @@ FLOOR: Final = "trio floor (stages)"
 GUIDE: Final = "asyncio guide"
 BUFFER: Final = 64  # items per channel/queue in every variant (llmpipe's default max_items)
 SINK_WORK_LOOPS: Final = 20_000  # the slow sinks' fixed CPU work per item (coalesced mode)
-RESULTS: Final = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS: Final = Path(__file__).resolve().parent / "PIPELINE.md"
 
 # --------------------------------------------------------------------------------------------
 # Workload
@@ -616,10 +616,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=200_000, help="tokens per run")
     parser.add_argument("--repeat", type=int, default=5, help="runs per variant (median)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the generated text")
-    parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke test: 5,000 tokens, 1 run, never writes"
-    )
+    add_harness_arguments(parser, "benchmarks/PIPELINE.md (quick: 5,000 tokens, 1 run)")
     parser.add_argument(
         "--profile",
         choices=MODES,
@@ -645,7 +642,47 @@ def main(argv: Iterable[str] | None = None) -> int:
     if args.write:
         write_results(rows, args, elapsed)
         print(f"\nwrote {RESULTS}")
+    summary(rows, args).save(args.summary)
     return 0
+
+
+def summary(rows: Sequence[Row], args: argparse.Namespace) -> Summary:
+    by = {(r.variant, r.mode): r for r in rows}
+    table = []
+    for mode in MODES:
+        lp, fl, gd = by["llmpipe", mode], by[FLOOR, mode], by[GUIDE, mode]
+        table.append([
+            mode, f"{lp.cpu_us_per_token:.2f}", f"{fl.cpu_us_per_token:.2f}",
+            f"{gd.cpu_us_per_token:.2f}", f"{lp.cpu / fl.cpu:.2f}", f"{lp.cpu / gd.cpu:.2f}",
+            f"{lp.items:,} / {fl.items:,}",
+        ])  # fmt: skip
+    return Summary(
+        name="pipeline",
+        title="Pipeline core",
+        claim=(
+            "CPU per token through producer → chunker → sentences → two sinks: llmpipe against "
+            "the same stages on bare trio channels (the floor) and the asyncio guide design "
+            "(async generators + `asyncio.Queue`), per item, per token and coalesced to slow "
+            "sinks."
+        ),
+        columns=[
+            "mode",
+            ">llmpipe µs/token",
+            ">trio floor",
+            ">asyncio guide",
+            ">vs floor",
+            ">vs asyncio",
+            ">items per sink (llmpipe / floor)",
+        ],
+        rows=table,
+        notes=[
+            f"Medians of {args.repeat} interleaved runs of {args.tokens:,} tokens; `vs`: CPU "
+            "time relative to the baseline (below 1 = cheaper than it).",
+        ],
+        detail=RESULTS.name,
+        versions=versions("trio"),
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

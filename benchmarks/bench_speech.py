@@ -110,7 +110,7 @@ from typing import Any, Final
 import attrs
 import trio
 import trio.testing
-from _benchlib import command, load_average
+from _benchlib import Summary, add_harness_arguments, command, load_average, versions
 
 from pipeline import Done, Emit, Event, Pipeline, Route, TextDelta
 from pipeline.text import SentenceBuffer
@@ -1136,10 +1136,7 @@ def interpretation(trace: Trace, outcomes: Sequence[Outcome], rows: Sequence[Fig
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--write", action="store_true", help="write benchmarks/SPEECH.md")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke test: the first prompt only, never writes"
-    )
+    add_harness_arguments(parser, "benchmarks/SPEECH.md (quick: the first prompt only)")
     parser.add_argument(
         "--record",
         action="store_true",
@@ -1178,7 +1175,41 @@ def main(argv: Iterable[str] | None = None) -> int:
     if args.write:
         write_results(trace, s, outcomes, args, sweep)
         print(f"\nwrote {RESULTS}")
+    summary(rows, s, args).save(args.summary)
     return 0
+
+
+def summary(rows: Sequence[Figures], s: Setup, args: argparse.Namespace) -> Summary:
+    whole = next(r for r in rows if r.variant == WHOLE)
+    table = [
+        [
+            r.variant, f"{r.first_audio:.3f}", f"{r.first_audio / whole.first_audio:.2f}",
+            f"{r.requests_per_minute:.1f}", str(r.underruns),
+        ]
+        for r in rows
+    ]  # fmt: skip
+    table += [[name, f"skipped: {why}", "", "", ""] for name, why in s.skipped.items()]
+    return Summary(
+        name="speech",
+        title="Speech: first audio and engine requests",
+        claim=(
+            "Recorded local-model token timings replayed under MockClock into the speaker and "
+            "into Pipecat's sentence aggregator and LiveKit Agents' tokenizer (+ its pacer), "
+            "same engine model and player: time to first audio and engine requests per minute "
+            "of audio. Deterministic, so one run is the figure."
+        ),
+        columns=[
+            "variant",
+            ">first audio, s",
+            ">vs whole sentences",
+            ">engine requests / min",
+            ">underruns",
+        ],
+        rows=table,
+        detail=RESULTS.name,
+        versions=versions("pipecat-ai", "livekit-agents"),
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _benchlib import Summary, add_harness_arguments, versions
 from bench_capacity import sse_event
 
 from pipeline import Pipeline, Policy
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--tokens", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="2,000 tokens, 1 run")
+    add_harness_arguments(parser, "nothing (the harness keeps the summary); quick: 2,000 tokens")
     args = parser.parse_args(argv)
     if args.quick:
         args.tokens, args.runs = 2_000, 1
@@ -101,6 +102,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.tokens} tokens x {args.runs} runs: median {statistics.median(per_token):.1f} "
         f"µs/token (min {min(per_token):.1f}), {results[-1][1]} ASGI sends in the last run"
     )
+    Summary(
+        name="stream-path",
+        title="Live stream path",
+        claim=(
+            "llmpipe's own wall time per token from recorded OpenAI SSE chunks to ASGI messages "
+            "(SSE decoder, chat parser, runner, coalescing channel, framing), without the "
+            "network: the part of `Streams per core` that is llmpipe's own. No baseline here: "
+            "the guide relay's full cost per token is in `Streams per core`."
+        ),
+        columns=[">tokens", ">runs", ">median µs/token", ">min µs/token", ">ASGI sends"],
+        rows=[
+            [
+                f"{args.tokens:,}",
+                str(args.runs),
+                f"{statistics.median(per_token):.1f}",
+                f"{min(per_token):.1f}",
+                f"{results[-1][1]:,}",
+            ]
+        ],
+        versions=versions("trio", "openai"),
+        quick=args.quick,
+    ).save(args.summary)
     return 0
 
 

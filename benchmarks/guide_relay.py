@@ -7,7 +7,9 @@ one SSE event per token. Nothing here is tuned: that is the point of the compari
     OPENAI_BASE_URL=http://127.0.0.1:PORT/v1 python benchmarks/guide_relay.py --port 8001
     curl -N -X POST localhost:8001/chat -H 'content-type: application/json' -d '{"prompt":"hi"}'
 
-Used by ``benchmarks/bench_capacity.py``; needs ``fastapi``, ``uvicorn`` and ``sse-starlette``.
+Used by ``benchmarks/bench_capacity.py`` (``--loop asyncio --http h11``: plain uvicorn;
+``--loop uvloop --http httptools``: what ``uvicorn[standard]`` picks, as users deploy it) and
+``bench_cancel.py``; needs ``fastapi``, ``uvicorn`` and ``sse-starlette``.
 """
 
 from __future__ import annotations
@@ -57,5 +59,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--loop", default="auto", help="uvicorn's: auto, asyncio, uvloop")
+    parser.add_argument("--http", default="auto", help="uvicorn's: auto, h11, httptools")
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop=args.loop,
+        http=args.http,
+        log_level="warning",
+        access_log=False,
+    )

@@ -1,0 +1,281 @@
+"""Cancellation: a client disconnects; how soon does the relay close its upstream connection?
+
+    .venv/bin/python benchmarks/bench_cancel.py              # 1,000 disconnects per server
+    .venv/bin/python benchmarks/bench_cancel.py --write      # ... and the plot (cancel_cdf.png)
+    .venv/bin/python benchmarks/bench_cancel.py --quick      # smoke: 20, two servers (tests)
+
+Three processes, as in ``bench_capacity.py``:
+
+* **upstream** (this file, ``--upstream``): an OpenAI Chat Completions streaming endpoint on raw
+  asyncio sockets. Each request streams ``--rate`` tokens/s for ``--seconds``; it reads the
+  request's id from the prompt, stamps every token it writes and the moment its connection
+  is closed by the relay (``CLOCK_MONOTONIC``, system-wide on Linux), and prints them all when
+  its standard input closes.
+* **server under test**: ``llmpipe serve --provider openai`` or ``benchmarks/guide_relay.py``
+  (FastAPI + sse-starlette + the openai SDK; plain uvicorn, and uvicorn[standard]'s uvloop +
+  httptools when installed), started as ``bench_capacity.py`` starts them.
+* **clients** (this process): ``--disconnects`` streams, ``--concurrency`` at a time, each
+  ``POST``\\ing a prompt with its id, reading until its first token, then for a random time
+  (uniform in 0-``--max-wait`` s: a random point of the answer), then closing its socket.
+
+Per disconnect: the *close latency* is the upstream's close time minus the client's; *tokens
+after* is how many tokens the upstream wrote after the client left (what the provider bills
+for nobody). A relay that never closes its upstream connection lets the answer run to its end
+(``--seconds``): those disconnects count as *not closed* and their latency as the rest of the
+answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _benchlib import HERE, ROOT, Summary, add_harness_arguments, pyplot, versions
+from bench_capacity import _chunk, sse_event, start_server, uvicorn_standard
+
+PLOT = "cancel_cdf.png"
+_ID = re.compile(rb"cancel-(\d+)")
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+# -- the upstream ----------------------------------------------------------------------------
+
+
+async def upstream(rate: float, seconds: float) -> None:
+    log: dict[str, dict[str, Any]] = {}
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+    )
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        entry: dict[str, Any] = {"writes": [], "closed": None}
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in raw.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length) if length else b""
+            m = _ID.search(body)
+            log[m.group(1).decode() if m else f"unknown-{len(log)}"] = entry
+
+            async def watch() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(65536):
+                        pass
+                entry["closed"] = now_ns()
+
+            watcher = asyncio.create_task(watch())
+            writer.write(head + _chunk(sse_event({"role": "assistant", "content": ""})))
+            t0 = time.monotonic()
+            for i in range(int(seconds * rate)):
+                await asyncio.wait(
+                    [watcher], timeout=max(0.0, t0 + (i + 1) / rate - time.monotonic())
+                )
+                if watcher.done():
+                    return
+                writer.write(_chunk(sse_event({"content": f" w{i}"})))
+                entry["writes"].append(now_ns())
+            writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            entry["ended"] = now_ns()
+            await asyncio.wait([watcher], timeout=1.0)
+            watcher.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
+    print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
+    server.close()
+    print(json.dumps(log), flush=True)
+
+
+# -- the clients -----------------------------------------------------------------------------
+
+
+async def one_client(
+    host: str, port: int, path: str, ident: int, wait: float, left: dict[int, int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    body = json.dumps({"prompt": f"cancel-{ident}"}).encode()
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: %s\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), host.encode(), len(body), body)
+    )
+    data = b""
+    while b" w0" not in data:  # the first token
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise RuntimeError(f"stream {ident} ended before its first token: {data[:300]!r}")
+        data += chunk
+    deadline = time.monotonic() + wait
+    with contextlib.suppress(TimeoutError):
+        while (rest := deadline - time.monotonic()) > 0:
+            if not await asyncio.wait_for(reader.read(65536), rest):
+                raise RuntimeError(f"stream {ident} ended before the disconnect")
+    left[ident] = now_ns()
+    writer.close()
+
+
+async def clients(
+    host: str, port: int, path: str, n: int, concurrency: int, max_wait: float, seed: int
+) -> dict[int, int]:
+    rng = random.Random(seed)
+    waits = [rng.uniform(0, max_wait) for _ in range(n)]
+    left: dict[int, int] = {}
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(i: int) -> None:
+        async with gate:
+            await one_client(host, port, path, i, waits[i], left)
+
+    await asyncio.gather(*(run(i) for i in range(n)))
+    return left
+
+
+def measure(server: str, args: argparse.Namespace) -> list[tuple[float, int, bool]]:
+    """(close latency ms, tokens after, closed by the relay) per disconnect."""
+    up = subprocess.Popen(
+        [sys.executable, __file__, "--upstream", "--rate", str(args.rate),
+         "--seconds", str(args.seconds)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True,
+    )  # fmt: skip
+    assert up.stdout is not None
+    assert up.stdin is not None
+    srv = None
+    try:
+        url = up.stdout.readline().strip()
+        srv = start_server(server, url, None)
+        host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+        path = "/chat" if server.startswith("relay") else "/v1/stream"
+        asyncio.run(clients(host, int(port), path, 2, 1, 0.01, 0))  # warm-up: imports, pools
+        left = asyncio.run(
+            clients(host, int(port), path, args.disconnects, args.concurrency, args.max_wait, 1)
+        )
+        time.sleep(args.seconds + 1.5)  # every answer left running has ended
+    finally:
+        if srv is not None:
+            srv.stop()
+        out, _ = up.communicate("", timeout=60)
+    log = json.loads(out.strip().splitlines()[-1])
+    results = []
+    for ident, t_left in left.items():
+        entry = log[str(ident)]
+        after = sum(1 for t in entry["writes"] if t > t_left)
+        closed = entry["closed"] is not None and "ended" not in entry
+        end = entry["closed"] if closed else entry.get("ended", entry["closed"])
+        results.append(((end - t_left) / 1e6, after, closed))
+    return results
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q / 100 * len(v)))] if v else float("nan")
+
+
+def plot(by_server: dict[str, list[tuple[float, int, bool]]]) -> None:
+    with pyplot(HERE / PLOT) as plt:
+        if plt is None:
+            return
+        for server, results in by_server.items():
+            lat = sorted(r[0] for r in results)
+            plt.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=server)
+        plt.xscale("log")
+        plt.xlabel("client disconnect → upstream connection closed, ms (log)")
+        plt.ylabel("share of disconnects")
+        plt.title("Cancellation: how soon the upstream is released")
+        plt.legend()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add_harness_arguments(parser, f"the plot ({PLOT})")
+    parser.add_argument("--disconnects", type=int, default=1000, help="per server")
+    parser.add_argument("--concurrency", type=int, default=10, help="clients at a time")
+    parser.add_argument("--rate", type=float, default=50.0, help="upstream tokens/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each answer")
+    parser.add_argument("--max-wait", type=float, default=0.5, help="after the first token")
+    parser.add_argument("--servers", default="llmpipe,relay,relay-standard")
+    parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.upstream:
+        asyncio.run(upstream(args.rate, args.seconds))
+        return 0
+    if args.quick:
+        args.disconnects, args.seconds, args.servers = 20, 1.0, "llmpipe,relay"
+    by_server: dict[str, list[tuple[float, int, bool]]] = {}
+    skipped: dict[str, str] = {}
+    for server in args.servers.split(","):
+        if server == "relay-standard" and not uvicorn_standard():
+            skipped[server] = "uvloop or httptools is not installed"
+            continue
+        by_server[server] = measure(server, args)
+        lat = [r[0] for r in by_server[server]]
+        print(f"  {server}: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms", file=sys.stderr)
+    rows = []
+    for server, results in by_server.items():
+        lat = [r[0] for r in results]
+        after = [r[1] for r in results]
+        closed = sum(r[2] for r in results)
+        rows.append([
+            server, f"{len(results):,}", f"{closed / len(results):.1%}", f"{pct(lat, 50):.1f}",
+            f"{pct(lat, 99):.1f}", f"{max(lat):.1f}", f"{sum(after) / len(after):.2f}",
+            f"{max(after)}",
+        ])  # fmt: skip
+    rows += [[server, f"skipped: {why}", "", "", "", "", "", ""] for server, why in skipped.items()]
+    if args.write:
+        plot(by_server)
+    Summary(
+        name="cancellation",
+        title="Cancellation",
+        claim=(
+            "A client disconnects at a random point of a streamed answer: time until the relay "
+            "closes its upstream connection (p50/p99), and tokens the upstream wrote after the "
+            "disconnect, `llmpipe serve` against the guide relay (`benchmarks/guide_relay.py`). "
+            "Goal: p99 < 10 ms."
+        ),
+        columns=[
+            "server",
+            ">disconnects",
+            ">upstream closed by the relay",
+            ">p50 ms",
+            ">p99 ms",
+            ">max ms",
+            ">tokens after (mean)",
+            ">tokens after (max)",
+        ],
+        rows=rows,
+        notes=[
+            f"Upstream: {args.rate:g} tokens/s, answers of {args.seconds:g} s; clients: "
+            f"{args.concurrency} at a time, each leaving 0-{args.max_wait:g} s after its first "
+            "token. An upstream connection the relay never closed ends with the answer: its "
+            "latency is the rest of the answer.",
+        ],
+        plots=[PLOT] if args.write else [],
+        versions=versions("trio", "hypercorn", "uvicorn", "sse-starlette", "fastapi", "openai"),
+        quick=args.quick,
+    ).save(args.summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
