@@ -60,6 +60,7 @@ BENCHMARKS = (
     Bench("cancellation", "bench_cancel.py", 2.0),
     Bench("sentences", "bench_sentences.py", 0.5),
     Bench("sse", "bench_sse.py", 1.0),
+    Bench("soak", "soak.py", 1.5, full_args=("--streams", "16", "--minutes", "1")),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
