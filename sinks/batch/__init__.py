@@ -11,6 +11,9 @@ Beyond one machine: a :class:`RedisJobQueue` holds the jobs on a Redis stream, e
 :class:`Worker` (on any machine) takes them through a consumer group and records outcomes back
 in it, and a :class:`RedisLimiter` shares the limits. These names load lazily (PEP 562), so
 ``coredis`` (the ``redis`` extra) is imported only when one is used.
+
+:func:`run_provider_batch` sends the same jobs through a provider's Batch API instead
+(OpenAI's Files and Batches endpoints) and records them in the same ledger.
 """
 
 import typing as _typing
@@ -36,6 +39,13 @@ from ._limits import LimiterStatistics as LimiterStatistics
 from ._limits import LocalLimiter as LocalLimiter
 from ._limits import Permit as Permit
 from ._limits import TokenBudget as TokenBudget
+from ._openai_batch import BATCH_ENDPOINT as BATCH_ENDPOINT
+from ._openai_batch import ProviderBatchEnded as ProviderBatchEnded
+from ._openai_batch import ProviderBatchEvent as ProviderBatchEvent
+from ._openai_batch import ProviderBatchPolled as ProviderBatchPolled
+from ._openai_batch import ProviderBatchSubmitted as ProviderBatchSubmitted
+from ._openai_batch import batch_request as batch_request
+from ._openai_batch import run_provider_batch as run_provider_batch
 from ._outputs import ERRORS_FILE as ERRORS_FILE
 from ._outputs import RESULTS_FILE as RESULTS_FILE
 from ._outputs import BatchDirectory as BatchDirectory
@@ -72,6 +82,7 @@ if _typing.TYPE_CHECKING:
     from ._worker import WorkerConfig as WorkerConfig
 
 __all__ = [
+    "BATCH_ENDPOINT",
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_WINDOW",
     "ERRORS_FILE",
@@ -102,6 +113,10 @@ __all__ = [
     "LineSkipped",
     "LocalLimiter",
     "Permit",
+    "ProviderBatchEnded",
+    "ProviderBatchEvent",
+    "ProviderBatchPolled",
+    "ProviderBatchSubmitted",
     "ProducerFactory",
     "QueueCounts",
     "QueueError",
@@ -112,6 +127,7 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "backend_producers",
+    "batch_request",
     "count_lines",
     "error_record",
     "job_from_json",
@@ -122,6 +138,7 @@ __all__ = [
     "parse_job",
     "parse_jobs",
     "result_record",
+    "run_provider_batch",
 ]
 
 # Public name -> the private module that defines it, imported on first access.

@@ -9,6 +9,10 @@ With ``--redis URL``: ``--submit`` puts the jobs on the queue and returns (``llm
 runs them, on any machine); ``llmpipe batch status --redis URL`` shows the queue's counts;
 ``llmpipe batch collect --redis URL --out DIR`` writes what the workers recorded (documents,
 ``results.jsonl``, the dead-lettered jobs in ``errors.jsonl``) into DIR.
+
+With ``--via openai-batch``: the jobs go to the provider's Batch API in one file, the batch is
+polled every ``--poll-interval`` seconds, and its output and error files become the same
+outputs (the limits do not apply: the provider schedules a batch itself).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -33,14 +37,20 @@ from ..batch import (
     BatchConfig,
     BatchEvent,
     BatchStatistics,
+    InvalidLine,
     Job,
     JobsFile,
+    JobSource,
     LineSkipped,
     LocalLimiter,
     ProducerFactory,
+    ProviderBatchEvent,
+    ProviderBatchPolled,
+    ProviderBatchSubmitted,
     backend_producers,
     count_lines,
     open_directory,
+    run_provider_batch,
 )
 from ._providers import add_provider_options, backend_from_args
 from ._queue import add_queue_options, collect, show_status, submit
@@ -53,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["NAME", "add_parser", "run", "summary_line"]
 
 NAME = "batch"
+VIAS = ("requests", "openai-batch")
 ACTIONS = ("status", "collect")
 """Words in place of JOBS.jsonl that act on a queue (``--redis``) instead."""
 
@@ -87,6 +98,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--rpm", type=int, help="requests per minute at most")
     parser.add_argument("--tpm", type=int, help="tokens per minute at most (prompt + output)")
+    parser.add_argument(
+        "--via",
+        choices=VIAS,
+        default="requests",
+        help="requests (default: one streamed request per job, inside the limits) or "
+        "openai-batch (upload the jobs to the provider's Batch API: half the price, hours of "
+        "latency; --provider openai, --base-url and --model apply)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=30.0,
+        help="with --via openai-batch: seconds between two looks at the batch (default 30)",
+    )
     parser.add_argument(
         "--max-tokens-total",
         type=int,
@@ -152,6 +177,12 @@ def _check(args: argparse.Namespace) -> str:
         raise ConfigError("--submit needs --redis URL")
     if args.out is None and not args.submit:
         raise ConfigError("--out DIR is required")
+    if args.via == "openai-batch":
+        if args.submit or args.provider not in (None, "openai") or args.scripted is not None:
+            raise ConfigError("--via openai-batch sends to OpenAI's Batch API (--provider openai)")
+        if not args.poll_interval > 0:
+            raise ConfigError("--poll-interval must be > 0")
+        return "openai-batch"
     return "submit" if args.submit else "run"
 
 
@@ -161,18 +192,16 @@ def _producers(backend: Backend, system: str | None) -> ProducerFactory:
         return make
 
     def with_system(job: Job) -> Producer:
-        if not any(m.get("role") == "system" for m in job.messages):
-            job = attrs.evolve(job, messages=({"role": "system", "content": system}, *job.messages))
-        return make(job)
+        return make(_with_system(job, system))
 
     return with_system
 
 
-def _event_type(event: BatchEvent) -> str:
+def _event_type(event: BatchEvent | ProviderBatchEvent) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
 
 
-def event_json(event: BatchEvent) -> str:
+def event_json(event: BatchEvent | ProviderBatchEvent) -> str:
     """One event as a JSON object with its ``type`` (``job_done``, ``batch_ended``, ...)."""
     fields: dict[str, Any] = attrs.asdict(event)
     return json.dumps({"type": _event_type(event), **fields}, ensure_ascii=False)
@@ -255,6 +284,8 @@ async def run(args: argparse.Namespace, io: IO) -> int:
         return await collect(args, io)
     if action == "submit":
         return await submit(args, io)
+    if action == "openai-batch":
+        return await _via_openai_batch(args, io)
     config = batch_config(args, max_tokens_total=args.max_tokens_total)
     limiter = LocalLimiter(
         concurrency=args.concurrency, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
@@ -280,6 +311,72 @@ async def run(args: argparse.Namespace, io: IO) -> int:
     if not args.json:
         print(summary_line(stats, args.out), file=io.out, flush=True)
     return 0 if stats.failed == 0 and stats.invalid == 0 else 1
+
+
+async def _via_openai_batch(args: argparse.Namespace, io: IO) -> int:
+    """``--via openai-batch``: the jobs through the provider's Batch API, into the same
+    outputs; progress as lines on standard error (or ``--json`` events)."""
+    import openai  # here: only this path needs the SDK's client
+
+    def report(event: ProviderBatchEvent) -> None:
+        if args.json:
+            print(event_json(event), file=io.out, flush=True)
+        elif isinstance(event, InvalidLine):
+            print(f"llmpipe batch: {args.jobs}:{event.line}: {event.message}", file=io.err)
+        elif isinstance(event, ProviderBatchSubmitted):
+            print(
+                f"llmpipe batch: submitted {event.requests} jobs as {event.batch_id}", file=io.err
+            )
+        elif isinstance(event, ProviderBatchPolled):
+            text = f"{event.batch_id}: {event.status}, {event.completed} done {event.failed} failed"
+            print(f"llmpipe batch: {text}", file=io.err)
+
+    jobs: JobSource = JobsFile(args.jobs)
+    if args.system:
+        jobs = _WithSystem(jobs, args.system)
+    client = openai.AsyncOpenAI(base_url=args.base_url)
+    try:
+        async with open_directory(args.out) as directory:
+            ended = await run_provider_batch(
+                client,
+                jobs,
+                directory,
+                model=args.model,
+                max_tokens=args.max_tokens,
+                poll_interval=args.poll_interval,
+                report=report,
+            )
+    finally:
+        await client.close()
+    if not args.json:
+        text = (
+            f"{ended.done} done, {ended.failed} failed, {ended.skipped} already done, "
+            f"{ended.invalid} invalid lines (batch {ended.batch_id}: {ended.status})"
+        )
+        if ended.failed:
+            text += f"; the failures are in {Path(args.out) / ERRORS_FILE}"
+        print(text, file=io.out, flush=True)
+    return 0 if ended.failed == 0 and ended.invalid == 0 else 1
+
+
+@attrs.define
+class _WithSystem:
+    """The jobs of ``jobs``, ``system`` first in those that have no system message."""
+
+    jobs: JobSource
+    system: str
+
+    async def __aiter__(self) -> AsyncIterator[Job | InvalidLine]:
+        async for item in self.jobs:
+            if isinstance(item, Job):
+                item = _with_system(item, self.system)
+            yield item
+
+
+def _with_system(job: Job, system: str) -> Job:
+    if any(m.get("role") == "system" for m in job.messages):
+        return job
+    return attrs.evolve(job, messages=({"role": "system", "content": system}, *job.messages))
 
 
 async def _redraw(progress: Any, batch: Batch) -> None:

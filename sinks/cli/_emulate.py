@@ -45,6 +45,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--window", type=float, default=60.0, help="seconds the --rpm/--tpm limits span"
     )
     parser.add_argument("--log", metavar="FILE", help="append one JSON line per request to FILE")
+    parser.add_argument(
+        "--batch-delay",
+        type=float,
+        default=0.0,
+        help="seconds a batch (POST /v1/batches) stays in_progress (default 0)",
+    )
     return parser
 
 
@@ -66,13 +72,22 @@ async def run(args: argparse.Namespace, io: IO) -> int:
         limits = RateLimits(args.rpm, args.tpm, args.window)
     async with trio.open_nursery() as nursery:
         emulator: Emulator = await nursery.start(
-            partial(serve_emulator, args.host, args.port, reply, limits=limits, log=args.log)
+            partial(
+                serve_emulator,
+                args.host,
+                args.port,
+                reply,
+                limits=limits,
+                log=args.log,
+                batch_delay=args.batch_delay,
+            )
         )
         print(
             f"llmpipe emulator listening on {emulator.base_url}\n"
             f"  OpenAI:    base_url={emulator.openai_base_url}\n"
             f"  Anthropic: base_url={emulator.anthropic_base_url}\n"
-            f"  Speech:    POST {emulator.openai_base_url}/audio/speech (pcm, a tone)",
+            f"  Speech:    POST {emulator.openai_base_url}/audio/speech (pcm, a tone)\n"
+            f"  Batch API: {emulator.openai_base_url}/files, {emulator.openai_base_url}/batches",
             file=io.err,
             flush=True,
         )

@@ -7,9 +7,13 @@ SDKs at ``emu.openai_base_url`` / ``emu.anthropic_base_url``. Each request is re
 ``emu.requests`` (path, body, redacted headers, bytes and events sent, disconnect time, the
 tokens it counted for); :class:`RateLimits` make it answer 429 with ``retry-after`` past a
 requests- or tokens-per-minute limit, and ``emu.peak_usage()`` tells the most any window held.
+The OpenAI Files and Batch endpoints (``POST /v1/files``, ``GET /v1/files/{id}/content``,
+``POST /v1/batches``, ``GET /v1/batches/{id}``) answer a batch's requests from the same replies
+after ``batch_delay`` seconds.
 """
 
 from ...packaging import fixup_module_metadata as _fixup_module_metadata
+from ._batches import BatchStore as BatchStore
 from ._formats import Provider as Provider
 from ._script import ErrorEventAfter as ErrorEventAfter
 from ._script import Fault as Fault
@@ -47,6 +51,7 @@ __all__ = [
     "DEFAULT_MODELS",
     "DEFAULT_REPLY",
     "DEFAULT_SPEECH",
+    "BatchStore",
     "ConnectionRecord",
     "Emulator",
     "ErrorEventAfter",

@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from ... import lone_exception_unwrapped
+from ._batches import BatchApiError, BatchStore
 from ._formats import (
     PROVIDER_BY_PATH,
     Frame,
@@ -351,10 +352,14 @@ class Emulator:
     limits: RateLimits | None = None
     log: Path | None = None
     """A JSON Lines file that gets one line per request when it ends (see :meth:`log_line`)."""
+    batch_delay: float = 0.0
+    """Seconds a batch (``POST /v1/batches``) stays ``in_progress`` before a
+    ``GET /v1/batches/{id}`` completes it."""
     requests: list[RequestRecord] = attrs.field(factory=list, init=False, repr=False)
     connections: list[ConnectionRecord] = attrs.field(factory=list, init=False, repr=False)
     _arrived: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _streams_served: int = attrs.field(default=0, init=False, repr=False)
+    _batches: BatchStore | None = attrs.field(default=None, init=False, repr=False)
     _status_served: dict[Reply | SpeechReply, int] = attrs.field(
         factory=dict, init=False, repr=False
     )
@@ -549,6 +554,9 @@ class Emulator:
                 writer, 200, models_body(kind, self.models), keep_alive, request_id=request_id
             )
             return keep_alive
+        if record.path.startswith(("/v1/files", "/v1/batches")):
+            await self._batch_api(writer, record, head, keep_alive, request_id)
+            return keep_alive
         provider = record.provider
         if provider is None:
             error_provider: Provider = "anthropic" if is_anthropic else "openai-chat"
@@ -605,6 +613,55 @@ class Emulator:
         )
         write = partial(self._write_stream, writer, fmt, fault, keep_alive, request_id)
         return await self._stream(writer, record, write, buf)
+
+    @property
+    def batch_store(self) -> BatchStore:
+        """The files and batches uploaded and created so far (the Batch API endpoints)."""
+        if self._batches is None:
+            self._batches = BatchStore(self.batch_delay)
+        return self._batches
+
+    async def _batch_api(
+        self, writer: _Writer, record: RequestRecord, head: _Head, keep_alive: bool, request_id: str
+    ) -> None:
+        """``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
+        ``GET /v1/batches/{id}`` (see :mod:`._batches`)."""
+        store = self.batch_store
+        parts = record.path.strip("/").split("/")
+        route = (head.method, *parts[1:2], len(parts))
+        send = partial(self._send_json, writer, keep_alive=keep_alive, request_id=request_id)
+        try:
+            if route == ("POST", "files", 2):
+                obj = store.upload(head.get("content-type"), head.body)
+            elif route == ("GET", "files", 4) and parts[3] == "content":
+                data = store.content(parts[2])
+                await send(200, data, content_type="application/octet-stream")
+                return
+            elif route == ("POST", "batches", 2):
+                obj = store.create(record.body, trio.current_time())
+            elif route == ("GET", "batches", 3):
+                obj = await store.retrieve(parts[2], trio.current_time(), self._batch_reply)
+            else:
+                raise BatchApiError(404, f"no route for {head.method} {record.path}")
+        except BatchApiError as exc:
+            await send(exc.status, status_body("openai-chat", exc.status, str(exc), request_id=""))
+            return
+        await send(200, json.dumps(obj).encode())
+
+    async def _batch_reply(self, url: str, body: dict[str, Any]) -> Reply:
+        """The reply source's answer to one request of a batch (a record not in
+        :attr:`requests`: a batch line is not a request on the wire)."""
+        record = RequestRecord(
+            index=-1,
+            connection=-1,
+            method="POST",
+            path=url,
+            headers=(),
+            body=body,
+            received_at=trio.current_time(),
+            provider=PROVIDER_BY_PATH.get(url),
+        )
+        return await self._reply_for(record)
 
     async def _status_fault(
         self,
@@ -693,9 +750,10 @@ class Emulator:
         *,
         request_id: str,
         extra: Sequence[tuple[str, str]] = (),
+        content_type: str = "application/json",
     ) -> None:
         headers = [
-            ("Content-Type", "application/json"),
+            ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Connection", "keep-alive" if keep_alive else "close"),
             ("Server", "llmpipe-emulator"),
@@ -828,6 +886,7 @@ async def serve_emulator(
     speech: SpeechReply = DEFAULT_SPEECH,
     limits: RateLimits | None = None,
     log: str | Path | None = None,
+    batch_delay: float = 0.0,
     task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (``0``: any free port) and serve until cancelled.
@@ -845,7 +904,14 @@ async def serve_emulator(
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port = listeners[0].socket.getsockname()[1]
     emulator = Emulator(
-        host, bound_port, reply, models, speech, limits, None if log is None else Path(log)
+        host,
+        bound_port,
+        reply,
+        models,
+        speech,
+        limits,
+        None if log is None else Path(log),
+        batch_delay,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, emulator.handle_connection, listeners)
@@ -861,6 +927,7 @@ async def open_emulator(
     models: tuple[str, ...] = DEFAULT_MODELS,
     speech: SpeechReply = DEFAULT_SPEECH,
     limits: RateLimits | None = None,
+    batch_delay: float = 0.0,
 ) -> AsyncIterator[Emulator]:
     """Run an emulator for the duration of the ``async with`` block.
 
@@ -868,7 +935,8 @@ async def open_emulator(
     request, in arrival order), or a callable given each :class:`RequestRecord` (sync or
     async; an async one may block to hold a request back); ``speech`` answers
     ``POST /v1/audio/speech`` (:class:`SpeechReply`); ``limits`` are rate limits
-    (:class:`RateLimits`). On exit the server and all its
+    (:class:`RateLimits`); ``batch_delay`` the seconds a batch of the Batch API endpoints
+    stays ``in_progress``. On exit the server and all its
     connections are closed (cancelled), even mid-stream. An exception from the block comes out
     as itself, not wrapped in an exception group.
     """
@@ -876,7 +944,14 @@ async def open_emulator(
         async with trio.open_nursery() as nursery:
             emulator: Emulator = await nursery.start(
                 partial(
-                    serve_emulator, host, port, reply, models=models, speech=speech, limits=limits
+                    serve_emulator,
+                    host,
+                    port,
+                    reply,
+                    models=models,
+                    speech=speech,
+                    limits=limits,
+                    batch_delay=batch_delay,
                 )
             )
             try:
