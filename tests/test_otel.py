@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import attrs
 import httpx
 import pytest
 import trio
+from http_kit import eventually, factory_of, running
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -27,7 +25,7 @@ from opentelemetry.trace import StatusCode
 
 from pipeline import Done, Event, Producer, ProducerConnectionError, TextDelta
 from pipeline.testing import CountingProducer, ScriptedProducer, Step
-from sinks.server import ServerConfig, StreamRequest, create_app, get_runtime, serve
+from sinks.server import ServerConfig, create_app, get_runtime
 from sinks.server._otel import SPAN_NAME, otel_observer
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}], "model": "m1"}
@@ -83,28 +81,6 @@ class OTel:
 @pytest.fixture
 def otel() -> OTel:
     return OTel()
-
-
-def factory_of(make: Callable[[StreamRequest], Producer]) -> Any:
-    @asynccontextmanager
-    async def factory(request: StreamRequest) -> AsyncIterator[Producer]:
-        yield make(request)
-
-    return factory
-
-
-@asynccontextmanager
-async def running(app: Any) -> AsyncIterator[str]:
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(partial(serve, app, "127.0.0.1", 0))
-        yield f"http://127.0.0.1:{port}"
-        nursery.cancel_scope.cancel()
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 2.0) -> None:
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 (polling another task's state)
-            await trio.sleep(0.005)
 
 
 async def test_live_stream_span_and_metrics(otel: OTel) -> None:

@@ -38,14 +38,6 @@ def text_of(events: list[SSEEvent]) -> str:
     return "".join(json.loads(e.data).get("text", "") for e in events if e.event == "text")
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return url
-    return None
-
-
 async def test_delete_on_a_resumed_stream_and_partial_chars(store_url: str | None) -> None:
     """Read, leave, resume from Last-Event-ID, DELETE while following the resumed stream: the
     resumed reader gets the ``cancelled`` end, whose ``partial_chars`` is the number of

@@ -30,7 +30,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from pipeline import ConfigError, lone_exception
+from pipeline import ConfigError, lone_exception_unwrapped
 from pipeline.producers import CostLimitError
 
 from ._limits import DEFAULT_WINDOW, LimiterStatistics, Permit
@@ -308,15 +308,10 @@ async def open_redis_limiter(
     """A :class:`RedisLimiter` on ``client`` (entered by the caller) for the block, with its
     lease refresher running. ``options``: :class:`RedisLimiter`'s fields."""
     limiter = RedisLimiter(client, **options)
-    try:
+    with lone_exception_unwrapped():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(limiter.refresh_forever)
             try:
                 yield limiter
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        single = lone_exception(group)
-        if single is group:
-            raise
-        raise single from None

@@ -24,7 +24,7 @@ from typing import Final
 import attrs
 import trio
 
-from pipeline import ConfigError, lone_exception
+from pipeline import ConfigError, lone_exception_unwrapped
 
 from ._jobs import InvalidJob, InvalidLine, Job
 from ._limits import Limiter, LocalLimiter
@@ -93,7 +93,7 @@ class Worker:
     async def events(self) -> AsyncIterator[trio.MemoryReceiveChannel[BatchEvent]]:
         if self.worker.out is not None:
             await trio.to_thread.run_sync(self._make_out)
-        try:
+        with lone_exception_unwrapped():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_alive)
                 try:
@@ -101,11 +101,6 @@ class Worker:
                         yield events
                 finally:
                     nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            single = lone_exception(group)
-            if single is group:
-                raise
-            raise single from None
 
     def _make_out(self) -> None:
         assert self.worker.out is not None
