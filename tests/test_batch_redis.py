@@ -29,9 +29,11 @@ from pipeline.producers import CostGuard, CostLimitError, openai_client
 from pipeline.testing.emulator import Emulator, RateLimits, Reply, RequestRecord, status
 from sinks.batch import (
     BatchConfig,
+    BudgetExhausted,
     Job,
     LocalLimiter,
     RedisJobQueue,
+    RedisTokenBudget,
     Worker,
     WorkerConfig,
     job_to_json,
@@ -312,3 +314,20 @@ async def test_workers_share_one_token_budget_then_requeue_the_refused(
     assert (counts.done, counts.dead, counts.pending, counts.waiting) == (n, 0, 0, 0)
     assert counts.spent == 10 * n
     assert len([r for r in emu.requests if r.status == 200]) == n  # each job sent once
+
+
+async def test_the_reservation_of_a_dead_worker_counts_as_spent(redis_url: str) -> None:
+    name = f"lease{os.getpid()}"
+    async with RedisJobQueue(redis_url, name=name) as queue:
+        await queue.delete()
+        await queue.set_budget(30)
+        # No lease refresher: as if its worker died with the request sent.
+        dead = RedisTokenBudget(queue.client, name=name, lease=0.2)
+        permit = await dead.reserve(20)
+        async with open_redis_budget(queue.client, name=name, poll=0.05) as live:
+            with trio.fail_after(10), pytest.raises(BudgetExhausted, match="10 of 30 are left"):
+                await live.reserve(20)  # waits while it may fit, until that lease runs out
+            ok = await live.reserve(10)
+            await ok.release(4)
+        await permit.release(1)  # too late: it was counted as its reservation already
+        assert (await queue.counts()).spent == 24
