@@ -142,3 +142,41 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "no such jobs file" in result.stderr
+
+
+def test_progress_display_on_a_terminal(tmp_path: Path) -> None:
+    """Standard error a terminal (a pty): rich draws the bar, the counts, tokens per second
+    and requests per minute against --rpm; the summary still goes to standard output."""
+    import pty
+
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 3)
+    command = [
+        sys.executable, "-m", "sinks.cli", "batch", str(jobs), "--out", str(tmp_path / "o"),
+        "--scripted", "Hi there.", "--rate", "0", "--rpm", "600",
+    ]  # fmt: skip
+    master, slave = pty.openpty()
+    env = {**ENV, "COLUMNS": "160", "TERM": "xterm-256color"}
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, text=True
+    ) as proc:
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.stdout is not None
+        stdout = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0
+    os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "batch" in shown
+    assert "3/3" in shown
+    assert "done 3 failed 0 running 0" in shown
+    assert "tok/s" in shown
+    assert "/600 req/min" in shown
+    assert stdout.startswith("3 done, 0 failed")

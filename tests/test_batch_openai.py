@@ -22,6 +22,7 @@ from test_batch_cli import ENV, ROOT, TEXT, batch_command, complete_lines, emula
 from pipeline.testing.emulator import Emulator, Reply, RequestRecord, serve_emulator, status
 from sinks.batch import (
     ERRORS_FILE,
+    PROVIDER_BATCH_FILE,
     RESULTS_FILE,
     JobsFile,
     ProviderBatchEnded,
@@ -170,3 +171,52 @@ def test_cli_via_openai_batch_refuses_another_provider(tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "--via openai-batch" in result.stderr
+
+
+async def test_a_run_stopped_mid_poll_is_resumed_not_submitted_again(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    emu: Emulator = await nursery.start(
+        partial(serve_emulator, "127.0.0.1", 0, answer, batch_delay=3600)
+    )
+    jobs = write_jobs_file(tmp_path / "jobs.jsonl")
+    out = tmp_path / "out"
+    first: list[ProviderBatchEvent] = []
+    client = openai.AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-test")
+    with trio.CancelScope() as scope:  # stopped at its second poll, the batch in progress
+
+        def report(event: ProviderBatchEvent) -> None:
+            first.append(event)
+            if sum(isinstance(e, ProviderBatchPolled) for e in first) == 2:
+                scope.cancel()
+
+        async with open_directory(out) as directory:
+            await run_provider_batch(
+                client, JobsFile(jobs), directory, model="emulated-gpt", max_tokens=64,
+                poll_interval=60, report=report,
+            )  # fmt: skip
+    await client.close()
+    assert scope.cancelled_caught
+    assert [e.status for e in first if isinstance(e, ProviderBatchPolled)] == ["in_progress"] * 2
+    (submitted,) = [e for e in first if isinstance(e, ProviderBatchSubmitted)]
+    record = json.loads((out / PROVIDER_BATCH_FILE).read_text())
+    assert record["batch_id"] == submitted.batch_id
+    assert record["input_file_id"] == submitted.file_id
+    assert len(record["custom_ids"]) == 6
+
+    # The same command again: polls that batch, records its outcomes, submits nothing.
+    again = await run_once(emu, jobs, out)
+    (resumed,) = [e for e in again if isinstance(e, ProviderBatchSubmitted)]
+    assert (resumed.batch_id, resumed.requests, resumed.resumed) == (submitted.batch_id, 6, True)
+    assert again[-1] == ProviderBatchEnded(submitted.batch_id, "completed", 5, 1, 0, 1)
+    paths = [(r.method, r.path) for r in emu.requests]
+    assert paths.count(("POST", "/v1/batches")) == 1
+    assert paths.count(("POST", "/v1/files")) == 1
+    assert len(complete_lines(out / RESULTS_FILE)) == 5
+    assert not (out / PROVIDER_BATCH_FILE).exists()
+
+    # A record of a batch the provider does not know: submitted again (the failed job only).
+    (out / PROVIDER_BATCH_FILE).write_text(json.dumps({"batch_id": "batch_gone"}))
+    third = await run_once(emu, jobs, out)
+    assert [e.requests for e in third if isinstance(e, ProviderBatchSubmitted)] == [1]
+    assert [(r.method, r.path) for r in emu.requests].count(("POST", "/v1/batches")) == 2

@@ -23,10 +23,23 @@ from typing import Any
 import coredis
 import pytest
 import trio
+from test_batch import KEY, NO_RETRY, chat_producers
 
-from pipeline.producers import CostLimitError
+from pipeline.producers import CostGuard, CostLimitError, openai_client
 from pipeline.testing.emulator import Emulator, RateLimits, Reply, RequestRecord, status
-from sinks.batch import Job, RedisJobQueue, open_redis_limiter
+from sinks.batch import (
+    BatchConfig,
+    BudgetExhausted,
+    Job,
+    LocalLimiter,
+    RedisJobQueue,
+    RedisTokenBudget,
+    Worker,
+    WorkerConfig,
+    job_to_json,
+    open_redis_budget,
+    open_redis_limiter,
+)
 
 EmulatorFactory = Callable[..., Awaitable[Emulator]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +144,10 @@ async def test_two_workers_one_killed_every_job_once_poison_dead_lettered(
         assert (out / f"j{i}.md").read_text() == answer(i)
         assert results[f"j{i}"]["response"]["body"]["choices"][0]["message"]["content"] == answer(i)
     assert {r["llmpipe"]["worker"] for r in results.values()} == {"A", "B"}
-    assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary file left
+    # No temporary file left, but one A was writing when it was killed (open_atomic's name:
+    # .NAME.PID.HEX.tmp; no worker removes another process's, which may be on another machine).
+    left = [f.name for f in out.iterdir() if f.name.startswith(".")]
+    assert [name for name in left if f".{a.pid}." not in name] == []
 
     # The request log: a job was sent again only if it was in flight at the kill (at most A's
     # concurrency of them), never once recorded done; the poison had 2 deliveries.
@@ -217,3 +233,101 @@ async def test_a_job_survives_the_queue_round_trip(redis_url: str) -> None:
         assert await fail(again.id, job.custom_id, record, consumer="d") == "dead"
         assert (await queue.counts()).finished
         assert [d["custom_id"] async for d in queue.dead_letters()] == ["x/1"]
+
+
+async def test_workers_share_one_token_budget_then_requeue_the_refused(
+    emulator: EmulatorFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """``--max-tokens-total`` with ``--submit`` is one budget for the queue, whatever the
+    number of workers: checked before sending, in Redis; a job it refuses is dead-lettered with
+    the reason; ``llmpipe batch requeue`` puts it back once the budget is raised."""
+    emu = await emulator(Reply(list("abcdefgh"), input_tokens=2))  # uses 2 + 8 = 10 tokens
+    name = f"budget{os.getpid()}"
+    common = ("--redis", redis_url, "--queue", name)
+    n, budget = 10, 55
+    jobs = [
+        Job(f"b{i}", [{"role": "user", "content": f"Job {i}"}], f"b{i}.md", max_tokens=12)
+        for i in range(n)
+    ]
+    estimate = CostGuard().check(jobs[0].prompt_texts(), 12) + 12  # what a job reserves
+    async with RedisJobQueue(redis_url, name=name) as queue:
+        await queue.delete()
+        await queue.submit(jobs)
+        await queue.set_budget(budget)
+
+    async def work(consumer: str) -> None:
+        async with (
+            RedisJobQueue(redis_url, name=name) as queue,
+            openai_client(base_url=emu.openai_base_url, api_key=KEY) as client,
+            open_redis_budget(queue.client, name=name) as shared,
+        ):
+            settings = WorkerConfig(consumer, claim_idle=5, until_empty=True, block=0.05)
+            config = BatchConfig(workers=3, retry=NO_RETRY)
+            limiter = LocalLimiter(concurrency=3)
+            await Worker(queue, chat_producers(client), limiter, config, settings, shared).run()
+
+    async def two_workers() -> None:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(work, "A")
+                nursery.start_soon(work, "B")
+
+    await two_workers()
+    # Each job spends 10 and reserves `estimate` before it is sent: the jobs that fit.
+    fits = next(k for k in range(n + 1) if 10 * k + estimate > budget)
+    assert 2 <= fits < n
+    served = [r for r in emu.requests if r.status == 200]
+    assert len(served) == fits  # nothing sent past the budget, by either worker
+    async with RedisJobQueue(redis_url, name=name) as queue:
+        counts = await queue.counts()
+        dead = [d async for d in queue.dead_letters()]
+    assert (counts.done, counts.dead, counts.pending, counts.waiting) == (fits, n - fits, 0, 0)
+    assert (counts.spent, counts.budget) == (10 * fits, budget)
+    for record in dead:  # recorded failed once, with the reason, not retried
+        assert record["error"]["code"] == "budget"
+        assert "max_tokens_total" in record["error"]["message"]
+        assert "nothing was sent" in record["error"]["message"]
+    shown = await run_cli("batch", "status", *common)
+    assert f"{10 * fits} tokens used of a budget of {budget}".encode() in shown.stdout
+
+    # Raise the budget (submitting again adds no job), requeue the refused, run again.
+    jobs_file = tmp_path / "jobs.jsonl"
+    await trio.Path(jobs_file).write_text("".join(job_to_json(j) + "\n" for j in jobs))
+    raised = await run_cli("batch", str(jobs_file), *common, "--submit",
+                           "--max-tokens-total", "1000")  # fmt: skip
+    assert b"0 jobs submitted" in raised.stdout, raised.stderr
+    requeued = await run_cli("batch", "requeue", *common)
+    assert requeued.returncode == 0, requeued.stderr
+    assert f"{n - fits} dead-lettered jobs put back".encode() in requeued.stdout
+    shown = await run_cli("batch", "status", *common, "--json")
+    status_now = json.loads(shown.stdout)
+    assert (status_now["dead"], status_now["waiting"], status_now["requeued"]) == (
+        0,
+        n - fits,
+        n - fits,
+    )
+    assert (status_now["submitted"], status_now["budget"]) == (n, 1000)
+    await two_workers()
+    async with RedisJobQueue(redis_url, name=name) as queue:
+        counts = await queue.counts()
+        assert await queue.requeue() == 0  # nothing left to requeue
+    assert (counts.done, counts.dead, counts.pending, counts.waiting) == (n, 0, 0, 0)
+    assert counts.spent == 10 * n
+    assert len([r for r in emu.requests if r.status == 200]) == n  # each job sent once
+
+
+async def test_the_reservation_of_a_dead_worker_counts_as_spent(redis_url: str) -> None:
+    name = f"lease{os.getpid()}"
+    async with RedisJobQueue(redis_url, name=name) as queue:
+        await queue.delete()
+        await queue.set_budget(30)
+        # No lease refresher: as if its worker died with the request sent.
+        dead = RedisTokenBudget(queue.client, name=name, lease=0.2)
+        permit = await dead.reserve(20)
+        async with open_redis_budget(queue.client, name=name, poll=0.05) as live:
+            with trio.fail_after(10), pytest.raises(BudgetExhausted, match="10 of 30 are left"):
+                await live.reserve(20)  # waits while it may fit, until that lease runs out
+            ok = await live.reserve(10)
+            await ok.release(4)
+        await permit.release(1)  # too late: it was counted as its reservation already
+        assert (await queue.counts()).spent == 24

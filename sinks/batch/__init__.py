@@ -9,7 +9,8 @@ format, which is also the manifest a rerun resumes from). Progress comes as even
 
 Beyond one machine: a :class:`RedisJobQueue` holds the jobs on a Redis stream, each
 :class:`Worker` (on any machine) takes them through a consumer group and records outcomes back
-in it, and a :class:`RedisLimiter` shares the limits. These names load lazily (PEP 562), so
+in it, a :class:`RedisLimiter` shares the limits and a :class:`RedisTokenBudget` the token
+budget. These names load lazily (PEP 562), so
 ``coredis`` (the ``redis`` extra) is imported only when one is used.
 
 :func:`run_provider_batch` sends the same jobs through a provider's Batch API instead
@@ -34,6 +35,8 @@ from ._jobs import output_name as output_name
 from ._jobs import parse_job as parse_job
 from ._jobs import parse_jobs as parse_jobs
 from ._limits import DEFAULT_WINDOW as DEFAULT_WINDOW
+from ._limits import Budget as Budget
+from ._limits import BudgetExhausted as BudgetExhausted
 from ._limits import Limiter as Limiter
 from ._limits import LimiterStatistics as LimiterStatistics
 from ._limits import LocalLimiter as LocalLimiter
@@ -47,6 +50,7 @@ from ._openai_batch import ProviderBatchSubmitted as ProviderBatchSubmitted
 from ._openai_batch import batch_request as batch_request
 from ._openai_batch import run_provider_batch as run_provider_batch
 from ._outputs import ERRORS_FILE as ERRORS_FILE
+from ._outputs import PROVIDER_BATCH_FILE as PROVIDER_BATCH_FILE
 from ._outputs import RESULTS_FILE as RESULTS_FILE
 from ._outputs import BatchDirectory as BatchDirectory
 from ._outputs import JobFailure as JobFailure
@@ -77,6 +81,8 @@ if _typing.TYPE_CHECKING:
     from ._queue import QueueError as QueueError
     from ._queue import RedisJobQueue as RedisJobQueue
     from ._redis_limits import RedisLimiter as RedisLimiter
+    from ._redis_limits import RedisTokenBudget as RedisTokenBudget
+    from ._redis_limits import open_redis_budget as open_redis_budget
     from ._redis_limits import open_redis_limiter as open_redis_limiter
     from ._worker import Worker as Worker
     from ._worker import WorkerConfig as WorkerConfig
@@ -86,6 +92,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_WINDOW",
     "ERRORS_FILE",
+    "PROVIDER_BATCH_FILE",
     "RESERVED_NAMES",
     "RESULTS_FILE",
     "Batch",
@@ -94,6 +101,8 @@ __all__ = [
     "BatchEnded",
     "BatchEvent",
     "BatchStatistics",
+    "Budget",
+    "BudgetExhausted",
     "Delivery",
     "InvalidJob",
     "InvalidLine",
@@ -123,6 +132,7 @@ __all__ = [
     "RateLimited",
     "RedisJobQueue",
     "RedisLimiter",
+    "RedisTokenBudget",
     "TokenBudget",
     "Worker",
     "WorkerConfig",
@@ -133,6 +143,7 @@ __all__ = [
     "job_from_json",
     "job_to_json",
     "open_directory",
+    "open_redis_budget",
     "open_redis_limiter",
     "output_name",
     "parse_job",
@@ -148,6 +159,8 @@ _LAZY: dict[str, str] = {
     "QueueError": "._queue",
     "RedisJobQueue": "._queue",
     "RedisLimiter": "._redis_limits",
+    "RedisTokenBudget": "._redis_limits",
+    "open_redis_budget": "._redis_limits",
     "open_redis_limiter": "._redis_limits",
     "Worker": "._worker",
     "WorkerConfig": "._worker",

@@ -41,7 +41,7 @@ __all__ = [
     "parse_jobs",
 ]
 
-RESERVED_NAMES: Final = frozenset({"results.jsonl", "errors.jsonl"})
+RESERVED_NAMES: Final = frozenset({"results.jsonl", "errors.jsonl", "provider_batch.json"})
 """File names in the output directory that no document may take."""
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")

@@ -19,16 +19,19 @@ from typing import Final, Protocol
 import attrs
 import trio
 
-from pipeline import ConfigError
+from pipeline import ConfigError, LLMPipeError
 from pipeline.producers import CostLimitError
 
 __all__ = [
     "DEFAULT_WINDOW",
+    "Budget",
+    "BudgetExhausted",
     "Limiter",
     "LimiterStatistics",
     "LocalLimiter",
     "Permit",
     "TokenBudget",
+    "budget_message",
 ]
 
 DEFAULT_WINDOW: Final = 60.0
@@ -218,13 +221,42 @@ class _LocalPermit:
             self._limiter._release(self._estimated, used_tokens)
 
 
+class BudgetExhausted(LLMPipeError):
+    """A request's tokens can never fit in what is left of the batch's token budget (even if
+    every request running used nothing); nothing was sent. The message says what is left."""
+
+    kind = "budget"
+
+
+class Budget(Protocol):
+    """A total token budget for a batch (``--max-tokens-total``), checked before each request
+    is sent. :class:`TokenBudget` counts in this process; :class:`RedisTokenBudget` is shared
+    by every worker of a queue."""
+
+    async def reserve(self, tokens: int) -> Permit:
+        """Set ``tokens`` (a request's estimate) aside, waiting while requests running may
+        still give some back; raise :class:`BudgetExhausted` if they can never fit. The
+        permit's ``release(used_tokens)`` replaces the reservation by the reported usage
+        (``None``: count the reservation)."""
+        ...
+
+
+def budget_message(tokens: int, spent: int, total: int, where: str = "") -> str:
+    """The reason a job refused by a budget is recorded failed with."""
+    return (
+        f"max_tokens_total: the request needs about {tokens} tokens and "
+        f"{max(0, total - spent)} of {total} are left{where}; nothing was sent"
+    )
+
+
 @attrs.define(eq=False)
 class TokenBudget:
-    """At most ``total`` tokens for a whole batch, checked before each request is sent.
+    """At most ``total`` tokens for a whole batch in this process, checked before each request
+    is sent (a :class:`Budget`).
 
     :meth:`reserve` takes a request's estimate out of what is left (waiting while requests
-    that are running may still give some back), :meth:`settle` replaces the estimate by the
-    reported usage. ``spent`` starts at what earlier runs of the same batch used.
+    that are running may still give some back), its permit's ``release`` replaces the estimate
+    by the reported usage. ``spent`` starts at what earlier runs of the same batch used.
     """
 
     total: int
@@ -241,15 +273,13 @@ class TokenBudget:
         """Tokens set aside for requests still running."""
         return self._reserved
 
-    async def reserve(self, tokens: int) -> bool:
-        """Set ``tokens`` aside and return ``True``, or ``False`` if they can never fit (even
-        if every running request used nothing)."""
+    async def reserve(self, tokens: int) -> Permit:
         while self.spent + self._reserved + tokens > self.total:
             if self.spent + tokens > self.total:
-                return False
+                raise BudgetExhausted(budget_message(tokens, self.spent, self.total))
             await self._changed.wait()
         self._reserved += tokens
-        return True
+        return _BudgetPermit(self, tokens)
 
     def settle(self, reserved: int, used: int | None) -> None:
         """A request that reserved ``reserved`` ended having used ``used`` tokens (``None``:
@@ -258,3 +288,15 @@ class TokenBudget:
         self.spent += reserved if used is None else used
         self._changed.set()
         self._changed = trio.Event()
+
+
+@attrs.define(eq=False)
+class _BudgetPermit:
+    _budget: TokenBudget
+    _reserved: int
+    _released: bool = False
+
+    async def release(self, used_tokens: int | None = None) -> None:
+        if not self._released:  # synchronous inside: nothing to cancel
+            self._released = True
+            self._budget.settle(self._reserved, used_tokens)

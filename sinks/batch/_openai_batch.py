@@ -6,6 +6,8 @@ submitted with ``client.batches.create``, and ``client.batches.retrieve`` is pol
 batch ends; then the output and error files (``client.files.content``) are read and each job is
 recorded in the ledger as the runner would record it (document, ``results.jsonl``,
 ``errors.jsonl``). A job the batch did not answer is recorded failed with the batch's status.
+The submitted batch is recorded in the output directory until its outcomes are, so running the
+same command again while it is in progress polls it instead of submitting it twice.
 The client is the official SDK's ``openai.AsyncOpenAI`` (anyio: it runs under trio).
 """
 
@@ -21,7 +23,7 @@ import trio
 from pipeline import ConfigError
 
 from ._jobs import InvalidLine, Job, JobSource
-from ._outputs import JobFailure, JobOutcome, Ledger
+from ._outputs import BatchDirectory, JobFailure, JobOutcome, Ledger
 
 __all__ = [
     "BATCH_ENDPOINT",
@@ -39,11 +41,13 @@ _TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 
 @attrs.frozen
 class ProviderBatchSubmitted:
-    """The jobs file was uploaded (``file_id``) and the batch created (``batch_id``)."""
+    """The jobs file was uploaded (``file_id``) and the batch created (``batch_id``);
+    ``resumed``: by an earlier run, whose record this run found (it polls that batch)."""
 
     batch_id: str
     file_id: str
     requests: int
+    resumed: bool = False
 
 
 @attrs.frozen
@@ -142,9 +146,14 @@ async def run_provider_batch(
     """Run the jobs of ``jobs`` not done in ``ledger`` as one batch of ``client``'s Batch API
     (``client``: an ``openai.AsyncOpenAI``), polling every ``poll_interval`` seconds, and
     record each in ``ledger``. ``report`` is called with the progress (and each line that is
-    not a job)."""
+    not a job).
+
+    With a :class:`BatchDirectory` ledger the submitted batch (its id, its input file's id and
+    its jobs) is recorded in the directory (:data:`PROVIDER_BATCH_FILE`) until its outcomes are:
+    a run stopped (Ctrl-C, ``kill -9``) while the batch is in progress is resumed by the next,
+    which polls that batch instead of submitting another (then submits the jobs not in it)."""
+    memo = ledger if isinstance(ledger, BatchDirectory) else None
     pending: dict[str, Job] = {}
-    lines: list[bytes] = []
     skipped = invalid = 0
     async for item in jobs:
         if isinstance(item, InvalidLine):
@@ -153,20 +162,81 @@ async def run_provider_batch(
         elif ledger.is_done(item.custom_id):
             skipped += 1
         else:
+            batch_request(item, model=model, max_tokens=max_tokens)  # no model: fail before
             pending[item.custom_id] = item
-            request = batch_request(item, model=model, max_tokens=max_tokens)
-            lines.append(json.dumps(request, ensure_ascii=False).encode() + b"\n")
-    if not pending:
-        ended = ProviderBatchEnded(None, None, 0, 0, skipped, invalid)
-        report(ended)
-        return ended
-    uploaded = await client.files.create(
-        file=("llmpipe-batch.jsonl", b"".join(lines), "application/jsonl"), purpose="batch"
+    done = failed = 0
+    batch: Any = None
+    saved = None if memo is None else await memo.provider_batch()
+    if saved is not None:
+        assert memo is not None
+        batch = await _retrieve(client, saved)
+        if batch is None:  # the provider does not know it (any more): submit again
+            await memo.record_provider_batch(None)
+        else:
+            ids = [i for i in saved.get("custom_ids", []) if i in pending]
+            mine = {i: pending.pop(i) for i in ids}
+            report(
+                ProviderBatchSubmitted(batch.id, str(saved.get("input_file_id")), len(ids), True)
+            )
+            batch, d, f = await _finish(client, batch, mine, ledger, poll_interval, report)
+            await memo.record_provider_batch(None)
+            done, failed = done + d, failed + f
+    if pending:
+        lines = [
+            json.dumps(
+                batch_request(job, model=model, max_tokens=max_tokens), ensure_ascii=False
+            ).encode()
+            + b"\n"
+            for job in pending.values()
+        ]
+        uploaded = await client.files.create(
+            file=("llmpipe-batch.jsonl", b"".join(lines), "application/jsonl"), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint=BATCH_ENDPOINT, completion_window="24h"
+        )
+        if memo is not None:
+            record = {"batch_id": batch.id, "input_file_id": uploaded.id, "custom_ids": [*pending]}
+            with trio.CancelScope(shield=True):  # submitted: recorded, whatever happens now
+                await memo.record_provider_batch(record)
+        report(ProviderBatchSubmitted(batch.id, uploaded.id, len(pending)))
+        batch, d, f = await _finish(client, batch, pending, ledger, poll_interval, report)
+        if memo is not None:
+            await memo.record_provider_batch(None)
+        done, failed = done + d, failed + f
+    ended = ProviderBatchEnded(
+        None if batch is None else batch.id,
+        None if batch is None else batch.status,
+        done,
+        failed,
+        skipped,
+        invalid,
     )
-    batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint=BATCH_ENDPOINT, completion_window="24h"
-    )
-    report(ProviderBatchSubmitted(batch.id, uploaded.id, len(pending)))
+    report(ended)
+    return ended
+
+
+async def _retrieve(client: Any, saved: dict[str, Any]) -> Any:
+    """The recorded batch as the provider sees it now; ``None`` if it does not know it."""
+    try:
+        return await client.batches.retrieve(str(saved.get("batch_id")))
+    except Exception as exc:
+        if getattr(exc, "status_code", None) == 404:
+            return None
+        raise
+
+
+async def _finish(
+    client: Any,
+    batch: Any,
+    pending: dict[str, Job],
+    ledger: Ledger,
+    poll_interval: float,
+    report: Callable[[ProviderBatchEvent], None],
+) -> tuple[Any, int, int]:
+    """Poll ``batch`` until it ends, then record the outcome of each job of ``pending``;
+    returns the ended batch and how many were done and failed."""
+    pending = dict(pending)
     while batch.status not in _TERMINAL:
         await trio.sleep(poll_interval)
         batch = await client.batches.retrieve(batch.id)
@@ -197,6 +267,4 @@ async def run_provider_batch(
         message = f"the batch {batch.id} ended {batch.status} without answering this job"
         await ledger.failed(job, JobFailure("batch", message, None, retryable=True, attempts=1))
         failed += 1
-    ended = ProviderBatchEnded(batch.id, batch.status, done, failed, skipped, invalid)
-    report(ended)
-    return ended
+    return batch, done, failed

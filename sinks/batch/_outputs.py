@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Protocol
 
@@ -38,6 +39,7 @@ from ._jobs import InvalidJob, Job, _check_output
 
 __all__ = [
     "ERRORS_FILE",
+    "PROVIDER_BATCH_FILE",
     "RESULTS_FILE",
     "BatchDirectory",
     "JobFailure",
@@ -50,6 +52,8 @@ __all__ = [
 
 RESULTS_FILE: Final = "results.jsonl"
 ERRORS_FILE: Final = "errors.jsonl"
+PROVIDER_BATCH_FILE: Final = "provider_batch.json"
+"""With ``--via openai-batch``: the batch submitted to the provider and not yet recorded."""
 
 
 @attrs.frozen
@@ -296,6 +300,31 @@ class BatchDirectory:
             tmp.unlink(missing_ok=True)
             self._errors = open(path, "ab")  # noqa: SIM115 (closed by close())
         return len(last)
+
+    async def provider_batch(self) -> dict[str, Any] | None:
+        """The provider batch recorded by :meth:`record_provider_batch` (``None``: none)."""
+        return await trio.to_thread.run_sync(self._read_provider_batch)
+
+    def _read_provider_batch(self) -> dict[str, Any] | None:
+        try:
+            obj = json.loads((self.path / PROVIDER_BATCH_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # not ours, or damaged: as if none (a batch may be submitted again)
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    async def record_provider_batch(self, record: dict[str, Any] | None) -> None:
+        """Record (atomically, durably) the provider batch submitted for this directory's jobs
+        (``record``: its ids and the jobs in it), so a run that stops while it is in progress
+        is resumed by the next instead of submitting another; ``None`` removes the record once
+        the batch's outcomes are recorded."""
+        path = self.path / PROVIDER_BATCH_FILE
+        if record is None:
+            await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+        else:
+            text = json.dumps(record, ensure_ascii=False)
+            await trio.to_thread.run_sync(_write_document, path, text)
 
     def close(self) -> None:
         """Close the two files (what was recorded is already durable). Idempotent."""

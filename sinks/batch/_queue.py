@@ -14,6 +14,12 @@ cluster slot):
 * ``…{NAME}:errors``: a hash ``custom_id`` -> the last failure of a job not (yet) done.
 * ``…{NAME}:dead``: the dead-letter stream: jobs delivered ``max_deliveries`` times without
   succeeding, or failed for a reason retrying cannot fix, with their last error.
+  :meth:`RedisJobQueue.requeue` puts them back on the jobs stream as new entries (their
+  delivery count starts again).
+* ``…{NAME}:stats``: a hash of counters (``requeued``).
+* ``…{NAME}:budget`` and ``…{NAME}:budget:running``: the batch's token budget
+  (``--max-tokens-total``, set by :meth:`RedisJobQueue.set_budget`), shared by every worker
+  (:class:`RedisTokenBudget`).
 
 Every change of state is one Lua script (atomic, one round trip): submit a page of jobs,
 record a job done (result + ``XACK``), record a failure (error, then dead-letter + ``XACK``
@@ -148,6 +154,34 @@ return out
 """
 
 
+# KEYS jobs, results, errors, dead, stats; ARGV start (exclusive after the first page: '(ID'),
+# count -> {requeued, entries read, last id read}. A dead letter whose job is done meanwhile
+# is dropped; one that holds no job (an invalid entry) stays.
+_REQUEUE: Final = """
+local entries = redis.call('XRANGE', KEYS[4], ARGV[1], '+', 'COUNT', ARGV[2])
+local n = 0
+local last = ''
+for _, e in ipairs(entries) do
+  last = e[1]
+  local cid, job = '', ''
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'custom_id' then cid = f[i + 1] elseif f[i] == 'job' then job = f[i + 1] end
+  end
+  if cid ~= '' and job ~= '' then
+    if redis.call('HEXISTS', KEYS[2], cid) == 0 then
+      redis.call('XADD', KEYS[1], '*', 'job', job)
+      redis.call('HDEL', KEYS[3], cid)
+      n = n + 1
+    end
+    redis.call('XDEL', KEYS[4], e[1])
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', n) end
+return {n, #entries, last}
+"""
+
+
 @attrs.frozen
 class Delivery:
     """A queue entry handed to a worker: the entry's id, its job (or why it is not one) and
@@ -164,7 +198,9 @@ class QueueCounts:
     ``done``: recorded done; ``dead``: in the dead-letter stream; ``pending``: read by a
     worker and not yet acknowledged; ``waiting``: not read yet; ``failing``: jobs whose last
     delivery failed and that are neither done nor dead; ``consumers``: workers the group has
-    seen."""
+    seen; ``requeued``: dead letters put back on the queue (``llmpipe batch requeue``), in
+    all; ``budget``: the token budget (``None``: none) and ``spent``: the tokens the workers'
+    requests used (counted with or without a budget)."""
 
     submitted: int
     done: int
@@ -173,6 +209,9 @@ class QueueCounts:
     waiting: int
     failing: int
     consumers: int
+    requeued: int = 0
+    budget: int | None = None
+    spent: int = 0
 
     @property
     def finished(self) -> bool:
@@ -228,17 +267,30 @@ class RedisJobQueue:
         self.results_key = f"{base}:results"
         self.errors_key = f"{base}:errors"
         self.dead_key = f"{base}:dead"
+        self.stats_key = f"{base}:stats"
+        self.budget_key = f"{base}:budget"
+        self.budget_running_key = f"{base}:budget:running"
         self._create = self._client.register_script(_CREATE)
         self._submit = self._client.register_script(_SUBMIT)
         self._done = self._client.register_script(_DONE)
         self._fail = self._client.register_script(_FAIL)
         self._claim = self._client.register_script(_CLAIM)
+        self._requeue = self._client.register_script(_REQUEUE)
         self._entered = False
 
     @property
     def keys(self) -> tuple[str, ...]:
         """Every key of the queue (the limiter's are separate)."""
-        return (self.jobs_key, self.submitted_key, self.results_key, self.errors_key, self.dead_key)
+        return (
+            self.jobs_key,
+            self.submitted_key,
+            self.results_key,
+            self.errors_key,
+            self.dead_key,
+            self.stats_key,
+            self.budget_key,
+            self.budget_running_key,
+        )
 
     @property
     def client(self) -> coredis.Redis[Any]:
@@ -290,19 +342,57 @@ class RedisJobQueue:
             added: object = await self._submit(keys=[self.jobs_key, self.submitted_key], args=page)
         return int(_str(added))
 
+    async def set_budget(self, total: int | None) -> None:
+        """Set the batch's token budget (``None``: remove it), shared by every worker: no
+        request is sent that could take the tokens the workers' requests used (so far, and in
+        earlier runs on this queue) over ``total``."""
+        with _translate():
+            if total is None:
+                await self._client.hdel(self.budget_key, ["total"])
+            else:
+                await self._client.hset(self.budget_key, {"total": total})
+
+    async def requeue(self, page: int = 256) -> int:
+        """Put every dead-lettered job back on the jobs stream as a new entry (its delivery
+        count starts again, its last error is forgotten) and take it off the dead-letter
+        stream, one script per page; a job recorded done meanwhile is only taken off. Returns
+        how many were put back (counted in :attr:`QueueCounts.requeued`)."""
+        start, requeued = "-", 0
+        while True:
+            with _translate():
+                reply: Any = await self._requeue(
+                    keys=[
+                        self.jobs_key,
+                        self.results_key,
+                        self.errors_key,
+                        self.dead_key,
+                        self.stats_key,
+                    ],
+                    args=[start, page],
+                )
+            added, read, last = int(_str(reply[0])), int(_str(reply[1])), _str(reply[2])
+            requeued += added
+            if read < page:
+                return requeued
+            start = "(" + last
+
     async def counts(self) -> QueueCounts:
         with _translate():
-            submitted = await self._client.xlen(self.jobs_key)
+            submitted = await self._client.hlen(self.submitted_key)
+            entries = await self._client.xlen(self.jobs_key)
             done = await self._client.hlen(self.results_key)
             dead = await self._client.xlen(self.dead_key)
             failing = await self._client.hlen(self.errors_key)
             groups = await self._client.xinfo_groups(self.jobs_key)
+            requeued = await self._client.hget(self.stats_key, "requeued")
+            budget = await self._client.hmget(self.budget_key, ["total", "spent"])
         group = next((g for g in groups if _str(g.get("name")) == GROUP), {})
         lag = group.get("lag")
         pending = int(_str(group.get("pending", 0)))
         read = group.get("entries-read")
         if lag is None:  # Redis could not tell (entries deleted): count from what was read
-            lag = submitted - int(_str(read or 0))
+            lag = entries - int(_str(read or 0))
+        total, spent = budget
         return QueueCounts(
             submitted=submitted,
             done=done,
@@ -311,6 +401,9 @@ class RedisJobQueue:
             waiting=max(0, int(_str(lag))),
             failing=max(0, failing - dead),
             consumers=int(_str(group.get("consumers", 0))),
+            requeued=int(_str(requeued or 0)),
+            budget=None if total is None else int(_str(total)),
+            spent=int(_str(spent or 0)),
         )
 
     async def results(self, page: int = 256) -> AsyncIterator[dict[str, Any]]:

@@ -17,6 +17,11 @@ when the request does not fit, the script says how long until it may, and the li
 that long (at most ``poll`` s, since another worker's release may free room sooner) and tries
 again. Times are the Redis server's clock (``TIME``), the same for every machine. Concurrency
 is per worker (each process's own ``concurrency``).
+
+:class:`RedisTokenBudget` is the batch's total token budget (``--max-tokens-total``) shared the
+same way: ``…{NAME}:budget`` (a hash: ``total``, ``spent``, ``reserved``, ``r:ID`` -> the
+tokens a running request reserved) and ``…{NAME}:budget:running`` (a sorted set of those
+reservations by lease expiry), one script to reserve (checked before sending), one to settle.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import trio
 from pipeline import ConfigError, lone_exception_unwrapped
 from pipeline.producers import CostLimitError
 
-from ._limits import DEFAULT_WINDOW, LimiterStatistics, Permit
+from ._limits import DEFAULT_WINDOW, BudgetExhausted, LimiterStatistics, Permit, budget_message
 from ._queue import QueueError
 
 try:
@@ -42,7 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - _queue raised first
     raise ImportError(exc) from exc
 
-__all__ = ["RedisLimiter", "open_redis_limiter"]
+__all__ = ["RedisLimiter", "RedisTokenBudget", "open_redis_budget", "open_redis_limiter"]
 
 _NOW: Final = """
 local t = redis.call('TIME')
@@ -139,6 +144,53 @@ end
 return 0
 """
 )
+
+
+# KEYS budget, running; ARGV id, tokens, lease ms -> {0 never | 1 wait | 2 reserved, spent,
+# total (-1: none)}. Reservations whose lease ran out (their worker died) count as spent:
+# their request may have been sent.
+_RESERVE: Final = (
+    _NOW
+    + """
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  local t = tonumber(redis.call('HGET', KEYS[1], 'r:' .. id) or '0')
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[1], 'r:' .. id)
+  redis.call('HINCRBY', KEYS[1], 'reserved', 0 - t)
+  redis.call('HINCRBY', KEYS[1], 'spent', t)
+end
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local tokens = tonumber(ARGV[2])
+local total = redis.call('HGET', KEYS[1], 'total')
+if total then
+  total = tonumber(total)
+  if spent + tokens > total then return {0, spent, total} end
+  if spent + reserved + tokens > total then return {1, spent, total} end
+else
+  total = -1
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[1], 'r:' .. ARGV[1], tokens)
+redis.call('HINCRBY', KEYS[1], 'reserved', tokens)
+return {2, spent, total}
+"""
+)
+
+# KEYS budget, running; ARGV id, used tokens (-1: the reservation) -> 1, or 0 if the lease
+# had run out (the reservation was counted as spent then).
+_SETTLE: Final = """
+local t = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
+if not t then return 0 end
+t = tonumber(t)
+local used = tonumber(ARGV[2])
+if used < 0 then used = t end
+redis.call('HDEL', KEYS[1], 'r:' .. ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'reserved', 0 - t)
+redis.call('HINCRBY', KEYS[1], 'spent', used)
+return 1
+"""
 
 
 def _ms(seconds: float) -> int:
@@ -299,6 +351,104 @@ class _RedisPermit:
             self._released = True
             with trio.CancelScope(shield=True):
                 await self._limiter._release(self._member, used_tokens)
+
+
+@attrs.define(eq=False)
+class RedisTokenBudget:
+    """The token budget of a queue (:meth:`RedisJobQueue.set_budget`), shared by every worker
+    of it: a :class:`Budget` whose reservations and spending are counted in Redis, each
+    reserve and settle one Lua script (atomic), checked before a request is sent. Without a
+    budget set, it only counts what is spent (a budget set later counts it).
+
+    A reservation counts until settled with the reported usage; this process pushes its
+    reservations' leases forward every ``lease / 3`` s, and one whose lease ran out (its
+    worker died) is counted as spent, its request may have been sent. ``poll``: the longest
+    sleep before a reservation that must wait for running requests tries again. Made by
+    :func:`open_redis_budget` (it runs the lease refresher).
+    """
+
+    client: coredis.Redis[Any]
+    name: str = "default"
+    lease: float = 10.0
+    poll: float = 0.25
+    prefix: str = "llmpipe:batch:"
+    _keys: list[str] = attrs.field(init=False)
+    _running: set[str] = attrs.field(factory=set, init=False)
+    _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lease > 0 or not self.poll > 0:
+            raise ConfigError("lease and poll must be > 0")
+        base = f"{self.prefix}{{{self.name}}}:budget"  # RedisJobQueue's budget keys
+        self._keys = [base, f"{base}:running"]
+        for name, text in (("reserve", _RESERVE), ("settle", _SETTLE), ("refresh", _REFRESH)):
+            self._scripts[name] = self.client.register_script(text)
+
+    async def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._scripts[script](keys=keys, args=args)
+        except (coredis.exceptions.RedisError, TimeoutError) as exc:
+            raise QueueError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def reserve(self, tokens: int) -> Permit:
+        member = uuid.uuid4().hex
+        while True:
+            self._running.add(member)  # refreshed from the script's first run on
+            try:
+                reply = await self._call("reserve", self._keys, [member, tokens, _ms(self.lease)])
+            except BaseException:
+                self._running.discard(member)
+                raise
+            outcome, spent, total = (int(x) for x in reply)
+            if outcome == 2:
+                return _BudgetPermit(self, member)
+            self._running.discard(member)
+            if outcome == 0:
+                where = " (shared by the queue's workers)"
+                raise BudgetExhausted(budget_message(tokens, spent, total, where))
+            await trio.sleep(self.poll)
+
+    async def refresh_forever(self) -> None:
+        """Push forward the leases of this process's reservations every ``lease / 3`` s."""
+        while True:
+            await trio.sleep(self.lease / 3)
+            if self._running:
+                await self._call("refresh", self._keys[1:], [_ms(self.lease), *self._running])
+
+    async def _settle(self, member: str, used: int | None) -> None:
+        try:
+            await self._call("settle", self._keys, [member, -1 if used is None else used])
+        finally:
+            self._running.discard(member)
+
+
+@attrs.define(eq=False)
+class _BudgetPermit:
+    _budget: RedisTokenBudget
+    _member: str
+    _released: bool = False
+
+    async def release(self, used_tokens: int | None = None) -> None:
+        if not self._released:
+            self._released = True
+            with trio.CancelScope(shield=True):
+                await self._budget._settle(self._member, used_tokens)
+
+
+@contextlib.asynccontextmanager
+async def open_redis_budget(
+    client: coredis.Redis[Any], **options: Any
+) -> AsyncIterator[RedisTokenBudget]:
+    """A :class:`RedisTokenBudget` on ``client`` (entered by the caller) for the block, with its
+    lease refresher running. ``options``: :class:`RedisTokenBudget`'s fields."""
+    budget = RedisTokenBudget(client, **options)
+    with lone_exception_unwrapped():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(budget.refresh_forever)
+            try:
+                yield budget
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager

@@ -47,7 +47,15 @@ from pipeline.producers import (
 )
 
 from ._jobs import InvalidLine, Job, JobSource
-from ._limits import Limiter, LimiterStatistics, LocalLimiter, TokenBudget
+from ._limits import (
+    Budget,
+    BudgetExhausted,
+    Limiter,
+    LimiterStatistics,
+    LocalLimiter,
+    Permit,
+    TokenBudget,
+)
 from ._outputs import JobFailure, JobOutcome, Ledger
 
 __all__ = [
@@ -272,10 +280,13 @@ class Batch:
     config: BatchConfig = attrs.field(factory=BatchConfig)
     rng: random.Random = attrs.field(factory=random.Random)
     """The backoff's jitter source (seed it for reproducible tests)."""
+    budget: Budget | None = None
+    """The token budget (a shared one, for workers); ``None``: a :class:`TokenBudget` of
+    ``config.max_tokens_total``, if set, counting what the ledger's earlier runs spent."""
     _total: int | None = attrs.field(default=None, init=False)
     _counts: dict[str, int] = attrs.field(factory=dict, init=False)
     _started_at: float | None = attrs.field(default=None, init=False)
-    _budget: TokenBudget | None = attrs.field(default=None, init=False)
+    _budget: Budget | None = attrs.field(default=None, init=False)
     _send: trio.MemorySendChannel[BatchEvent] | None = attrs.field(default=None, init=False)
 
     def statistics(self) -> BatchStatistics:
@@ -304,7 +315,8 @@ class Batch:
             raise RuntimeError("a Batch runs once")
         self._started_at = trio.current_time()
         self._total = total
-        if self.config.max_tokens_total is not None:
+        self._budget = self.budget
+        if self._budget is None and self.config.max_tokens_total is not None:
             self._budget = TokenBudget(self.config.max_tokens_total, self.ledger.spent_tokens)
         send, receive = trio.open_memory_channel[Job](0)
         async with trio.open_nursery() as nursery:
@@ -431,13 +443,13 @@ class Batch:
 
     async def _attempt(self, job: Job, attempt: int, estimate: int) -> JobOutcome:
         """One request, inside the budget and a permit; raises :class:`_Failed`."""
-        budget = self._budget
-        if budget is not None and not await budget.reserve(estimate):
-            message = (
-                f"max_tokens_total: the request needs about {estimate} tokens and "
-                f"{budget.total - budget.spent} of {budget.total} are left; nothing was sent"
-            )
-            raise _Failed(JobFailure("budget", message, attempts=attempt - 1), 0, None)
+        reservation: Permit | None = None
+        if self._budget is not None:
+            try:
+                reservation = await self._budget.reserve(estimate)
+            except BudgetExhausted as exc:
+                failure = JobFailure(exc.kind, str(exc), attempts=attempt - 1)
+                raise _Failed(failure, 0, None) from exc
         used: int | None = None
         try:
             try:
@@ -464,8 +476,9 @@ class Batch:
                 with trio.CancelScope(shield=True):
                     await permit.release(used)
         finally:
-            if budget is not None:
-                budget.settle(estimate, used)
+            if reservation is not None:
+                with trio.CancelScope(shield=True):
+                    await reservation.release(used)
 
     async def _stream(self, job: Job, attempt: int, estimate: int) -> JobOutcome:
         parts: list[str] = []

@@ -27,7 +27,7 @@ import trio
 from pipeline import ConfigError, lone_exception_unwrapped
 
 from ._jobs import InvalidJob, InvalidLine, Job
-from ._limits import Limiter, LocalLimiter
+from ._limits import Budget, Limiter, LocalLimiter
 from ._outputs import JobFailure, JobOutcome, _write_document, error_record, result_record
 from ._queue import RedisJobQueue, default_consumer
 from ._runner import Batch, BatchConfig, BatchEvent, BatchStatistics, ProducerFactory
@@ -73,12 +73,17 @@ class Worker:
     limiter: Limiter = attrs.field(factory=LocalLimiter)
     config: BatchConfig = attrs.field(factory=BatchConfig)
     worker: WorkerConfig = attrs.field(factory=WorkerConfig)
+    budget: Budget | None = None
+    """The queue's token budget, shared with the other workers (:func:`open_redis_budget` on
+    the queue's client and name); a job it refuses is dead-lettered with the reason."""
     _inflight: dict[str, str] = attrs.field(factory=dict, init=False)
     """custom_id -> the entry id being worked on."""
     _batch: Batch = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._batch = Batch(self.producers, _QueueLedger(self), self.limiter, self.config)
+        self._batch = Batch(
+            self.producers, _QueueLedger(self), self.limiter, self.config, budget=self.budget
+        )
 
     def statistics(self) -> BatchStatistics:
         return self._batch.statistics()

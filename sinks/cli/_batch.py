@@ -8,7 +8,9 @@ summary as the last. Run the same command again to resume: jobs recorded done ar
 With ``--redis URL``: ``--submit`` puts the jobs on the queue and returns (``llmpipe worker``
 runs them, on any machine); ``llmpipe batch status --redis URL`` shows the queue's counts;
 ``llmpipe batch collect --redis URL --out DIR`` writes what the workers recorded (documents,
-``results.jsonl``, the dead-lettered jobs in ``errors.jsonl``) into DIR.
+``results.jsonl``, the dead-lettered jobs in ``errors.jsonl``) into DIR; ``llmpipe batch
+requeue --redis URL`` puts the dead-lettered jobs back on the queue. ``--max-tokens-total``
+with ``--submit`` is the queue's budget, shared by every worker.
 
 With ``--via openai-batch``: the jobs go to the provider's Batch API in one file, the batch is
 polled every ``--poll-interval`` seconds, and its output and error files become the same
@@ -53,7 +55,7 @@ from ..batch import (
     run_provider_batch,
 )
 from ._providers import add_provider_options, backend_from_args
-from ._queue import add_queue_options, collect, show_status, submit
+from ._queue import add_queue_options, collect, requeue, show_status, submit
 
 if TYPE_CHECKING:
     from pipeline.producers import Backend
@@ -64,7 +66,7 @@ __all__ = ["NAME", "add_parser", "run", "summary_line"]
 
 NAME = "batch"
 VIAS = ("requests", "openai-batch")
-ACTIONS = ("status", "collect")
+ACTIONS = ("status", "collect", "requeue")
 """Words in place of JOBS.jsonl that act on a queue (``--redis``) instead."""
 
 _REFRESH = 0.25  # seconds between two redraws of the progress display
@@ -82,8 +84,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "jobs",
         metavar="JOBS.jsonl",
-        help="the jobs file; or, with --redis, 'status' (the queue's counts) or 'collect' "
-        "(write what the workers recorded into --out)",
+        help="the jobs file; or, with --redis, 'status' (the queue's counts), 'collect' "
+        "(write what the workers recorded into --out) or 'requeue' (put the dead-lettered "
+        "jobs back on the queue)",
     )
     parser.add_argument("--out", metavar="DIR", help="where the documents go")
     add_queue_options(parser)
@@ -115,7 +118,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-tokens-total",
         type=int,
-        help="never send a request that could take the batch's tokens over this (all runs)",
+        help="never send a request that could take the batch's tokens over this (all runs; "
+        "with --submit: shared by every worker of the queue)",
     )
     add_job_options(parser)
     return parser
@@ -282,6 +286,8 @@ async def run(args: argparse.Namespace, io: IO) -> int:
         return await show_status(args, io)
     if action == "collect":
         return await collect(args, io)
+    if action == "requeue":
+        return await requeue(args, io)
     if action == "submit":
         return await submit(args, io)
     if action == "openai-batch":
@@ -324,9 +330,8 @@ async def _via_openai_batch(args: argparse.Namespace, io: IO) -> int:
         elif isinstance(event, InvalidLine):
             print(f"llmpipe batch: {args.jobs}:{event.line}: {event.message}", file=io.err)
         elif isinstance(event, ProviderBatchSubmitted):
-            print(
-                f"llmpipe batch: submitted {event.requests} jobs as {event.batch_id}", file=io.err
-            )
+            verb = "resuming the batch submitted earlier:" if event.resumed else "submitted"
+            print(f"llmpipe batch: {verb} {event.requests} jobs as {event.batch_id}", file=io.err)
         elif isinstance(event, ProviderBatchPolled):
             text = f"{event.batch_id}: {event.status}, {event.completed} done {event.failed} failed"
             print(f"llmpipe batch: {text}", file=io.err)

@@ -1,5 +1,5 @@
-"""The Redis queue side of ``llmpipe batch``: ``--submit``, ``status`` and ``collect``
-(``llmpipe worker`` runs the jobs)."""
+"""The Redis queue side of ``llmpipe batch``: ``--submit``, ``status``, ``collect`` and
+``requeue`` (``llmpipe worker`` runs the jobs)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..batch import RedisJobQueue
     from ._main import IO
 
-__all__ = ["add_queue_options", "collect", "open_queue", "show_status", "submit"]
+__all__ = ["add_queue_options", "collect", "open_queue", "requeue", "show_status", "submit"]
 
 _PAGE = 512  # jobs per submit call
 
@@ -53,6 +53,8 @@ async def submit(args: argparse.Namespace, io: IO) -> int:
                 print(f"llmpipe batch: {args.jobs}:{item.line}: {item.message}", file=io.err)
         if page:
             added += await queue.submit(page)
+        if args.max_tokens_total is not None:
+            await queue.set_budget(args.max_tokens_total)
     summary = {"type": "submitted", "queue": args.queue, "added": added, "already": valid - added}
     if args.json:
         print(json.dumps({**summary, "invalid": invalid}), file=io.out, flush=True)
@@ -78,7 +80,27 @@ async def show_status(args: argparse.Namespace, io: IO) -> int:
         print(
             f"queue {args.queue!r}: {counts.submitted} submitted, {counts.done} done, "
             f"{counts.dead} dead-lettered, {counts.pending} running or to be retried, "
-            f"{counts.waiting} waiting; {counts.failing} failing; {counts.consumers} workers seen",
+            f"{counts.waiting} waiting; {counts.failing} failing; {counts.requeued} requeued; "
+            f"{counts.consumers} workers seen; {counts.spent} tokens used"
+            + ("" if counts.budget is None else f" of a budget of {counts.budget}"),
+            file=io.out,
+            flush=True,
+        )
+    return 0
+
+
+async def requeue(args: argparse.Namespace, io: IO) -> int:
+    """Put the dead-lettered jobs back on the queue (for the workers to try again)."""
+    async with open_queue(args) as queue:
+        requeued = await queue.requeue()
+        counts = await queue.counts()
+    if args.json:
+        print(json.dumps({"type": "requeued", "queue": args.queue, "requeued": requeued}),
+              file=io.out)  # fmt: skip
+    else:
+        print(
+            f"{requeued} dead-lettered jobs put back on queue {args.queue!r} "
+            f"({counts.waiting} waiting); run them with: llmpipe worker --redis URL",
             file=io.out,
             flush=True,
         )

@@ -1,5 +1,6 @@
 """``llmpipe worker --redis URL``: run the jobs of a Redis queue (``llmpipe batch --submit``),
-on any number of machines, sharing the rate limits through Redis.
+on any number of machines, sharing the rate limits and the token budget (``llmpipe batch
+--submit --max-tokens-total N``) through Redis.
 
 Quiet except for one-line reports (invalid entries) and a summary at the end; ``--json``
 prints one JSON object per event (as ``llmpipe batch --json``). Runs until Ctrl-C/SIGTERM, or
@@ -84,7 +85,7 @@ def _check(args: argparse.Namespace) -> None:
 
 async def run(args: argparse.Namespace, io: IO) -> int:
     _check(args)
-    from ..batch import Worker, WorkerConfig, open_redis_limiter
+    from ..batch import Worker, WorkerConfig, open_redis_budget, open_redis_limiter
 
     config = batch_config(args)
     options: dict[str, Any] = {"max_deliveries": args.max_deliveries}
@@ -107,8 +108,10 @@ async def run(args: argparse.Namespace, io: IO) -> int:
             tokens_per_minute=args.tpm,
             window=args.window,
         ) as limiter,
+        open_redis_budget(queue.client, name=args.queue) as budget,
     ):
-        worker = Worker(queue, _producers(backend, args.system), limiter, config, settings)
+        producers = _producers(backend, args.system)
+        worker = Worker(queue, producers, limiter, config, settings, budget=budget)
         async with worker.events() as events:
             async for event in events:
                 if args.json:
