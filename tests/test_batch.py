@@ -445,7 +445,13 @@ async def _ignore(event: object) -> None:
 async def test_leaving_the_events_block_early_cancels_the_batch(
     emulator: EmulatorFactory, autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    emu = await emulator(lambda record: Reply(answer(job_number(record)), tokens_per_second=5))
+    # Every job but the first streams slower, so another one is always in flight when the first
+    # is done (equal jobs could all end at the same emulated instant, and nothing be cancelled).
+    def reply(record: RequestRecord) -> Reply:
+        n = job_number(record)
+        return Reply(answer(n), tokens_per_second=5 if n == 1 else 1)
+
+    emu = await emulator(reply)
     jobs = write_jobs(tmp_path / "jobs.jsonl", 20)
     out = tmp_path / "out"
     async with (
