@@ -119,8 +119,14 @@ _MARKER_START: Final = _BULLETS | _ASCII_DIGITS | _ASCII_LETTERS
 _BORING: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~]+")
 # The same when list-marker or clause checks are active (they look at spaces and punctuation).
 _BORING_STRICT: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~ \t,;:—–\-]+")
-# Text the scanner skips whole, possibly ending in one terminal mark that needs the next character.
+# Chunks the scan skips whole once it has caught up in a piece with content (see ``_settle``),
+# possibly ending in one terminal mark (the scan stops there to wait for the next character).
 _QUIET: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~]*([.…!?‽⁇⁈⁉。．！？｡])?")
+# The same while the first-fragment clause check is active (clause marks and dashes decide).
+_QUIET_FIRST: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~,;:—–\-]*([.…!?‽⁇⁈⁉。．！？｡])?")
+# Inside a list item, where a space may precede the next marker: letters, or one space and at
+# least two letters (no marker starts that way: a letter marker is one letter and a period).
+_QUIET_LIST: Final = re.compile(r"(?: [^\W\d_]{2,}|[^\W\d_]*)([.…!?‽⁇⁈⁉。．！？｡])?")
 _BORING_FENCE: Final = re.compile(r"[^`~]+")
 _LAST_WS: Final = re.compile(r".*\s", re.DOTALL)
 _NON_WS: Final = re.compile(r"\S")
@@ -219,6 +225,7 @@ class SentenceBuffer:
         "_max",
         "_off",
         "_pos",
+        "_quiet",
         "_quiet_stop",
         "_start",
     )
@@ -236,6 +243,7 @@ class SentenceBuffer:
     _lim: int
     _first_fast: bool
     _quiet_stop: int
+    _quiet: re.Pattern[str]
 
     def __init__(
         self,
@@ -278,7 +286,7 @@ class SentenceBuffer:
         if not isinstance(text, str):
             raise TypeError(f"feed() expects str, got {type(text).__name__}")
         if self._pos + len(text) < self._quiet_stop:
-            m = _QUIET.fullmatch(text)
+            m = self._quiet.fullmatch(text)
             if m is not None:
                 # Nothing here needs a decision (but a final terminal mark, which waits for the
                 # next character): exactly what the scan would do, without the scan.
@@ -328,6 +336,7 @@ class SentenceBuffer:
         self._lim = self._max if self._ffmax is None else self._ffmax
         self._first_fast = self._ffm is not None
         self._quiet_stop = -1
+        self._quiet = _QUIET
 
     def __repr__(self) -> str:
         return (
@@ -374,21 +383,26 @@ class SentenceBuffer:
             pass
 
     def _settle(self) -> None:
-        """Enable feed()'s fast path if the scanner waits in plain text at the end of the text.
+        """Enable feed()'s fast path if the scanner waits in a piece's text at the end of it.
 
-        There, text without terminal marks, newlines or fence characters is skipped whole by the
-        scan; ``_quiet_stop`` is where the current piece reaches its limit (``-1``: no fast path).
-        Only the scan changes what this depends on, so feed() calls it after every scan.
+        There, a chunk that ``_quiet`` matches is skipped whole by the scan (but a final
+        terminal mark); ``_quiet_stop`` is where the current piece reaches its limit (``-1``: no
+        fast path). Only the scan changes what this depends on, so feed() calls it after every
+        scan, and the fast path turns itself off when it stops at a terminal mark.
         """
         quiet = (
             self._has_content
             and not self._absorbing
             and self._fence is None
-            and self._list is None
-            and not self._first_fast
             and self._pos == self._off + len(self._buf)
         )
         self._quiet_stop = self._start + self._lim if quiet else -1
+        if self._list is not None:
+            self._quiet = _QUIET_LIST
+        elif self._first_fast:
+            self._quiet = _QUIET_FIRST
+        else:
+            self._quiet = _QUIET
 
     def _trim(self) -> None:
         keep = self._start - _CTX
@@ -542,19 +556,20 @@ class SentenceBuffer:
 
     def _parse_marker(self, j: int) -> tuple[tuple[str, str, str, int], int] | None:
         """Parse a list marker (``1.``, ``2)``, ``3.)``, ``a.``, ``• 9.``) followed by a space."""
-        at = self._at
-        k = j - self._off
-        if k < len(self._buf) and self._buf[k] not in _MARKER_START:
-            return None  # the common case, read once
+        at, buf, off = self._at, self._buf, self._off
+        end = off + len(buf)
+        ch = buf[j - off] if j < end else at(j)
+        if ch not in _MARKER_START:
+            return None  # the common case
         bullet = ""
-        if at(j) in _BULLETS:
-            bullet = at(j)
+        if ch in _BULLETS:
+            bullet = ch
             j += 1
             n = 0
             while n < 3 and at(j) in _HSPACE:
                 j += 1
                 n += 1
-        ch = at(j)
+            ch = at(j)
         if ch in _ASCII_DIGITS:
             k = j
             while k - j < 4 and at(k) in _ASCII_DIGITS:
@@ -568,7 +583,7 @@ class SentenceBuffer:
             j += 1
         else:
             return None
-        p = at(j)
+        p = buf[j - off] if j < end else at(j)
         if p == ".":
             if at(j + 1) == ")":
                 punct, j = ".)", j + 2
