@@ -23,13 +23,19 @@ with, whether any piece of the segment was released yet). At each interesting ch
 a *boundary decision* that may look a bounded distance backwards (at most ~130 characters; a tail
 of already-released text is kept for this) and a bounded distance forwards.
 
-Forward reads all go through one accessor which, when the character is not there yet, aborts the
+Forward reads all go through one accessor (or read the buffer directly where the character is
+known to be there) which, when the character is not there yet, aborts the
 decision (``_NeedMore``); the scanner then keeps its position and retries when more text arrives.
 At :meth:`~SentenceBuffer.flush` the accessor reports the end of the text instead. Because a
 decision can only ever see characters that are identical in the full text, and never "the end of
 the current chunk", the result is a function of the text alone: that is what makes the output
 chunk-invariant. The price is latency: a sentence is released only once the start of the next
 one (its first letter, sometimes its first word) has arrived, or at ``flush()``.
+
+Streaming fast path: when the scanner has caught up with the text in the middle of a plain piece,
+a chunk with no terminal mark, newline or fence character (or only one terminal mark, at its
+end) is taken without a scan: the scan would skip it whole (and stop at that mark to wait for the
+next character). Most LLM tokens are such words.
 
 Rules, in short:
 
@@ -107,11 +113,20 @@ _HSPACE: Final = frozenset(" \t")
 _HSPACE_CR: Final = frozenset(" \t\r")
 _ASCII_DIGITS: Final = frozenset("0123456789")
 _ASCII_LETTERS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_MARKER_START: Final = _BULLETS | _ASCII_DIGITS | _ASCII_LETTERS
 
 # Characters the scanner may skip without a decision (outside fences, once a piece has content).
 _BORING: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~]+")
 # The same when list-marker or clause checks are active (they look at spaces and punctuation).
 _BORING_STRICT: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~ \t,;:—–\-]+")
+# Chunks the scan skips whole once it has caught up in a piece with content (see ``_settle``),
+# possibly ending in one terminal mark (the scan stops there to wait for the next character).
+_QUIET: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~]*([.…!?‽⁇⁈⁉。．！？｡])?")
+# The same while the first-fragment clause check is active (clause marks and dashes decide).
+_QUIET_FIRST: Final = re.compile(r"[^.…!?‽⁇⁈⁉。．！？｡\n`~,;:—–\-]*([.…!?‽⁇⁈⁉。．！？｡])?")
+# Inside a list item, where a space may precede the next marker: letters, or one space and at
+# least two letters (no marker starts that way: a letter marker is one letter and a period).
+_QUIET_LIST: Final = re.compile(r"(?: [^\W\d_]{2,}|[^\W\d_]*)([.…!?‽⁇⁈⁉。．！？｡])?")
 _BORING_FENCE: Final = re.compile(r"[^`~]+")
 _LAST_WS: Final = re.compile(r".*\s", re.DOTALL)
 _NON_WS: Final = re.compile(r"\S")
@@ -203,13 +218,32 @@ class SentenceBuffer:
         "_ffm",
         "_ffmax",
         "_final",
+        "_first_fast",
         "_has_content",
+        "_lim",
         "_list",
         "_max",
         "_off",
         "_pos",
+        "_quiet",
+        "_quiet_stop",
         "_start",
     )
+    # Segment state, set by reset().
+    _buf: str
+    _off: int
+    _start: int
+    _pos: int
+    _absorbing: bool
+    _has_content: bool
+    _content_start: int
+    _list: tuple[str, str, str, int] | None
+    _fence: tuple[str, int] | None
+    _emitted: int
+    _lim: int
+    _first_fast: bool
+    _quiet_stop: int
+    _quiet: re.Pattern[str]
 
     def __init__(
         self,
@@ -228,16 +262,7 @@ class SentenceBuffer:
         self._ffm: int | None = first_fragment_min_chars
         self._max: int = max_chars
         self._final = False
-        self._buf = ""
-        self._off = 0
-        self._start = 0
-        self._pos = 0
-        self._absorbing = False
-        self._has_content = False
-        self._content_start = 0
-        self._list: tuple[str, str, str, int] | None = None
-        self._fence: tuple[str, int] | None = None
-        self._emitted = 0
+        self.reset()
 
     # --- public API -------------------------------------------------------------------------
 
@@ -260,12 +285,25 @@ class SentenceBuffer:
         """Add *text*; return the pieces (sentences) that are now complete, in order."""
         if not isinstance(text, str):
             raise TypeError(f"feed() expects str, got {type(text).__name__}")
+        if self._pos + len(text) < self._quiet_stop:
+            m = self._quiet.fullmatch(text)
+            if m is not None:
+                # Nothing here needs a decision (but a final terminal mark, which waits for the
+                # next character): exactly what the scan would do, without the scan.
+                self._buf += text
+                if m.start(1) < 0:
+                    self._pos += len(text)
+                else:
+                    self._pos += len(text) - 1
+                    self._quiet_stop = -1
+                return []
         if not text:
             return []
         self._buf += text
         out: list[str] = []
         self._run(out)
         self._trim()
+        self._settle()
         return out
 
     def flush(self) -> list[str]:
@@ -285,15 +323,20 @@ class SentenceBuffer:
     def reset(self) -> None:
         """Drop everything held and start a fresh segment."""
         self._buf = ""
-        self._off = 0
-        self._start = 0
-        self._pos = 0
+        self._off = 0  # absolute position of self._buf[0]
+        self._start = 0  # absolute start of the current piece
+        self._pos = 0  # absolute scan position
         self._absorbing = False
         self._has_content = False
         self._content_start = 0
         self._list = None
         self._fence = None
         self._emitted = 0
+        # While no piece was released: the first-fragment limit and clause fast path.
+        self._lim = self._max if self._ffmax is None else self._ffmax
+        self._first_fast = self._ffm is not None
+        self._quiet_stop = -1
+        self._quiet = _QUIET
 
     def __repr__(self) -> str:
         return (
@@ -339,6 +382,28 @@ class SentenceBuffer:
         except _NeedMore:
             pass
 
+    def _settle(self) -> None:
+        """Enable feed()'s fast path if the scanner waits in a piece's text at the end of it.
+
+        There, a chunk that ``_quiet`` matches is skipped whole by the scan (but a final
+        terminal mark); ``_quiet_stop`` is where the current piece reaches its limit (``-1``: no
+        fast path). Only the scan changes what this depends on, so feed() calls it after every
+        scan, and the fast path turns itself off when it stops at a terminal mark.
+        """
+        quiet = (
+            self._has_content
+            and not self._absorbing
+            and self._fence is None
+            and self._pos == self._off + len(self._buf)
+        )
+        self._quiet_stop = self._start + self._lim if quiet else -1
+        if self._list is not None:
+            self._quiet = _QUIET_LIST
+        elif self._first_fast:
+            self._quiet = _QUIET_FIRST
+        else:
+            self._quiet = _QUIET
+
     def _trim(self) -> None:
         keep = self._start - _CTX
         if keep - self._off > _CTX:
@@ -349,6 +414,9 @@ class SentenceBuffer:
         piece = self._slice(self._start, end)
         if piece:
             out.append(piece)
+            if not self._emitted:
+                self._lim = self._max
+                self._first_fast = False
             self._emitted += 1
         self._start = end
         self._absorbing = False
@@ -363,7 +431,7 @@ class SentenceBuffer:
 
     def _force_cut(self, out: list[str]) -> None:
         """The piece reached its limit without a boundary: cut it (text-determined)."""
-        limit = self._limit()
+        limit = self._lim
         window = self._slice(self._start, self._start + limit)
         cut = -1
         if self._fence is not None:
@@ -388,16 +456,18 @@ class SentenceBuffer:
     # --- steps ------------------------------------------------------------------------------
 
     def _step_absorb(self, out: list[str]) -> None:
-        c = self._at(self._pos)
-        if c.isspace() and self._pos - self._start < self._limit():
-            self._pos += 1
-            return
-        self._emit(out, self._pos)
+        buf, off = self._buf, self._off
+        pos, stop = self._pos, min(self._start + self._lim, off + len(buf))
+        while pos < stop and buf[pos - off].isspace():
+            pos += 1
+        self._pos = pos
+        if pos < off + len(buf):  # else the next character decides (or flush() releases)
+            self._emit(out, pos)
 
     def _step_fence(self, out: list[str]) -> None:
         assert self._fence is not None
         pos = self._pos
-        if pos - self._start >= self._limit():
+        if pos - self._start >= self._lim:
             self._force_cut(out)
             return
         c = self._at(pos)
@@ -420,10 +490,10 @@ class SentenceBuffer:
 
     def _step_text(self, out: list[str]) -> None:
         pos = self._pos
-        if pos - self._start >= self._limit():
+        if pos - self._start >= self._lim:
             self._force_cut(out)
             return
-        c = self._at(pos)
+        c = self._buf[pos - self._off]  # the driver calls a step only before the end
         if not self._has_content:
             if c.isspace():
                 self._pos = pos + 1
@@ -453,26 +523,17 @@ class SentenceBuffer:
             self._terminal(pos)
         elif c in _HSPACE and self._list is not None and not self._before(pos).isspace():
             self._list_check(pos)
-        elif self._fast_path_active() and (c in _CLAUSE or c in _DASHES or c == "-"):
+        elif self._first_fast and (c in _CLAUSE or c in _DASHES or c == "-"):
             self._clause(pos, c)
         else:
-            strict = self._list is not None or self._fast_path_active()
+            strict = self._list is not None or self._first_fast
             self._skip(pos, _BORING_STRICT if strict else _BORING)
 
     def _skip(self, pos: int, boring: re.Pattern[str]) -> None:
         """Advance over characters that need no decision (at least one)."""
-        limit = min(len(self._buf), self._start + self._limit() - self._off)
+        limit = min(len(self._buf), self._start + self._lim - self._off)
         m = boring.match(self._buf, pos - self._off, limit)
         self._pos = m.end() + self._off if m is not None and m.end() > pos - self._off else pos + 1
-
-    def _fast_path_active(self) -> bool:
-        return self._ffm is not None and self._emitted == 0
-
-    def _limit(self) -> int:
-        """The longest the current piece may grow (``first_fragment_max_chars`` for a first)."""
-        if self._ffmax is not None and self._emitted == 0:
-            return self._ffmax
-        return self._max
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -495,16 +556,20 @@ class SentenceBuffer:
 
     def _parse_marker(self, j: int) -> tuple[tuple[str, str, str, int], int] | None:
         """Parse a list marker (``1.``, ``2)``, ``3.)``, ``a.``, ``• 9.``) followed by a space."""
-        at = self._at
+        at, buf, off = self._at, self._buf, self._off
+        end = off + len(buf)
+        ch = buf[j - off] if j < end else at(j)
+        if ch not in _MARKER_START:
+            return None  # the common case
         bullet = ""
-        if at(j) in _BULLETS:
-            bullet = at(j)
+        if ch in _BULLETS:
+            bullet = ch
             j += 1
             n = 0
             while n < 3 and at(j) in _HSPACE:
                 j += 1
                 n += 1
-        ch = at(j)
+            ch = at(j)
         if ch in _ASCII_DIGITS:
             k = j
             while k - j < 4 and at(k) in _ASCII_DIGITS:
@@ -518,7 +583,7 @@ class SentenceBuffer:
             j += 1
         else:
             return None
-        p = at(j)
+        p = buf[j - off] if j < end else at(j)
         if p == ".":
             if at(j + 1) == ")":
                 punct, j = ".)", j + 2
@@ -535,8 +600,10 @@ class SentenceBuffer:
     def _list_check(self, pos: int) -> None:
         """Inside a list item: split before the next consecutive marker."""
         assert self._list is not None
+        at, buf, off = self._at, self._buf, self._off
+        end = off + len(buf)
         j = pos
-        while j - pos < 16 and self._at(j) in _HSPACE:
+        while j - pos < 16 and (buf[j - off] if j < end else at(j)) in _HSPACE:
             j += 1
         if self._at(j) not in ("", "\n", "\r") and j - pos < 16:
             marker = self._parse_marker(j)
@@ -576,10 +643,12 @@ class SentenceBuffer:
 
         The position is ``-1`` if the whitespace run is longer than the look-ahead bound.
         """
+        at, buf, off = self._at, self._buf, self._off
+        end = off + len(buf)
         j = k
         newline = False
         while True:
-            ch = self._at(j)
+            ch = buf[j - off] if j < end else at(j)
             if not ch.isspace():
                 return j, newline
             if ch == "\n":
@@ -589,20 +658,24 @@ class SentenceBuffer:
                 return -1, newline
 
     def _skip_openers(self, j: int) -> int:
+        buf, off = self._buf, self._off
+        end = off + len(buf)
         k = j
-        while k - j < 4 and self._at(k) in _OPENERS:
+        while k - j < 4 and (buf[k - off] if k < end else self._at(k)) in _OPENERS:
             k += 1
         return k
 
     def _next_word(self, j: int) -> tuple[str, str]:
         """The word (letters and apostrophes) starting at *j*, and the character after it."""
+        at, buf, off = self._at, self._buf, self._off
+        end = off + len(buf)
         k = j
         while k - j < 16:
-            ch = self._at(k)
+            ch = buf[k - off] if k < end else at(k)
             if not (ch.isalpha() or (ch in _APOSTROPHES and k > j)):
                 break
             k += 1
-        return self._slice(j, k), self._at(k)
+        return buf[j - off : k - off], at(k)
 
     def _is_starter(self, j: int) -> bool:
         word, after = self._next_word(j)
@@ -616,11 +689,11 @@ class SentenceBuffer:
 
         The run is ``""`` if it is longer than the look-behind bound.
         """
+        buf, off, start = self._buf, self._off, self._start
         j = pos
         while pos - j < _MAX_LOOK:
-            b = self._before(j)
-            if b == "" or b.isspace() or j <= self._start:
-                return self._slice(j, pos), j
+            if j <= start or buf[j - 1 - off].isspace():  # start >= 0: covers the segment start
+                return buf[j - off : pos - off], j
             j -= 1
         return "", j
 
@@ -643,13 +716,15 @@ class SentenceBuffer:
     # --- terminal punctuation ---------------------------------------------------------------
 
     def _terminal(self, pos: int) -> None:
-        at = self._at
+        # Reads go straight to the buffer while the text is there (hot path), else to _at.
+        at, buf, off = self._at, self._buf, self._off
+        end = off + len(buf)
         # The run of terminal marks, including spaced dots (". . .").
         j = pos
         dots = 0
         strong = cjk = spaced = False
         while j - pos < _MAX_LOOK:
-            ch = at(j)
+            ch = buf[j - off] if j < end else at(j)
             if ch == ".":
                 dots += 1
             elif ch == "…":
@@ -658,7 +733,11 @@ class SentenceBuffer:
                 strong = True
             elif ch in _CJK_TERM:
                 cjk = True
-            elif ch == " " and at(j - 1) == "." and at(j + 1) == ".":
+            elif (
+                ch == " "
+                and buf[j - 1 - off] == "."
+                and (buf[j + 1 - off] if j + 1 < end else at(j + 1)) == "."
+            ):
                 spaced = True
             else:
                 break
@@ -668,7 +747,7 @@ class SentenceBuffer:
         k = run_end
         apostrophe = False
         while k - run_end < 8:
-            ch = at(k)
+            ch = buf[k - off] if k < end else at(k)
             if ch in _APOSTROPHES and at(k + 1).isalpha():
                 apostrophe = True
                 break
@@ -676,8 +755,8 @@ class SentenceBuffer:
                 break
             k += 1
         cl_end = k
-        t = at(cl_end)
-        prev = self._before(pos)
+        t = buf[cl_end - off] if cl_end < end else at(cl_end)
+        prev = buf[pos - 1 - off] if pos > 0 else ""
         attached = prev != "" and not prev.isspace()
 
         if cjk:
@@ -708,7 +787,7 @@ class SentenceBuffer:
             self._boundary(cl_end)
             return
         w = self._skip_openers(nxt)
-        w0 = at(w)
+        w0 = buf[w - off] if w < end else at(w)
         if w0 == "":
             self._boundary(cl_end)
             return
