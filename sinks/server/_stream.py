@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import attrs
 import trio
@@ -63,7 +63,9 @@ from ._runtime import AppRuntime
 __all__ = [
     "OUTCOME_REASONS",
     "Format",
+    "Frozen",
     "StreamWriter",
+    "Watched",
     "begin_stream",
     "choose_format",
     "client_gone",
@@ -283,7 +285,16 @@ class StreamWriter:
             self._waiting.unpark()
 
 
-async def wait_frozen(writer: StreamWriter, send_timeout: float) -> Frozen:
+class Watched(Protocol):
+    """What :func:`wait_frozen` watches: a :class:`StreamWriter`, or a WebSocket session."""
+
+    @property
+    def source(self) -> EventReceiver | None: ...
+
+    def waiting_for(self) -> float: ...
+
+
+async def wait_frozen(writer: Watched, send_timeout: float) -> Frozen:
     """Return once ``writer``'s client counts as frozen, and how to end its stream.
 
     A client is frozen once one write has waited ``send_timeout`` seconds (the send deadline;

@@ -109,6 +109,14 @@ slows the player (the sends wait), never the memory. When the client goes away,
 the read loop sees the disconnect and cancels the whole nursery: the turn, its pipeline and the
 upstream request are closed.
 
+A client that stays connected but reads nothing has the send deadline of ``POST /v1/stream``
+(``config.send_timeout``, :func:`wait_frozen`): once one send has waited that long the turn's
+buffering policy decides (``fail``: the turn ends with an ``overflow`` error at once; the others
+once nothing moves any more) and the session ends (see :meth:`_Session._watch_frozen`). The
+sends themselves run in tasks of the app's lifespan nursery (hypercorn shields its socket
+writes, so a stuck one cannot be cancelled): the turn stops waiting for it and frees its
+resources; the stuck send holds one frame until the client leaves.
+
 Frames are read by a task of their own into a bounded inbox (:data:`MAX_INBOX_FRAMES`), so a
 disconnect is seen even while a send to the client is stuck; a client that sends that many
 frames ahead of reading the answers (a ping flood) is disconnected (close code 1008).
@@ -165,6 +173,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from pipeline import (
     Error,
     Event,
+    EventReceiver,
     MissingExtraError,
     Pipeline,
     Route,
@@ -181,7 +190,7 @@ from ._context import SpeechRequest, StreamRequest, decode_json
 from ._errors import ErrorReply, Forbidden, Refused, RequestError
 from ._metrics import StreamReason
 from ._runtime import AppRuntime
-from ._stream import begin_stream
+from ._stream import Frozen, begin_stream, wait_frozen
 
 __all__ = [
     "MAX_HISTORY_CHARS",
@@ -263,6 +272,8 @@ class _Turn:
     interrupted: bool = False
     shutdown: bool = False
     ending: bool = False  # its outcome is decided (terminal event produced, or interrupted)
+    events: EventReceiver | None = None  # its pipeline's channel, while it runs
+    frozen: Frozen | None = None  # given up: the client read nothing for ``send_timeout``
     finished: trio.Event = attrs.Factory(trio.Event)
 
 
@@ -292,6 +303,8 @@ class _Session:
         self.turn: _Turn | None = None  # the latest turn until it has finished
         self.send_lock = trio.Lock()
         self.sending: set[trio.CancelScope] = set()  # the shielded sends in flight
+        self._waiting_since: float | None = None  # when the send in flight started
+        self.frozen = False  # given up: the client read nothing for ``send_timeout``
         self.close_code = 1011  # how the server closes the connection if it ends it
         self.close_reason = ""
         self.nursery: trio.Nursery | None = None
@@ -303,7 +316,42 @@ class _Session:
             nursery.start_soon(self._unshield_when_cancelled)
             nursery.start_soon(self._close_on_shutdown, self.runtime.shutting_down)
             nursery.start_soon(self._receive_frames, inbox_send)
+            nursery.start_soon(self._watch_frozen)
             await self._read_loop(inbox)
+
+    @property
+    def source(self) -> EventReceiver | None:
+        """The running turn's channel (what a frozen client holds up), else ``None``."""
+        turn = self.turn
+        return None if turn is None else turn.events
+
+    def waiting_for(self) -> float:
+        """How long the send in flight has been waiting for the client to read (0.0 if none)."""
+        since = self._waiting_since
+        return 0.0 if since is None else trio.current_time() - since
+
+    async def _watch_frozen(self) -> None:
+        """The send deadline, as for ``POST /v1/stream`` (:func:`wait_frozen`): once one send
+        has waited ``config.send_timeout`` the turn's buffering policy decides. ``fail`` ends
+        the turn at once with an ``overflow`` error; the others give up once nothing moves
+        (``coalesce`` goes on merging while the generation runs). Giving up ends the turn (its
+        pipeline and upstream request are closed, its stream slot freed) and the session; the
+        send that waits is left to hypercorn (it holds one frame), so no close frame can go
+        out: the connection stays open, holding nothing of the stream, until the client
+        leaves. Counted in ``llmpipe_frozen_clients``."""
+        timeout = self.runtime.config.send_timeout
+        kind = await wait_frozen(self, timeout)
+        self.runtime.metrics.frozen_clients.inc()
+        self.frozen = True
+        turn = self.turn
+        if turn is not None:
+            turn.frozen = kind
+            turn.ending = True
+        self.runtime.metrics.expected_end(
+            "client_frozen", "websocket", client=self.client, send_timeout=timeout, policy=kind
+        )
+        self.close_code, self.close_reason = 1008, f"read nothing for {timeout:g} s"
+        self._abort()
 
     def _abort(self) -> None:
         """End the session now: cancel all its tasks, sends in flight included (their shields
@@ -371,8 +419,9 @@ class _Session:
 
     async def finish(self) -> None:
         """After :meth:`run`: if the server ended the session while the connection is open,
-        close it with :attr:`close_code` (at most :data:`DRAIN_SECONDS`)."""
-        if self.ws.application_state == WebSocketState.CONNECTED:
+        close it with :attr:`close_code` (at most :data:`DRAIN_SECONDS`). Not a frozen client
+        (its last send still waits: nothing more can go out)."""
+        if self.ws.application_state == WebSocketState.CONNECTED and not self.frozen:
             with trio.move_on_after(DRAIN_SECONDS), contextlib.suppress(Exception):
                 await self.ws.close(code=self.close_code, reason=self.close_reason)
 
@@ -395,20 +444,26 @@ class _Session:
         cancellation before the first one starts stops them). Shielded, as :meth:`_send`,
         except from the end of the session (see :meth:`_unshield_when_cancelled`)."""
         async with self.send_lock:
-            gone = False
+            push = _Push(self.ws, frames)
             with trio.CancelScope(shield=True) as scope:
                 self.sending.add(scope)
+                self._waiting_since = trio.current_time()
                 try:
-                    for frame in frames:
-                        if isinstance(frame, bytes):
-                            await self.ws.send_bytes(frame)
-                        else:
-                            await self.ws.send_text(frame)
-                except (WebSocketDisconnect, OSError, trio.BrokenResourceError):
-                    gone = True
+                    nursery = self.runtime.nursery
+                    if nursery is None:
+                        await push.run()
+                    else:
+                        # In the app's lifespan nursery: hypercorn shields its socket writes,
+                        # so a send to a client that stopped reading cannot be cancelled; this
+                        # task can stop waiting for it (the send deadline) and free the turn.
+                        nursery.start_soon(push.run, name="llmpipe ws send")
+                        await push.finished.wait()
                 finally:
+                    self._waiting_since = None
                     self.sending.discard(scope)
-            if gone:
+            if push.failure is not None:
+                raise push.failure
+            if push.gone:
                 self._abort()
                 await trio.lowlevel.checkpoint()  # raises Cancelled
 
@@ -557,6 +612,7 @@ class _Session:
                         routes.append(Route(turn.speaker, policy="coalesce", name="speaker"))
                     pipeline = Pipeline(producer, sinks=routes, heartbeat_interval=self.heartbeat)
                     async with runtime.live_events(pipeline, request) as events:
+                        turn.events = events
                         async for event in events:
                             if is_terminal(event):
                                 reason = "error" if isinstance(event, Error) else "done"
@@ -591,8 +647,13 @@ class _Session:
             record.fail(failure.kind)
             await self._send_event(turn, failure)
         finally:
+            turn.events = None
             if turn.interrupted:
                 reason = "cancelled"
+            if turn.frozen is not None:
+                reason = "consumer_gone"
+                if turn.frozen == "overflow":
+                    record.fail("overflow")
             if reason in ("cancelled", "consumer_gone"):
                 why = "interrupted" if turn.interrupted else "shutdown" if turn.shutdown else None
                 runtime.metrics.expected_end(
@@ -617,6 +678,33 @@ class _Session:
         if answer:
             self.history.append({"role": "assistant", "content": answer})
         self.history = trim_history(self.history)
+
+
+@attrs.define(eq=False)
+class _Push:
+    """One :meth:`_Session._send_frames`: its frames sent in order, then ``finished`` set;
+    ``gone`` if the transport failed, ``failure`` for any other error (re-raised by the
+    waiter, never into the lifespan nursery)."""
+
+    ws: WebSocket
+    frames: Sequence[Frame]
+    finished: trio.Event = attrs.Factory(trio.Event)
+    gone: bool = False
+    failure: Exception | None = None
+
+    async def run(self) -> None:
+        try:
+            for frame in self.frames:
+                if isinstance(frame, bytes):
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_text(frame)
+        except (WebSocketDisconnect, OSError, trio.BrokenResourceError):
+            self.gone = True
+        except Exception as exc:
+            self.failure = exc
+        finally:
+            self.finished.set()
 
 
 # -- speech ------------------------------------------------------------------------------------
