@@ -10,9 +10,10 @@ has ended, and prints the growth next to the budget and what the store counts.
 
     .venv/bin/python benchmarks/bench_store_memory.py                  # 80 generations, 256 MiB
     .venv/bin/python benchmarks/bench_store_memory.py --quick          # 80 generations, 32 MiB
+    .venv/bin/python -m benchmarks --write --only store-memory         # its RESULTS.md section
 
 ``tests/test_store_memory.py`` runs the quick form and checks that the growth stays within the
-budget plus :data:`CONSTANT`.
+budget plus :data:`CONSTANT`. The last line of the output is the figures as JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _benchlib import Summary, add_harness_arguments, versions
 
 from pipeline import Done, Emit, Producer, TextDelta
 from pipeline.stores import MemoryStore
@@ -150,11 +153,55 @@ def measure(generations: int, budget_mib: int) -> dict[str, float]:
     }
 
 
+def summary(figures: dict[str, float], quick: bool) -> Summary:
+    growth, budget = figures["growth_mib"], figures["budget_mib"]
+    within = growth <= budget + figures["constant_mib"]
+    return Summary(
+        name="store-memory",
+        title="Memory store: the budget in RSS",
+        claim=(
+            "A server whose `MemoryStore` has a byte budget gets resumable generations that "
+            "nobody reads, about twice the budget of text: the store fills, evicts the ended "
+            "streams and refuses the rest. Does the process grow by what the budget says? Goal: "
+            f"RSS growth within the budget + {figures['constant_mib']:g} MiB "
+            "(`bench_store_memory.CONSTANT`)."
+        ),
+        columns=[
+            ">generations",
+            ">budget, MiB",
+            ">counted by the store, MiB",
+            ">RSS before → after, MiB",
+            ">growth, MiB",
+            ">growth / budget",
+            "within budget + constant",
+        ],
+        rows=[
+            [
+                f"{figures['generations']:g} x {figures['tokens_each']:,g} tokens",
+                f"{budget:g}",
+                f"{figures['counted_mib']:.1f}",
+                f"{figures['rss_before_mib']:.0f} → {figures['rss_after_mib']:.0f}",
+                f"{growth:.1f}",
+                f"{growth / budget:.2f}",
+                "yes" if within else "**no**",
+            ]
+        ],
+        notes=[
+            "One server process (`create_app` + `MemoryStore(max_total_bytes=budget)`, a producer "
+            "writing short tokens as fast as the store takes them); RSS is `VmRSS` after one "
+            "warm-up generation and once every generation has ended. No baseline: the claim is "
+            "llmpipe's own (the README's *Memory budgets are memory*)."
+        ],
+        versions=versions("trio"),
+        quick=quick,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_harness_arguments(parser, "nothing of its own (the harness keeps the summary)")
     parser.add_argument("--generations", type=int, default=80)
     parser.add_argument("--budget-mib", type=int, default=256)
-    parser.add_argument("--quick", action="store_true", help="a 32 MiB budget (the tests)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,7 +214,7 @@ def main() -> None:
     started = time.monotonic()
     figures = measure(args.generations, budget_mib)
     figures["seconds"] = round(time.monotonic() - started, 1)
-    print(json.dumps(figures))
+    summary(figures, args.quick).save(args.summary, echo=False)
     print(
         f"{figures['generations']} unread generations, store budget {budget_mib} MiB "
         f"(counted {figures['counted_mib']:.1f} MiB): RSS {figures['rss_before_mib']:.0f} -> "
@@ -175,6 +222,7 @@ def main() -> None:
         f"(budget + {figures['growth_mib'] - budget_mib:.1f} MiB)",
         file=sys.stderr,
     )
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

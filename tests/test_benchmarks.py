@@ -2,9 +2,11 @@
 
 Correctness only: no timing is asserted. Each benchmark raises when a variant lost or changed
 the text it carried (or, for the speech benchmark, when an engine was not given every word in
-order) and hands the harness a summary; here every benchmark must report ``ok``, and each
+order; for the batch benchmark, when a variant left a job undone or the emulator counted over
+its limits) and hands the harness a summary; here every benchmark must report ``ok``, each
 speech variant must say that it was checked or why it was skipped (Pipecat and LiveKit are
-optional; the two llmpipe-side variants always run).
+optional; the two llmpipe-side variants always run), both batch variants must have done every
+job, and the local model must have answered (or be said missing: the ``local`` extra).
 """
 
 from __future__ import annotations
@@ -57,3 +59,19 @@ def test_every_benchmark_runs_quick_and_checks_itself() -> None:
         assert checked.get(variant) == str(words), (variant, out[-3000:])
     for variant in SPEECH_VARIANTS:
         assert (checked.get(variant) == str(words)) != (variant in skipped), variant
+    # The batch benchmark: both variants did every job.
+    done = dict(re.findall(r"^checked: (.+): all (\d+) jobs done$", out, re.MULTILINE))
+    assert done == {"llmpipe": "60", "asyncio script": "60"}, out[-3000:]
+    # The local model answered, with and without a core busy, or the extra is said missing.
+    local = re.findall(r"^checked: 1 threads, (.+): 1 x 4 tokens$", out, re.M)
+    missing = re.search(r"^skipped: local model: ", out, re.M)
+    assert local == ["no busy loop", "one core busy"] or missing, out[-3000:]
+
+
+def test_every_benchmark_has_a_results_section_and_the_whole_run_fits_its_budget() -> None:
+    from benchmarks.__main__ import BENCHMARKS, BUDGET_MINUTES, RESULTS
+
+    assert sum(b.minutes for b in BENCHMARKS) < BUDGET_MINUTES
+    index = RESULTS.read_text(encoding="utf-8")
+    for bench in BENCHMARKS:
+        assert f"`--only {bench.name}`" in index, bench.name
