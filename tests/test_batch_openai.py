@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 import trio
 import trio.testing
 from test_batch_cli import ENV, ROOT, TEXT, batch_command, complete_lines, emulator, write_jobs
@@ -24,6 +25,7 @@ from sinks.batch import (
     ERRORS_FILE,
     PROVIDER_BATCH_FILE,
     RESULTS_FILE,
+    BatchDirectory,
     JobsFile,
     ProviderBatchEnded,
     ProviderBatchEvent,
@@ -220,3 +222,103 @@ async def test_a_run_stopped_mid_poll_is_resumed_not_submitted_again(
     third = await run_once(emu, jobs, out)
     assert [e.requests for e in third if isinstance(e, ProviderBatchSubmitted)] == [1]
     assert [(r.method, r.path) for r in emu.requests].count(("POST", "/v1/batches")) == 2
+
+
+class Killed(Exception):
+    """The run dies here (as ``kill -9`` would: nothing after it runs)."""
+
+
+async def test_a_run_killed_before_recording_its_batch_adopts_it_not_submitted_again(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emu: Emulator = await nursery.start(
+        partial(serve_emulator, "127.0.0.1", 0, answer, batch_delay=3600)
+    )
+    jobs = write_jobs_file(tmp_path / "jobs.jsonl")
+    out = tmp_path / "out"
+    record_provider_batch = BatchDirectory.record_provider_batch
+
+    async def dies_once_the_batch_exists(self: BatchDirectory, record: Any) -> None:
+        if record is not None and "batch_id" in record:
+            raise Killed  # the batch is created; its id is never recorded
+        await record_provider_batch(self, record)
+
+    monkeypatch.setattr(BatchDirectory, "record_provider_batch", dies_once_the_batch_exists)
+    with pytest.raises(Killed):
+        await run_once(emu, jobs, out)
+    monkeypatch.undo()
+    record = json.loads((out / PROVIDER_BATCH_FILE).read_text())
+    assert "batch_id" not in record
+    assert record["input_file_id"] == "file-emu0"
+    assert len(record["custom_ids"]) == 6
+    (created,) = emu.batch_store.batches.values()
+
+    # Other batches of the account, created since: the one of this run is on the second page.
+    async with openai.AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-test") as client:
+        other = await client.files.create(
+            file=("other.jsonl", b"", "application/jsonl"), purpose="batch"
+        )
+    for _ in range(150):
+        emu.batch_store.create({"input_file_id": other.id}, trio.current_time())
+
+    # The same command again: finds that batch by its input file, polls it, submits nothing.
+    again = await run_once(emu, jobs, out)
+    (resumed,) = [e for e in again if isinstance(e, ProviderBatchSubmitted)]
+    assert (resumed.batch_id, resumed.file_id) == (created["id"], "file-emu0")
+    assert (resumed.requests, resumed.resumed) == (6, True)
+    assert again[-1] == ProviderBatchEnded(created["id"], "completed", 5, 1, 0, 1)
+    paths = [(r.method, r.path) for r in emu.requests]
+    assert paths.count(("POST", "/v1/batches")) == 1  # by the first run only
+    assert paths.count(("POST", "/v1/files")) == 2  # the first run's and the other one
+    assert paths.count(("GET", "/v1/batches")) == 2  # two pages of 100
+    assert len(complete_lines(out / RESULTS_FILE)) == 5
+    assert not (out / PROVIDER_BATCH_FILE).exists()
+
+
+async def test_a_record_whose_batch_was_never_created_is_submitted(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    emu: Emulator = await nursery.start(
+        partial(serve_emulator, "127.0.0.1", 0, answer, batch_delay=60)
+    )
+    jobs = write_jobs_file(tmp_path / "jobs.jsonl")
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"input_file_id": "file-lost", "file_created_at": 0, "custom_ids": ["j0"]}
+    (out / PROVIDER_BATCH_FILE).write_text(json.dumps(record))
+    events = await run_once(emu, jobs, out)
+    assert [(e.requests, e.resumed) for e in events if isinstance(e, ProviderBatchSubmitted)] == [
+        (6, False)
+    ]
+    paths = [(r.method, r.path) for r in emu.requests]
+    assert paths.count(("GET", "/v1/batches")) == 1
+    assert paths.count(("POST", "/v1/batches")) == 1
+    assert events[-1] == ProviderBatchEnded("batch_emu0", "completed", 5, 1, 0, 1)
+
+
+async def test_the_emulator_lists_batches_newest_first_in_pages(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    emu: Emulator = await nursery.start(partial(serve_emulator, "127.0.0.1", 0, answer))
+    async with openai.AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-test") as client:
+        assert [b.id async for b in client.batches.list()] == []
+        file = await client.files.create(
+            file=("f.jsonl", b"", "application/jsonl"), purpose="batch"
+        )
+        for _ in range(5):
+            await client.batches.create(
+                input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        first = await client.batches.list(limit=2)
+        assert ([b.id for b in first.data], first.has_more) == (["batch_emu4", "batch_emu3"], True)
+        listed = [b.id async for b in client.batches.list(limit=2)]  # the SDK follows `after`
+        assert listed == [f"batch_emu{i}" for i in (4, 3, 2, 1, 0)]
+        last = await client.batches.list(after="batch_emu1", limit=2)
+        assert ([b.id for b in last.data], last.has_more) == (["batch_emu0"], False)
+        with pytest.raises(openai.BadRequestError):
+            await client.batches.list(limit=0)
+    paths = [r.path for r in emu.requests if r.method == "GET"]
+    assert paths.count("/v1/batches") == 7  # 1 + 1 + 3 pages + 1 + 1

@@ -7,7 +7,9 @@ batch ends; then the output and error files (``client.files.content``) are read 
 recorded in the ledger as the runner would record it (document, ``results.jsonl``,
 ``errors.jsonl``). A job the batch did not answer is recorded failed with the batch's status.
 The submitted batch is recorded in the output directory until its outcomes are, so running the
-same command again while it is in progress polls it instead of submitting it twice.
+same command again while it is in progress polls it instead of submitting it twice: its input
+file is recorded before the batch is created, and a record without a batch id (the run stopped
+between the two) is resolved by listing the provider's batches for that file.
 The client is the official SDK's ``openai.AsyncOpenAI`` (anyio: it runs under trio).
 """
 
@@ -37,6 +39,9 @@ __all__ = [
 
 BATCH_ENDPOINT: Final = "/v1/chat/completions"
 _TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
+_LIST_SLACK: Final = 3600
+"""Seconds before its input file's upload a batch looked for by that file may have been
+created (the provider's clocks may differ a little); older batches are not listed."""
 
 
 @attrs.frozen
@@ -151,7 +156,10 @@ async def run_provider_batch(
     With a :class:`BatchDirectory` ledger the submitted batch (its id, its input file's id and
     its jobs) is recorded in the directory (:data:`PROVIDER_BATCH_FILE`) until its outcomes are:
     a run stopped (Ctrl-C, ``kill -9``) while the batch is in progress is resumed by the next,
-    which polls that batch instead of submitting another (then submits the jobs not in it)."""
+    which polls that batch instead of submitting another (then submits the jobs not in it).
+    The uploaded input file is recorded before the batch is created: a run stopped before it
+    recorded the batch's id finds that batch in the provider's list by its input file, and
+    submits again only if there is none."""
     memo = ledger if isinstance(ledger, BatchDirectory) else None
     pending: dict[str, Job] = {}
     skipped = invalid = 0
@@ -169,10 +177,12 @@ async def run_provider_batch(
     saved = None if memo is None else await memo.provider_batch()
     if saved is not None:
         assert memo is not None
-        batch = await _retrieve(client, saved)
+        batch = await _recorded_batch(client, saved)
         if batch is None:  # the provider does not know it (any more): submit again
             await memo.record_provider_batch(None)
         else:
+            if saved.get("batch_id") != batch.id:  # found by its input file: record its id
+                await memo.record_provider_batch({**saved, "batch_id": batch.id})
             ids = [i for i in saved.get("custom_ids", []) if i in pending]
             mine = {i: pending.pop(i) for i in ids}
             report(
@@ -192,13 +202,20 @@ async def run_provider_batch(
         uploaded = await client.files.create(
             file=("llmpipe-batch.jsonl", b"".join(lines), "application/jsonl"), purpose="batch"
         )
+        record: dict[str, Any] = {
+            "input_file_id": uploaded.id,
+            "file_created_at": uploaded.created_at,
+            "custom_ids": [*pending],
+        }
+        if memo is not None:  # before the batch exists: a run killed after creating it finds it
+            with trio.CancelScope(shield=True):
+                await memo.record_provider_batch(record)
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint=BATCH_ENDPOINT, completion_window="24h"
         )
         if memo is not None:
-            record = {"batch_id": batch.id, "input_file_id": uploaded.id, "custom_ids": [*pending]}
             with trio.CancelScope(shield=True):  # submitted: recorded, whatever happens now
-                await memo.record_provider_batch(record)
+                await memo.record_provider_batch({**record, "batch_id": batch.id})
         report(ProviderBatchSubmitted(batch.id, uploaded.id, len(pending)))
         batch, d, f = await _finish(client, batch, pending, ledger, poll_interval, report)
         if memo is not None:
@@ -216,14 +233,32 @@ async def run_provider_batch(
     return ended
 
 
-async def _retrieve(client: Any, saved: dict[str, Any]) -> Any:
-    """The recorded batch as the provider sees it now; ``None`` if it does not know it."""
-    try:
-        return await client.batches.retrieve(str(saved.get("batch_id")))
-    except Exception as exc:
-        if getattr(exc, "status_code", None) == 404:
-            return None
-        raise
+async def _recorded_batch(client: Any, saved: dict[str, Any]) -> Any:
+    """The recorded batch as the provider sees it now; ``None`` if it does not know it.
+
+    A record without a batch id was written before the batch was created (the run stopped
+    before it recorded the id, maybe before the batch existed): the batch is looked for in the
+    provider's list of batches (``client.batches.list``, every page, newest first) by its input
+    file, down to the batches created :data:`_LIST_SLACK` seconds before that file."""
+    batch_id = saved.get("batch_id")
+    if isinstance(batch_id, str):
+        try:
+            return await client.batches.retrieve(batch_id)
+        except Exception as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return None
+            raise
+    file_id = saved.get("input_file_id")
+    if not isinstance(file_id, str):
+        return None
+    created = saved.get("file_created_at")
+    oldest = created - _LIST_SLACK if isinstance(created, int) else None
+    async for batch in client.batches.list(limit=100):
+        if batch.input_file_id == file_id:
+            return batch
+        if oldest is not None and batch.created_at < oldest:
+            break  # newest first: older ones cannot use a file uploaded later
+    return None
 
 
 async def _finish(

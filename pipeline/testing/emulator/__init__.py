@@ -8,8 +8,8 @@ SDKs at ``emu.openai_base_url`` / ``emu.anthropic_base_url``. Each request is re
 tokens it counted for); :class:`RateLimits` make it answer 429 with ``retry-after`` past a
 requests- or tokens-per-minute limit, and ``emu.peak_usage()`` tells the most any window held.
 The OpenAI Files and Batch endpoints (``POST /v1/files``, ``GET /v1/files/{id}/content``,
-``POST /v1/batches``, ``GET /v1/batches/{id}``) answer a batch's requests from the same replies
-after ``batch_delay`` seconds.
+``POST /v1/batches``, ``GET /v1/batches`` (pages), ``GET /v1/batches/{id}``) answer a batch's
+requests from the same replies after ``batch_delay`` seconds.
 """
 
 from ...packaging import fixup_module_metadata as _fixup_module_metadata

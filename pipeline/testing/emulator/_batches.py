@@ -2,7 +2,9 @@
 
 ``POST /v1/files`` (multipart: ``purpose``, ``file``) keeps the upload in memory;
 ``GET /v1/files/{id}/content`` returns it; ``POST /v1/batches`` (``input_file_id``,
-``endpoint``, ``completion_window``) starts a batch; ``GET /v1/batches/{id}`` reports it
+``endpoint``, ``completion_window``) starts a batch; ``GET /v1/batches`` lists the batches,
+newest first, a page of ``limit`` (default 20, 1-100) after the batch ``after`` (a cursor:
+``data``, ``first_id``, ``last_id``, ``has_more``); ``GET /v1/batches/{id}`` reports it
 ``in_progress`` until ``batch_delay`` seconds (trio's clock) have passed since its creation,
 then completes it on that request: each line of the input file is answered by the emulator's
 reply source (in order, like streamed requests), a :class:`StatusFault` reply going to the
@@ -147,6 +149,27 @@ class BatchStore:
         self.batches[batch_id] = batch
         self._ready_at[batch_id] = now + self.delay
         return batch
+
+    def list_batches(self, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        """One page of the batches, newest first: at most ``limit`` of those after the batch
+        ``after`` (``None``: from the newest), as the Batch API's ``GET /v1/batches``."""
+        if not 1 <= limit <= 100:
+            raise BatchApiError(400, "limit must be between 1 and 100")
+        newest_first = list(reversed(self.batches.values()))
+        start = 0
+        if after is not None:
+            ids = [b["id"] for b in newest_first]
+            if after not in ids:
+                raise BatchApiError(400, f"no such batch: {after}")
+            start = ids.index(after) + 1
+        page = newest_first[start : start + limit]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": start + limit < len(newest_first),
+        }
 
     async def retrieve(self, batch_id: str, now: float, answer: Answer) -> dict[str, Any]:
         batch = self.batches.get(batch_id)

@@ -21,6 +21,7 @@ import json
 import math
 import socket
 import struct
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -625,7 +626,8 @@ class Emulator:
         self, writer: _Writer, record: RequestRecord, head: _Head, keep_alive: bool, request_id: str
     ) -> None:
         """``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
-        ``GET /v1/batches/{id}`` (see :mod:`._batches`)."""
+        ``GET /v1/batches`` (``after``, ``limit``), ``GET /v1/batches/{id}`` (see
+        :mod:`._batches`)."""
         store = self.batch_store
         parts = record.path.strip("/").split("/")
         route = (head.method, *parts[1:2], len(parts))
@@ -639,6 +641,14 @@ class Emulator:
                 return
             elif route == ("POST", "batches", 2):
                 obj = store.create(record.body, trio.current_time())
+            elif route == ("GET", "batches", 2):
+                query = urllib.parse.parse_qs(head.target.partition("?")[2])
+                after = query.get("after", [None])[-1]
+                try:
+                    limit = int(query.get("limit", ["20"])[-1])
+                except ValueError:
+                    raise BatchApiError(400, "limit must be an integer") from None
+                obj = store.list_batches(after, limit)
             elif route == ("GET", "batches", 3):
                 obj = await store.retrieve(parts[2], trio.current_time(), self._batch_reply)
             else:
