@@ -26,7 +26,7 @@ import trio
 from _benchlib import Summary, add_harness_arguments, versions
 
 from pipeline import ConfigError, MissingExtraError
-from pipeline.producers._local import DEFAULT_LOCAL_THREADS, local_model_path, open_local_server
+from pipeline.producers import DEFAULT_LOCAL_THREADS, local_model_path, open_local_server
 
 BUSY_LOOP = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass\n"
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from pipeline import ConfigError, ProducerConnectionError
-from pipeline.producers._local import LocalServer, local_model_path, open_local_server
+from pipeline.producers import LocalServer, local_model_path, open_local_server
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("xllamacpp")

@@ -3,7 +3,7 @@
 ``ScriptedProducer`` plays a script (demos, tests). The SDK producers stream from real providers
 through the official ``openai`` and ``anthropic`` SDKs; any OpenAI-compatible server (vLLM,
 Ollama, llama.cpp, the embedded local model) works through ``OpenAIChatProducer`` with the
-client's ``base_url``.
+client's ``base_url``; ``open_local_server`` serves the embedded local model (``llmpipe[local]``).
 
 ``AnthropicProducer`` and ``anthropic_client`` load lazily (PEP 562 ``__getattr__``): the
 ``anthropic`` SDK is imported on first access, not with this package. It is a large import
@@ -34,6 +34,10 @@ from ._base import SSEProducer as SSEProducer
 from ._base import StreamParser as StreamParser
 from ._base import estimate_tokens as estimate_tokens
 from ._base import translate_error as translate_error
+from ._local import DEFAULT_LOCAL_THREADS as DEFAULT_LOCAL_THREADS
+from ._local import LocalServer as LocalServer
+from ._local import local_model_path as local_model_path
+from ._local import open_local_server as open_local_server
 from ._openai import OpenAIChatProducer as OpenAIChatProducer
 from ._openai import OpenAIResponsesProducer as OpenAIResponsesProducer
 from ._openai import openai_client as openai_client
@@ -55,11 +59,13 @@ __all__ = [
     "ProducerRequest",
     "open_backend",
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
+    "DEFAULT_LOCAL_THREADS",
     "DEFAULT_STALL_TIMEOUT",
     "SNIPPET_CHARS",
     "AnthropicProducer",
     "CostGuard",
     "CostLimitError",
+    "LocalServer",
     "OpenAIChatProducer",
     "OpenAIResponsesProducer",
     "RetryPolicy",
@@ -69,6 +75,8 @@ __all__ = [
     "StreamParser",
     "anthropic_client",
     "estimate_tokens",
+    "local_model_path",
+    "open_local_server",
     "openai_client",
 ]
 
