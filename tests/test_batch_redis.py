@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -331,3 +332,63 @@ async def test_the_reservation_of_a_dead_worker_counts_as_spent(redis_url: str) 
             await ok.release(4)
         await permit.release(1)  # too late: it was counted as its reservation already
         assert (await queue.counts()).spent == 24
+
+
+async def _monitor_until(url: str, started: trio.Event, marker: str) -> list[tuple[str, str]]:
+    """Redis ``MONITOR`` until ``ECHO marker``: (who, command) for every command, ``who`` being
+    ``lua`` for the commands a script ran inside Redis, else the client's address."""
+    host, port = url.removeprefix("redis://").partition("/")[0].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"MONITOR\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += await stream.receive_some()
+        assert buf.startswith(b"+OK\r\n"), buf
+        buf = buf.removeprefix(b"+OK\r\n")
+        started.set()
+        seen: list[tuple[str, str]] = []
+        while True:
+            *lines, buf = buf.split(b"\r\n")
+            for line in lines:
+                match = re.match(r'^\+[\d.]+ \[\d+ ([^\]]+)\] "(\w+)"(.*)$', line.decode())
+                assert match, line
+                who, command, rest = match.groups()
+                if command.lower() == "echo" and marker in rest:
+                    return seen
+                seen.append(("lua" if who == "lua" else "client", command.lower()))
+            buf += await stream.receive_some()
+
+
+async def test_the_budget_costs_one_round_trip_to_reserve_and_one_to_settle(
+    redis_url: str,
+) -> None:
+    """Without a budget set the workers still count what they spend (``llmpipe batch status``
+    shows the tokens used, and a budget set later counts them): one script each to reserve and
+    to settle, one ``EVALSHA`` round trip each, not several commands."""
+    name = f"trips{os.getpid()}"
+    n = 5
+    async with (
+        RedisJobQueue(redis_url, name=name) as queue,
+        coredis.Redis.from_url(redis_url, decode_responses=True) as stats,
+        open_redis_budget(queue.client, name=name, lease=600) as budget,  # no refresh in between
+    ):
+        await queue.delete()
+        await (await budget.reserve(1)).release(1)  # the scripts are loaded, the connection open
+        await stats.ping()  # its connection open too
+        async with trio.open_nursery() as nursery:
+            started = trio.Event()
+            seen: list[tuple[str, str]] = []
+
+            async def monitor() -> None:
+                seen.extend(await _monitor_until(redis_url, started, name))
+
+            nursery.start_soon(monitor)
+            await started.wait()
+            for _ in range(n):
+                await (await budget.reserve(10)).release(7)
+            await stats.echo(name)
+        counts = await queue.counts()
+    assert Counter(command for who, command in seen if who == "client") == {"evalsha": 2 * n}
+    assert Counter(command for who, command in seen if who == "lua")["hincrby"] > 0  # inside
+    assert (counts.budget, counts.spent) == (None, 1 + 7 * n)
