@@ -378,6 +378,29 @@ async def test_stall_after_first_token(
     assert gone - start == pytest.approx(3.0, abs=0.05)
 
 
+async def test_time_spent_in_emit_is_not_a_stall_and_the_next_read_is_timed_anew(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    # Our own consumer holds the first delta for 10 s (over the 3 s stall timeout): no stall.
+    # The upstream then stalls after its second delta: the read that waits for the third
+    # expires 3 s after it started, not 3 s after the previous read.
+    emu = await emulator(Reply(["Hel", "lo", " world"], fault=stall_after(2)))
+    texts: list[str] = []
+
+    async def slow_emit(event: Event) -> None:
+        if isinstance(event, TextDelta):
+            if not texts:
+                await trio.sleep(10)
+            texts.append(event.text)
+
+    async with client_for(emu, mock_clock) as client:
+        start = trio.current_time()
+        with pytest.raises(ProducerTimeout, match=r"stalled: no data for 3\.0 s"):
+            await chat(client, stall_timeout=3.0).stream(slow_emit)
+    assert texts == ["Hel", "lo"]
+    assert trio.current_time() - start == pytest.approx(13.0, abs=0.05)
+
+
 async def test_stall_before_first_token_is_retried_then_raised(
     emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
 ) -> None:

@@ -58,6 +58,7 @@ from .. import (
     ProducerTimeout,
     Usage,
     is_terminal,
+    lone_exception_unwrapped,
 )
 from ..wire import SSEDecoder, SSEEvent, retry_after_seconds
 
@@ -252,6 +253,44 @@ def _is_content(event: Event) -> bool:
     return not isinstance(event, Metadata | Usage)
 
 
+class _Reads:
+    """The body reads of one attempt, and the watchdog that ends one that takes too long.
+
+    The reading loop sets ``since`` to the time a read starts and to ``inf`` when it returns.
+    :meth:`watch` sleeps until the earliest time the read in progress (or any later one) can
+    expire, then looks again: before the first content event a read expires at the
+    first-token ``deadline``, after it ``stall_timeout`` after it started. It wakes at least
+    every ``stall_timeout`` before the first token, so the switch to the (possibly earlier)
+    stall deadline is never missed.
+    """
+
+    __slots__ = ("deadline", "since", "stall")
+
+    def __init__(self, deadline: float, stall: float | None) -> None:
+        self.deadline = deadline
+        self.stall = math.inf if stall is None else stall
+        self.since = math.inf
+
+    async def watch(self, producer: SSEProducer, scope: trio.CancelScope) -> None:
+        while True:
+            now = trio.current_time()
+            if producer._started:
+                if self.stall == math.inf:
+                    return
+                limit = self.since + self.stall  # inf while delivering
+                if now >= limit:
+                    scope.cancel()
+                    return
+                await trio.sleep_until(min(limit, now + self.stall))
+            else:
+                # (Before the first content event the loop leaves a read only to parse, with
+                # no checkpoint: a read is always in progress when this task runs.)
+                if now >= self.deadline:
+                    scope.cancel()
+                    return
+                await trio.sleep_until(min(self.deadline, now + self.stall))
+
+
 class SSEProducer:
     """Base of the SDK producers; see the module docstring. Subclasses set ``provider`` and
     implement :meth:`_open`, :meth:`_parser`, :meth:`_prompt_texts` and :meth:`_max_tokens`."""
@@ -354,28 +393,29 @@ class SSEProducer:
                     f"{self.provider}: no response within {self.first_token_timeout} s"
                 )
             iterator = body.__aiter__()
-            # One cancel scope for the whole body, its deadline moved before each read and
-            # lifted while we deliver (our own consumers' backpressure is never a stall): far
-            # cheaper than a new scope per read.
-            with trio.CancelScope() as scope:
-                while True:
-                    if self._started:
-                        scope.deadline = (
-                            trio.current_time() + self.stall_timeout
-                            if self.stall_timeout is not None
-                            else math.inf
-                        )
-                    else:
-                        scope.deadline = deadline
+            # The deadlines are kept by a watchdog task that reads ``reads.since`` (when the
+            # read in progress started, inf while we deliver: our own consumers'
+            # backpressure is never a stall): a read costs two attribute stores, not two
+            # moves of a cancel scope's deadline.
+            reads = _Reads(deadline, self.stall_timeout)
+            with lone_exception_unwrapped(), trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    if deadline != math.inf or self.stall_timeout is not None:
+                        nursery.start_soon(reads.watch, self, scope)
                     try:
-                        chunk = await iterator.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    scope.deadline = math.inf
-                    for sse in decoder.feed(chunk):
-                        events = parser.feed(sse)
-                        if events:
-                            await deliver(events)
+                        while True:
+                            reads.since = trio.current_time()
+                            try:
+                                chunk = await iterator.__anext__()
+                            except StopAsyncIteration:
+                                break
+                            reads.since = math.inf
+                            for sse in decoder.feed(chunk):
+                                events = parser.feed(sse)
+                                if events:
+                                    await deliver(events)
+                    finally:
+                        nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
                 if self._started:
                     raise ProducerTimeout(
