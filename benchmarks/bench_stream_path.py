@@ -31,7 +31,7 @@ from bench_capacity import sse_event
 
 from pipeline import Pipeline, Policy
 from pipeline.producers._base import SSEProducer, StreamParser
-from pipeline.producers._openai import _Body, _ChatParser
+from pipeline.producers._openai import _ChatParser
 from sinks.server import ServerConfig, create_app, get_runtime
 from sinks.server._app import pump
 from sinks.server._context import StreamRequest
@@ -60,8 +60,7 @@ class RecordedProducer(SSEProducer):
                 await trio.lowlevel.checkpoint()
                 yield chunk
 
-        assert self.parser is not None
-        yield _Body(chunks(), self.parser)
+        yield chunks()
 
 
 async def one_run(tokens: int) -> tuple[float, int]:

@@ -65,6 +65,7 @@ from ..wire import SSEDecoder, SSEEvent, retry_after_seconds
 __all__ = [
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
     "DEFAULT_STALL_TIMEOUT",
+    "DRAIN_TIMEOUT",
     "TRANSPORT_ERRORS",
     "CostGuard",
     "CostLimitError",
@@ -80,6 +81,9 @@ __all__ = [
 
 DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 60.0
 DEFAULT_STALL_TIMEOUT: Final = 30.0
+DRAIN_TIMEOUT: Final = 0.1
+"""After the provider's end marker (:attr:`StreamParser.ended`) the rest of the body is read
+for at most this long, so the HTTP/1.1 connection can be reused (the SDKs do the same)."""
 SNIPPET_CHARS: Final = 120
 """At most this many characters of a provider's data are quoted in an error message (after
 redaction: :func:`redact` with ``limit``)."""
@@ -242,11 +246,30 @@ class StreamParser:
     accumulated text or tool JSON.
     """
 
+    ended: bool = False
+    """Set by :meth:`feed` when the provider's end marker arrived (``[DONE]``,
+    ``response.completed``): the loop then reads the rest of the body for at most
+    :data:`DRAIN_TIMEOUT` and calls :meth:`finish`, whose ``Done`` is emitted only then. So
+    the HTTP/1.1 connection goes back to the pool instead of being closed by the cancellation
+    that follows a terminal event, and a server that keeps the body open does not turn a
+    finished answer into a stall."""
+
     def feed(self, sse: SSEEvent) -> Sequence[Event]:
         raise NotImplementedError
 
     def finish(self) -> Sequence[Event]:
         return ()
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read what is left of ``body`` for at most :data:`DRAIN_TIMEOUT` (the answer is
+    complete: a late transport error is moot)."""
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        try:
+            async for _ in body:
+                pass
+        except Exception:
+            pass
 
 
 def _is_content(event: Event) -> bool:
@@ -414,6 +437,10 @@ class SSEProducer:
                                 events = parser.feed(sse)
                                 if events:
                                     await deliver(events)
+                            if parser.ended:
+                                reads.since = trio.current_time()
+                                await _drain(iterator)
+                                break
                     finally:
                         nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
