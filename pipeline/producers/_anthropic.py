@@ -70,6 +70,7 @@ from ._base import (
     RetryPolicy,
     SSEProducer,
     StreamParser,
+    parse_json,
     redact,
 )
 
@@ -199,7 +200,7 @@ class AnthropicParser(StreamParser):
         if not sse.data:
             return ()
         try:
-            data = json.loads(sse.data)
+            data = parse_json(sse.data)
         except json.JSONDecodeError as exc:
             raise self._protocol_error(f"malformed JSON in a {sse.event!r} event: {exc}") from None
         if not isinstance(data, dict):

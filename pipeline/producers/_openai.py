@@ -57,6 +57,7 @@ from ._base import (
     RetryPolicy,
     SSEProducer,
     StreamParser,
+    parse_json,
     redact,
 )
 
@@ -122,7 +123,7 @@ def _stream_error(error: object, secrets: Sequence[str | None], where: str) -> P
 
 def _loads(sse: SSEEvent, secrets: Sequence[str | None]) -> dict[str, Any]:
     try:
-        obj = json.loads(sse.data)
+        obj = parse_json(sse.data)
     except ValueError as exc:
         snippet = redact(sse.data, secrets, limit=SNIPPET_CHARS)
         raise ProducerProtocolError(
