@@ -50,6 +50,7 @@ from pipeline.testing.emulator import (
     Emulator,
     Reply,
     RequestRecord,
+    Script,
     ToolCall,
     error_event_after,
     malformed_after,
@@ -204,6 +205,7 @@ class FakeResponse:
         self.body = body
         self.hang = hang
         self.http_response = self  # the httpx response: raw bytes, no content-encoding
+        self.stream = self  # and its byte stream
         self.headers: dict[str, str] = {}
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
@@ -211,7 +213,8 @@ class FakeResponse:
         if self.hang:
             await trio.sleep_forever()
 
-    aiter_raw = iter_bytes
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.iter_bytes()
 
 
 def fake_body(producer: Any, body: bytes, *, hang: bool = False) -> Any:
@@ -285,6 +288,17 @@ async def test_compressed_body_is_decoded(nursery: trio.Nursery) -> None:
         sink = await run(chat(client))
     assert sink.text == "zipped text"
     assert isinstance(sink.events[-1], Done)
+
+
+async def test_streams_one_after_another_reuse_one_connection(emulator: EmulatorFactory) -> None:
+    # The body is read to its end after [DONE] before Done goes out, so the HTTP/1.1
+    # connection goes back to the pool rather than being closed by the end of the stream.
+    emu = await emulator(Script([Reply("one"), Reply("two"), Reply("three")]))
+    async with client_for(emu) as client:
+        texts = [(await run(chat(client))).text for _ in range(3)]
+    assert texts == ["one", "two", "three"]
+    assert len(emu.connections) == 1
+    assert emu.connections[0].requests == [0, 1, 2]
 
 
 async def test_body_left_open_after_done_is_not_a_stall(

@@ -324,10 +324,11 @@ class _OpenAIProducer(SSEProducer):
             response = await stack.enter_async_context(self._request())
             http_response = response.http_response
             encoding = http_response.headers.get("content-encoding", "").strip().lower()
-            # An SSE body is rarely compressed: then read it raw, two generator layers (the
-            # SDK's and httpx's decoder) fewer per chunk; else let httpx decode it.
+            # An SSE body is rarely compressed: then read httpx's response stream itself,
+            # three generator layers (the SDK's, httpx's decoder and ``aiter_raw``) fewer per
+            # chunk (the SDK closes the response when we leave); else let httpx decode it.
             if encoding in ("", "identity"):
-                chunks = http_response.aiter_raw()
+                chunks = aiter(http_response.stream)
             else:
                 chunks = response.iter_bytes()
             aclose = getattr(chunks, "aclose", None)
