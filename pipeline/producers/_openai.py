@@ -2,7 +2,7 @@
 
 Both producers send the request with the SDK (auth, base URL, HTTP status errors), read the
 response body as bytes (``with_streaming_response``) and decode it with llmpipe's own SSE decoder
-and one ``json.loads`` per event: no per-chunk pydantic objects. Everything else (retries before
+and one JSON parse per event: no per-chunk pydantic objects. Everything else (retries before
 the first token, first-token and stall timeouts, error translation, the cost guard, secret
 redaction) is :class:`~pipeline.producers._base.SSEProducer`'s loop.
 
