@@ -6,6 +6,8 @@ failures against the emulator become; these pin the tables themselves, class by 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -14,10 +16,12 @@ import httpx2
 import openai
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline import Error, LLMPipeError, ProducerError, ProducerStatusError, error_event
 from pipeline.producers._anthropic import AnthropicProducer
-from pipeline.producers._base import TRANSPORT_ERRORS, ErrorMap, translate_error
+from pipeline.producers._base import TRANSPORT_ERRORS, ErrorMap, parse_json, translate_error
 from pipeline.producers._openai import OpenAIChatProducer, OpenAIResponsesProducer
 
 KEY = "sk-test-DISTINCTIVE-0123456789abcdef"
@@ -153,3 +157,32 @@ def test_error_event() -> None:
         kind="internal", message="KeyError: 'k'", retryable=False
     )
     assert issubclass(ProducerError, LLMPipeError)
+
+
+# -------------------------------------------------------------------------------------------
+# parse_json: json.loads's value and errors, by a shorter path
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _outcome(parse: Callable[[str], object], text: str) -> tuple[str, object]:
+    try:
+        return ("value", parse(text))
+    except ValueError as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@given(_JSON, st.sampled_from(["", " ", "\n", " \t"]), st.sampled_from(["", " ", "\r\n"]))
+def test_parse_json_gives_what_json_loads_gives(value: object, before: str, after: str) -> None:
+    text = before + json.dumps(value) + after
+    assert _outcome(parse_json, text) == _outcome(json.loads, text)
+
+
+@given(st.text(alphabet='{}[]":,0123456789.eE+-truefalsn \\\ufeff', max_size=30))
+def test_parse_json_fails_as_json_loads_fails(text: str) -> None:
+    assert _outcome(parse_json, text) == _outcome(json.loads, text)

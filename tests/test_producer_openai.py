@@ -50,6 +50,7 @@ from pipeline.testing.emulator import (
     Emulator,
     Reply,
     RequestRecord,
+    Script,
     ToolCall,
     error_event_after,
     malformed_after,
@@ -204,6 +205,7 @@ class FakeResponse:
         self.body = body
         self.hang = hang
         self.http_response = self  # the httpx response: raw bytes, no content-encoding
+        self.stream = self  # and its byte stream
         self.headers: dict[str, str] = {}
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
@@ -211,7 +213,8 @@ class FakeResponse:
         if self.hang:
             await trio.sleep_forever()
 
-    aiter_raw = iter_bytes
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.iter_bytes()
 
 
 def fake_body(producer: Any, body: bytes, *, hang: bool = False) -> Any:
@@ -285,6 +288,17 @@ async def test_compressed_body_is_decoded(nursery: trio.Nursery) -> None:
         sink = await run(chat(client))
     assert sink.text == "zipped text"
     assert isinstance(sink.events[-1], Done)
+
+
+async def test_streams_one_after_another_reuse_one_connection(emulator: EmulatorFactory) -> None:
+    # The body is read to its end after [DONE] before Done goes out, so the HTTP/1.1
+    # connection goes back to the pool rather than being closed by the end of the stream.
+    emu = await emulator(Script([Reply("one"), Reply("two"), Reply("three")]))
+    async with client_for(emu) as client:
+        texts = [(await run(chat(client))).text for _ in range(3)]
+    assert texts == ["one", "two", "three"]
+    assert len(emu.connections) == 1
+    assert emu.connections[0].requests == [0, 1, 2]
 
 
 async def test_body_left_open_after_done_is_not_a_stall(
@@ -376,6 +390,29 @@ async def test_stall_after_first_token(
     assert (error.kind, error.partial_chars) == ("timeout", 5)
     assert "stalled" in error.message
     assert gone - start == pytest.approx(3.0, abs=0.05)
+
+
+async def test_time_spent_in_emit_is_not_a_stall_and_the_next_read_is_timed_anew(
+    emulator: EmulatorFactory, mock_clock: trio.testing.MockClock
+) -> None:
+    # Our own consumer holds the first delta for 10 s (over the 3 s stall timeout): no stall.
+    # The upstream then stalls after its second delta: the read that waits for the third
+    # expires 3 s after it started, not 3 s after the previous read.
+    emu = await emulator(Reply(["Hel", "lo", " world"], fault=stall_after(2)))
+    texts: list[str] = []
+
+    async def slow_emit(event: Event) -> None:
+        if isinstance(event, TextDelta):
+            if not texts:
+                await trio.sleep(10)
+            texts.append(event.text)
+
+    async with client_for(emu, mock_clock) as client:
+        start = trio.current_time()
+        with pytest.raises(ProducerTimeout, match=r"stalled: no data for 3\.0 s"):
+            await chat(client, stall_timeout=3.0).stream(slow_emit)
+    assert texts == ["Hel", "lo"]
+    assert trio.current_time() - start == pytest.approx(13.0, abs=0.05)
 
 
 async def test_stall_before_first_token_is_retried_then_raised(

@@ -182,3 +182,30 @@ def test_round_trip_in_any_chunking(
         data = d.replace("\r\n", "\n").replace("\r", "\n")
         expected.append(SSEEvent(data, e or "message", last_id))
     assert got == expected
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"data: ", b"data:", b"event: e\n", b"x", b"\n", b"\r", b"\n\n", b": c\n"]
+            + [c.encode() for c in ("é", "你", "👍", "\ufeff")]
+            + [b"\xff", b"\xc3", b"\xe4\xbd", b"\xf0\x9f", b"\xed\xa0\x80"]
+        ),
+        max_size=30,
+    ),
+    st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=5),
+)
+def test_any_bytes_in_any_chunking_decode_as_the_whole_replaced_text(
+    pieces: list[bytes], sizes: list[int]
+) -> None:
+    # Invalid UTF-8 becomes U+FFFD exactly as bytes.decode("utf-8", "replace") does, and a
+    # character cut between chunks (valid or not) decodes as if the stream came whole.
+    stream = b"".join(pieces)
+    chunks, pos, k = [], 0, 0
+    while pos < len(stream):
+        chunks.append(stream[pos : pos + sizes[k % len(sizes)]])
+        pos += sizes[k % len(sizes)]
+        k += 1
+    reference = parse(stream.decode("utf-8", "replace").encode())
+    assert parse(*chunks) == reference
+    assert parse(stream) == reference

@@ -4,7 +4,7 @@ The request goes through the official SDK's raw path
 (``client.messages.with_streaming_response.create(..., stream=True)``): the SDK builds the
 request, authenticates it and raises its own ``APIStatusError`` subclasses for a non-2xx answer
 (``RateLimitError`` 429, ``InternalServerError`` 5xx, ``OverloadedError`` 529, ...). The body is
-read as bytes and parsed here, one ``json.loads`` per SSE event, which is much cheaper than the
+read as bytes and parsed here, one JSON parse per SSE event, which is much cheaper than the
 SDK's per-event model objects. Retries, timeouts, cancellation and error translation are the
 shared loop's (:class:`~pipeline.producers._base.SSEProducer`); the SDK's own retries are off.
 
@@ -70,6 +70,7 @@ from ._base import (
     RetryPolicy,
     SSEProducer,
     StreamParser,
+    parse_json,
     redact,
 )
 
@@ -181,7 +182,7 @@ class AnthropicParser(StreamParser):
 
     ``secrets`` are masked in the message of a reported ``error`` event.
 
-    Linear time: one ``json.loads`` per SSE event; tool-argument pieces are kept in a list per
+    Linear time: one JSON parse per SSE event; tool-argument pieces are kept in a list per
     block and joined once, at the block's ``content_block_stop``.
     """
 
@@ -199,7 +200,7 @@ class AnthropicParser(StreamParser):
         if not sse.data:
             return ()
         try:
-            data = json.loads(sse.data)
+            data = parse_json(sse.data)
         except json.JSONDecodeError as exc:
             raise self._protocol_error(f"malformed JSON in a {sse.event!r} event: {exc}") from None
         if not isinstance(data, dict):

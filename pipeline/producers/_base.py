@@ -34,7 +34,7 @@ import json
 import math
 import random
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import ClassVar, Final, TypeAlias
 
@@ -58,12 +58,14 @@ from .. import (
     ProducerTimeout,
     Usage,
     is_terminal,
+    lone_exception_unwrapped,
 )
 from ..wire import SSEDecoder, SSEEvent, retry_after_seconds
 
 __all__ = [
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
     "DEFAULT_STALL_TIMEOUT",
+    "DRAIN_TIMEOUT",
     "TRANSPORT_ERRORS",
     "CostGuard",
     "CostLimitError",
@@ -73,12 +75,16 @@ __all__ = [
     "SSEProducer",
     "StreamParser",
     "estimate_tokens",
+    "parse_json",
     "redact",
     "translate_error",
 ]
 
 DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 60.0
 DEFAULT_STALL_TIMEOUT: Final = 30.0
+DRAIN_TIMEOUT: Final = 0.1
+"""After the provider's end marker (:attr:`StreamParser.ended`) the rest of the body is read
+for at most this long, so the HTTP/1.1 connection can be reused (the SDKs do the same)."""
 SNIPPET_CHARS: Final = 120
 """At most this many characters of a provider's data are quoted in an error message (after
 redaction: :func:`redact` with ``limit``)."""
@@ -147,6 +153,24 @@ class CostGuard:
                     f"tokens, over the limit of {self.max_output_tokens}; nothing was sent"
                 )
         return estimate
+
+
+# What json.loads calls after its wrappers (a documented-by-use attribute typeshed lacks).
+_SCAN: Final[Callable[[str, int], tuple[object, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def parse_json(text: str) -> object:
+    """``json.loads(text)``, without its Python layers in the usual case (one event's data per
+    token: they cost as much as the parse): the C scanner reads a document that starts at the
+    first character and ends at the last; anything else (whitespace around it, a malformed
+    document) goes through ``json.loads``, so the value and the errors are ``json.loads``'s."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
 
 
 def redact(message: str, secrets: Sequence[str | None], *, limit: int | None = None) -> str:
@@ -241,6 +265,14 @@ class StreamParser:
     accumulated text or tool JSON.
     """
 
+    ended: bool = False
+    """Set by :meth:`feed` when the provider's end marker arrived (``[DONE]``,
+    ``response.completed``): the loop then reads the rest of the body for at most
+    :data:`DRAIN_TIMEOUT` and calls :meth:`finish`, whose ``Done`` is emitted only then. So
+    the HTTP/1.1 connection goes back to the pool instead of being closed by the cancellation
+    that follows a terminal event, and a server that keeps the body open does not turn a
+    finished answer into a stall."""
+
     def feed(self, sse: SSEEvent) -> Sequence[Event]:
         raise NotImplementedError
 
@@ -248,8 +280,57 @@ class StreamParser:
         return ()
 
 
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read what is left of ``body`` for at most :data:`DRAIN_TIMEOUT` (the answer is
+    complete: a late transport error is moot)."""
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        try:
+            async for _ in body:
+                pass
+        except Exception:
+            pass
+
+
 def _is_content(event: Event) -> bool:
     return not isinstance(event, Metadata | Usage)
+
+
+class _Reads:
+    """The body reads of one attempt, and the watchdog that ends one that takes too long.
+
+    The reading loop sets ``since`` to the time a read starts and to ``inf`` when it returns.
+    :meth:`watch` sleeps until the earliest time the read in progress (or any later one) can
+    expire, then looks again: before the first content event a read expires at the
+    first-token ``deadline``, after it ``stall_timeout`` after it started. It wakes at least
+    every ``stall_timeout`` before the first token, so the switch to the (possibly earlier)
+    stall deadline is never missed.
+    """
+
+    __slots__ = ("deadline", "since", "stall")
+
+    def __init__(self, deadline: float, stall: float | None) -> None:
+        self.deadline = deadline
+        self.stall = math.inf if stall is None else stall
+        self.since = math.inf
+
+    async def watch(self, producer: SSEProducer, scope: trio.CancelScope) -> None:
+        while True:
+            now = trio.current_time()
+            if producer._started:
+                if self.stall == math.inf:
+                    return
+                limit = self.since + self.stall  # inf while delivering
+                if now >= limit:
+                    scope.cancel()
+                    return
+                await trio.sleep_until(min(limit, now + self.stall))
+            else:
+                # (Before the first content event the loop leaves a read only to parse, with
+                # no checkpoint: a read is always in progress when this task runs.)
+                if now >= self.deadline:
+                    scope.cancel()
+                    return
+                await trio.sleep_until(min(self.deadline, now + self.stall))
 
 
 class SSEProducer:
@@ -354,28 +435,33 @@ class SSEProducer:
                     f"{self.provider}: no response within {self.first_token_timeout} s"
                 )
             iterator = body.__aiter__()
-            # One cancel scope for the whole body, its deadline moved before each read and
-            # lifted while we deliver (our own consumers' backpressure is never a stall): far
-            # cheaper than a new scope per read.
-            with trio.CancelScope() as scope:
-                while True:
-                    if self._started:
-                        scope.deadline = (
-                            trio.current_time() + self.stall_timeout
-                            if self.stall_timeout is not None
-                            else math.inf
-                        )
-                    else:
-                        scope.deadline = deadline
+            # The deadlines are kept by a watchdog task that reads ``reads.since`` (when the
+            # read in progress started, inf while we deliver: our own consumers'
+            # backpressure is never a stall): a read costs two attribute stores, not two
+            # moves of a cancel scope's deadline.
+            reads = _Reads(deadline, self.stall_timeout)
+            with lone_exception_unwrapped(), trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    if deadline != math.inf or self.stall_timeout is not None:
+                        nursery.start_soon(reads.watch, self, scope)
                     try:
-                        chunk = await iterator.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    scope.deadline = math.inf
-                    for sse in decoder.feed(chunk):
-                        events = parser.feed(sse)
-                        if events:
-                            await deliver(events)
+                        while True:
+                            reads.since = trio.current_time()
+                            try:
+                                chunk = await iterator.__anext__()
+                            except StopAsyncIteration:
+                                break
+                            reads.since = math.inf
+                            for sse in decoder.feed(chunk):
+                                events = parser.feed(sse)
+                                if events:
+                                    await deliver(events)
+                            if parser.ended:
+                                reads.since = trio.current_time()
+                                await _drain(iterator)
+                                break
+                    finally:
+                        nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
                 if self._started:
                     raise ProducerTimeout(

@@ -2,7 +2,7 @@
 
 Both producers send the request with the SDK (auth, base URL, HTTP status errors), read the
 response body as bytes (``with_streaming_response``) and decode it with llmpipe's own SSE decoder
-and one ``json.loads`` per event: no per-chunk pydantic objects. Everything else (retries before
+and one JSON parse per event: no per-chunk pydantic objects. Everything else (retries before
 the first token, first-token and stall timeouts, error translation, the cost guard, secret
 redaction) is :class:`~pipeline.producers._base.SSEProducer`'s loop.
 
@@ -29,7 +29,6 @@ from typing import Any, ClassVar, Final, TypedDict, Unpack, cast
 import attrs
 import httpx
 import openai
-import trio
 
 from .. import (
     ConfigError,
@@ -58,6 +57,7 @@ from ._base import (
     RetryPolicy,
     SSEProducer,
     StreamParser,
+    parse_json,
     redact,
 )
 
@@ -70,9 +70,6 @@ __all__ = [
 ]
 
 PROVIDER: Final = "openai"
-DRAIN_TIMEOUT: Final = 0.1
-"""After the end marker (``[DONE]``, ``response.completed``) the rest of the body is read for at
-most this long, so the HTTP/1.1 connection can be reused (the SDK does the same)."""
 
 NO_KEY_PLACEHOLDER: Final = "sk-no-key-required"
 """The API key sent to a server given by ``base_url`` when no key is configured."""
@@ -126,7 +123,7 @@ def _stream_error(error: object, secrets: Sequence[str | None], where: str) -> P
 
 def _loads(sse: SSEEvent, secrets: Sequence[str | None]) -> dict[str, Any]:
     try:
-        obj = json.loads(sse.data)
+        obj = parse_json(sse.data)
     except ValueError as exc:
         snippet = redact(sse.data, secrets, limit=SNIPPET_CHARS)
         raise ProducerProtocolError(
@@ -196,7 +193,8 @@ def _limit(value: int | None, extra: Mapping[str, Any], *keys: str) -> int | Non
 
 class _EndAwareParser(StreamParser):
     """What both OpenAI parsers share: the tool calls being streamed, the stop reason and
-    usage kept for the end, and knowing when the end marker arrived (see :class:`_Body`).
+    usage kept for the end, and knowing when the end marker arrived
+    (:attr:`~pipeline.producers._base.StreamParser.ended`).
 
     ``finish`` raises a retryable :class:`~pipeline.ProducerProtocolError` saying
     ``incomplete`` unless :meth:`_complete`; else it ends the open tool calls and emits the
@@ -231,35 +229,6 @@ class _EndAwareParser(StreamParser):
         return out
 
 
-class _Body:
-    """The response body's byte chunks, ending early once the parser saw the end marker.
-
-    After the end marker the rest of the body is drained for at most :data:`DRAIN_TIMEOUT`
-    (a server that keeps the body open does not turn a finished answer into a stall), then the
-    iteration stops and the parser's ``finish`` emits ``Done``. Emitting ``Done`` only then
-    lets the HTTP/1.1 connection go back to the pool instead of being closed by the
-    cancellation that follows a terminal event.
-    """
-
-    def __init__(self, chunks: AsyncIterator[bytes], parser: _EndAwareParser) -> None:
-        self._chunks = chunks
-        self._parser = parser
-
-    def __aiter__(self) -> _Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._parser.ended:
-            with trio.move_on_after(DRAIN_TIMEOUT):
-                try:
-                    async for _ in self._chunks:
-                        pass
-                except Exception:  # the answer is complete: a late transport error is moot
-                    pass
-            raise StopAsyncIteration
-        return await self._chunks.__anext__()
-
-
 class OpenAIOptions(TypedDict, total=False):
     """The keyword options both OpenAI producers take besides their prompt and output limit.
 
@@ -280,8 +249,8 @@ class OpenAIOptions(TypedDict, total=False):
 
 
 class _OpenAIProducer(SSEProducer):
-    """What both OpenAI producers share: the client, the :class:`OpenAIOptions`, the request
-    and the end-aware body."""
+    """What both OpenAI producers share: the client, the :class:`OpenAIOptions` and the
+    request."""
 
     provider = PROVIDER
     errors: ClassVar[ErrorMap] = {**TRANSPORT_ERRORS, **OPENAI_ERRORS}
@@ -312,7 +281,6 @@ class _OpenAIProducer(SSEProducer):
         # already has them off (``openai_client`` builds such) is used as is: a copy would
         # redo the SDK's per-client set-up (its platform probe runs in a worker thread).
         self._client = client if client.max_retries == 0 else client.with_options(max_retries=0)
-        self._current: _EndAwareParser | None = None
         self.model = model
         self.temperature = temperature
         self.tools = tools
@@ -322,8 +290,7 @@ class _OpenAIProducer(SSEProducer):
         raise NotImplementedError
 
     def _parser(self) -> StreamParser:
-        self._current = self._new_parser()
-        return self._current
+        return self._new_parser()
 
     def _request(self) -> Any:
         """The SDK's ``with_streaming_response.create(...)`` context manager."""
@@ -352,23 +319,22 @@ class _OpenAIProducer(SSEProducer):
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
-        parser = self._current
-        assert parser is not None, "_parser() is called before _open()"
         async with AsyncExitStack() as stack:
             # (The base loop's first-token deadline covers waiting for the response head too.)
             response = await stack.enter_async_context(self._request())
             http_response = response.http_response
             encoding = http_response.headers.get("content-encoding", "").strip().lower()
-            # An SSE body is rarely compressed: then read it raw, two generator layers (the
-            # SDK's and httpx's decoder) fewer per chunk; else let httpx decode it.
+            # An SSE body is rarely compressed: then read httpx's response stream itself,
+            # three generator layers (the SDK's, httpx's decoder and ``aiter_raw``) fewer per
+            # chunk (the SDK closes the response when we leave); else let httpx decode it.
             if encoding in ("", "identity"):
-                chunks = http_response.aiter_raw()
+                chunks = aiter(http_response.stream)
             else:
                 chunks = response.iter_bytes()
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:  # close the SDK's generator here, not in trio's GC hook
                 stack.push_async_callback(aclose)
-            yield _Body(chunks, parser)
+            yield chunks
 
 
 # ---------------------------------------------------------------------------------------------

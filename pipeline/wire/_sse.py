@@ -61,6 +61,7 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._whole = True  # the decoder holds no bytes of an unfinished character
         self._started = False  # BOM check done
         self._skip_lf = False  # the previous chunk ended with CR
         self._pieces: list[str] = []  # the current, unterminated line
@@ -78,7 +79,18 @@ class SSEDecoder:
         """Parse ``chunk``; return the events it completed, in order."""
         if self.closed:
             raise RuntimeError("SSEDecoder.feed() after close()")
-        return self._feed_text(self._decoder.decode(chunk))
+        if self._whole:
+            # Nothing held back: a chunk of whole, valid UTF-8 (the usual case) needs no
+            # incremental decoder.
+            try:
+                text = chunk.decode()
+            except UnicodeDecodeError:
+                pass
+            else:
+                return self._feed_text(text)
+        text = self._decoder.decode(chunk)
+        self._whole = not self._decoder.getstate()[0]
+        return self._feed_text(text)
 
     def close(self) -> list[SSEEvent]:
         """End of stream: returns nothing more (an unterminated event is discarded)."""
@@ -110,8 +122,14 @@ class SSEDecoder:
                 if self._parts or self._pieces:  # the first line continues the pending one
                     self._add(lines[0])
                     lines[0] = self._take_line()
+                data = self._data
                 for line in lines:
-                    self._line(line, out)
+                    if not line:
+                        self._dispatch(out)
+                    elif line.startswith("data:"):  # the usual line, inline
+                        data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+                    else:
+                        self._line(line, out)
             if rest:
                 self._add(rest)
             return out
