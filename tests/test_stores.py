@@ -353,6 +353,24 @@ async def test_store_sink_retries_an_unavailable_store(store: StreamStore) -> No
     assert flaky.failed == 2
 
 
+async def test_store_sink_cancelled_in_an_append_the_store_took(store: StreamStore) -> None:
+    """Cancelled while waiting for the answer to an append the store had taken: the end is
+    numbered after that batch and counts its text (it was stored before the end with the same
+    number was refused, and the stream was left for another end without ``partial_chars``)."""
+    s = sid()
+    await store.create(s)
+    flaky = _Flaky(store, fail={2: "hang"})
+    sink = StoreSink(flaky, s, batch_max=1)
+    steps: list[Step | Event] = [Step(TextDelta("ab")), Step(TextDelta("cde"), delay=0.01),
+                                 Step(TextDelta("f"), delay=30.0)]  # fmt: skip
+    async with pipeline.Pipeline(ScriptedProducer(steps), sinks=[sink]).open() as running:
+        assert [e.seq for e in await store.wait(s, 1, 5.0)] == [2]  # stored, not answered
+        running.cancel()
+    events = await store.read(s, 0, 10)
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert events[-1] == Error("cancelled", "the generation was cancelled", partial_chars=5, seq=3)
+
+
 async def test_store_sink_gives_up_after_retry_for(store: StreamStore) -> None:
     """Past ``retry_for`` the sink raises, and ends the stream (retryable) once the store is
     back."""
@@ -399,7 +417,8 @@ async def test_store_sink_ends_a_stream_the_store_lost_events_of() -> None:
 @attrs.define
 class _Flaky:
     """A store whose ``append`` number N fails with StoreUnavailable: ``before`` storing,
-    ``after`` storing, or ``down`` (then every append and info, until ``down`` is cleared)."""
+    ``after`` storing, or ``down`` (then every append and info, until ``down`` is cleared); or
+    ``hang``s after storing, until cancelled (an answer that never comes)."""
 
     inner: StreamStore
     fail: dict[int, str]
@@ -416,6 +435,8 @@ class _Flaky:
             self.failed += 1
             raise StoreUnavailable("connection refused")
         await self.inner.append(stream_id, events)
+        if how == "hang":
+            await trio.sleep_forever()
         if how == "after":
             self.failed += 1
             raise StoreUnavailable("connection reset")

@@ -93,6 +93,9 @@ class StoreSink:
     last_seq: int = attrs.field(default=0, init=False)
     text_chars: int = attrs.field(default=0, init=False)
     ended: bool = attrs.field(default=False, init=False)
+    # A batch whose append was interrupted (cancelled while waiting for the store's answer):
+    # stored or not, the store says (appends are atomic); the end is numbered after it if so.
+    _in_flight: Sequence[Event] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.batch_max, bool) or not isinstance(self.batch_max, int):
@@ -109,7 +112,9 @@ class StoreSink:
             while not self.ended and (received := await events.receive_batch(self.batch_max)):
                 batch = self._prepare(received)
                 if batch:
+                    self._in_flight = batch
                     await self._append(batch)
+                    self._in_flight = None
                     self._stored(batch)
             # The runner sends nothing after the terminal event; read to the end regardless.
             if self.ended:
@@ -173,7 +178,7 @@ class StoreSink:
                 break
         return out
 
-    def _stored(self, batch: list[Event]) -> None:
+    def _stored(self, batch: Sequence[Event]) -> None:
         self.events_stored += len(batch)
         self.batches += 1
         self.last_seq = batch[-1].seq
@@ -194,7 +199,8 @@ class StoreSink:
             end = Error(
                 kind=kind, message=messages[kind], retryable=kind == "store", seq=self.last_seq + 1
             )
-        if not end.partial_chars:  # what readers of the stream got before its end
+        partial_given = bool(end.partial_chars)
+        if not partial_given:  # what readers of the stream got before its end
             end = attrs.evolve(end, partial_chars=self.text_chars)
         if kind == "store":
             # Not cancelled: wait (unshielded) for the store to come back, within retry_for.
@@ -212,10 +218,21 @@ class StoreSink:
         with trio.move_on_after(self.end_timeout) as scope:
             scope.shield = True
             try:
+                if self._in_flight is not None:
+                    await self._settle_in_flight()
+                    end = attrs.evolve(end, seq=self.last_seq + 1)
+                    if not partial_given:
+                        end = attrs.evolve(end, partial_chars=self.text_chars)
                 await self.store.append(self.stream_id, [end])
             except (StoreError, ValueError):
                 return  # best effort: the original exception matters more
             self._stored([end])
+
+    async def _settle_in_flight(self) -> None:
+        """Count the interrupted append's batch as stored if the store has it."""
+        batch, self._in_flight = self._in_flight, None
+        if batch and (await self.store.info(self.stream_id)).last_seq >= batch[-1].seq:
+            self._stored(batch)
 
     async def _when_available(self) -> StreamInfo:
         """The stream's info as soon as the store answers (retried with ``backoff``)."""
