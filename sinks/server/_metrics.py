@@ -98,6 +98,7 @@ class LiveStreams:
     channels: set[EventReceiver] = attrs.Factory(set)
     blocked_seconds_done: float = 0.0
     coalesced_done: int = 0
+    direct_done: int = 0
     speakers: set[Speaker] = attrs.Factory(set)  # the speech turns playing now
 
     def add(self, receiver: EventReceiver) -> None:
@@ -110,6 +111,7 @@ class LiveStreams:
             st = receiver.statistics()
             self.blocked_seconds_done += st.blocked_seconds
             self.coalesced_done += st.items_coalesced
+            self.direct_done += st.items_direct
 
 
 class _LiveCollector(Collector):
@@ -147,6 +149,12 @@ class _LiveCollector(Collector):
             "llmpipe_deltas_coalesced",
             "Text deltas merged into a queued delta because the client lagged.",
             value=self._live.coalesced_done + sum(s.items_coalesced for s in stats),
+        )
+        yield CounterMetricFamily(
+            "llmpipe_events_written_directly",
+            "Events of live streams written by the producer's task itself (the client kept up: "
+            "no hop through the stream's buffer).",
+            value=self._live.direct_done + sum(s.items_direct for s in stats),
         )
 
 

@@ -155,6 +155,11 @@ class StreamWriter:
         # How the stream was given up when its client froze (see :func:`wait_frozen`).
         self.frozen: Frozen | None = None
 
+    @property
+    def busy(self) -> bool:
+        """Whether a write is in progress (another :meth:`write` now would wait for it)."""
+        return self._writing
+
     def waiting_for(self) -> float:
         """How long the ASGI ``send`` in progress has been waiting for the client to read (0.0
         when none is)."""
