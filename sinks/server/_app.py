@@ -232,12 +232,11 @@ class _DirectWrites:
             data = writer.frame(event)
         else:
             data = writer.heartbeat() + writer.frame(event)
-        start = trio.current_time()
         try:
             await writer.write(data)
         except ClientGone:
             return False  # queued instead: the pump's write of it raises ClientGone
-        if trio.current_time() - start > DIRECT_SLOW_WRITE:
+        if writer.last_write_seconds > DIRECT_SLOW_WRITE:
             self.lagging = True
         if type(event) is TextDelta:
             self.metrics.sent(self.record, 1, 1, len(event.text))
@@ -285,9 +284,8 @@ async def pump(
                     break
                 data, framed = _frames(writer, batch)
                 _account(metrics, record, batch[:framed])
-                start = trio.current_time()
                 await writer.write(data)
-                direct.lagging = trio.current_time() - start > DIRECT_SLOW_WRITE
+                direct.lagging = writer.last_write_seconds > DIRECT_SLOW_WRITE
                 if is_terminal(batch[framed - 1]):
                     break
         finally:

@@ -1,7 +1,8 @@
 """Prometheus metrics of one HTTP app, in a registry of its own (never the global one).
 
 Counters and histograms are updated by the stream tasks as things happen; the buffer gauges and
-the producer-blocked counter are computed at scrape time from the live streams' channel
+the producer-blocked counter are computed at scrape time (and the text sent, kept as plain
+counts) from the live streams' channel
 statistics (:class:`LiveStreams`), so they are exact at every scrape and cost nothing between
 scrapes. Everything runs in the app's trio thread: no locking is needed, and a scrape never
 blocks the event loop for longer than one pass over the live streams.
@@ -158,6 +159,22 @@ class _LiveCollector(Collector):
         )
 
 
+class _SentCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._metrics
+        yield CounterMetricFamily(
+            "llmpipe_text_deltas",
+            "Text deltas sent to clients (after coalescing).",
+            value=m.text_deltas,
+        )
+        yield CounterMetricFamily(
+            "llmpipe_text_chars", "Characters of text sent to clients.", value=m.text_chars
+        )
+
+
 @attrs.define(eq=False, init=False)
 class Metrics:
     """The app's metrics. Build one per app; :meth:`render` gives the exposition text."""
@@ -168,8 +185,11 @@ class Metrics:
     streams_total: Counter
     generations_active: Gauge
     time_to_first_token: Histogram
-    text_deltas: Counter
-    text_chars: Counter
+    text_deltas: int
+    """Text deltas sent to clients (after coalescing): a plain count, exported at scrape time
+    (``llmpipe_text_deltas``): a Prometheus counter's lock per token costs more."""
+    text_chars: int
+    """Characters of text sent to clients (``llmpipe_text_chars``), like :attr:`text_deltas`."""
     disconnects: Counter
     frozen_clients: Counter
     errors: Counter
@@ -204,12 +224,8 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
-        self.text_deltas = Counter(
-            "llmpipe_text_deltas", "Text deltas sent to clients (after coalescing).", registry=r
-        )
-        self.text_chars = Counter(
-            "llmpipe_text_chars", "Characters of text sent to clients.", registry=r
-        )
+        self.text_deltas = self.text_chars = 0
+        r.register(_SentCollector(self))
         self.disconnects = Counter(
             "llmpipe_client_disconnects",
             "Clients that went away before their stream ended.",
@@ -308,8 +324,8 @@ class Metrics:
         record.events += events
         if deltas:
             record.text_chars += chars
-            self.text_deltas.inc(deltas)
-            self.text_chars.inc(chars)
+            self.text_deltas += deltas
+            self.text_chars += chars
             if record.time_to_first_token is None:
                 ttft = trio.current_time() - record.started_at
                 record.time_to_first_token = ttft
