@@ -4,7 +4,8 @@ The path of ``POST /v1/stream`` from upstream bytes to ASGI messages, in one pro
 OpenAI Chat Completions SSE chunks (one token each, as a provider sends them) -> the SDK
 producer's loop (``SSEProducer``: SSE decoder, chat parser) -> the runner (no stages: the
 producer's task stamps and fans out) -> the live channel (policy ``coalesce``) -> the app's
-``pump`` (framing, telemetry) -> ``StreamWriter`` -> an ASGI ``send`` that only yields. What
+``pump`` (framing, telemetry; while the client keeps up, as here, the producer's task frames
+and writes each event itself) -> ``StreamWriter`` -> an ASGI ``send`` that only yields. What
 the network, httpx and hypercorn add on top is in ``CAPACITY.md`` (``bench_capacity.py``).
 
     .venv/bin/python benchmarks/bench_stream_path.py              # 50,000 tokens, 5 runs

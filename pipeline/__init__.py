@@ -9,6 +9,7 @@ subpackages: :mod:`pipeline.text` (sentences, chunking), :mod:`pipeline.wire` (S
 from ._channels import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
 from ._channels import DEFAULT_MAX_ITEMS as DEFAULT_MAX_ITEMS
 from ._channels import ChannelStatistics as ChannelStatistics
+from ._channels import DirectConsumer as DirectConsumer
 from ._channels import EventReceiver as EventReceiver
 from ._channels import EventSender as EventSender
 from ._channels import Policy as Policy
@@ -75,6 +76,7 @@ __all__ = [
     "ChannelStatistics",
     "ConfigError",
     "ConsumerGone",
+    "DirectConsumer",
     "Done",
     "Dropped",
     "Emit",

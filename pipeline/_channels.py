@@ -36,6 +36,14 @@ Choosing a budget: ``max_items`` bounds the scheduling work the consumer can fal
 engine that consumes far slower than the model produces, use ``coalesce`` (it only ever needs the
 text) or ``spill`` (when each event must be kept as it was).
 
+Direct delivery: a receiving task that can consume an event in the sender's task (a server
+writing to a socket) registers a :class:`DirectConsumer` (:meth:`EventReceiver.deliver_directly`).
+While that task waits in ``receive`` on an empty channel and the consumer says it is ready, ``send``
+hands the event to the consumer instead of queuing it: no wake-up of the receiving task, no queue.
+Otherwise (the receiver is busy, something is queued or spilled, the consumer is not ready) the
+event goes through the channel and its policy as usual. So the receiver sees every event once and
+in order, and the policy acts as soon as the receiver lags.
+
 Each policy is a small strategy object (``_Block``, ``_Coalesce``, ...) whose ``put`` decides
 where an event goes; the sender only calls it. The spill file is :mod:`pipeline._spill`.
 
@@ -62,6 +70,7 @@ __all__ = [
     "DEFAULT_MAX_ITEMS",
     "YIELD_EVERY",
     "ChannelStatistics",
+    "DirectConsumer",
     "EventReceiver",
     "EventSender",
     "Policy",
@@ -111,6 +120,9 @@ class ChannelStatistics:
     bytes_dropped: int
     sender_closed: bool
     receiver_closed: bool
+    items_direct: int = 0
+    """Of ``items_sent``/``items_received``, those handed to the receiver's
+    :class:`DirectConsumer` in the sender's task (never queued)."""
 
     @property
     def fill_ratio(self) -> float:
@@ -120,6 +132,20 @@ class ChannelStatistics:
             self.bytes_queued / self.max_bytes if self.max_bytes else 0.0,
             1.0 if self.spill_queued_items else 0.0,
         )
+
+
+class DirectConsumer(Protocol):
+    """What a receiving task registers to take events in the sender's task
+    (:meth:`EventReceiver.deliver_directly`)."""
+
+    def ready(self) -> bool:
+        """Whether :meth:`take` may be called now (checked before each event; cheap, no I/O).
+        Say no whenever taking the event could wait long (a write already in progress, a
+        consumer known to lag): the event is then queued under the channel's policy."""
+
+    async def take(self, event: Event, /) -> bool:
+        """Consume ``event`` in the sender's task; False if it was not consumed (it is then
+        queued, for the receiving task to see). Must not raise, other than ``trio.Cancelled``."""
 
 
 class _Run:
@@ -204,6 +230,8 @@ class _State:
     bytes_spilled: int = 0
     dropped: int = 0
     bytes_dropped: int = 0
+    direct: DirectConsumer | None = None
+    taken_directly: int = 0
 
     def fits(self, nbytes: int) -> bool:
         if not self.queue:
@@ -241,6 +269,7 @@ class _State:
             bytes_dropped=self.bytes_dropped,
             sender_closed=self.sender_closed,
             receiver_closed=self.receiver_closed,
+            items_direct=self.taken_directly,
         )
 
 
@@ -450,7 +479,9 @@ class EventSender(trio.abc.SendChannel[Event]):
             st.recv_lot.unpark_all()
 
     async def send(self, value: Event) -> None:
-        """Queue ``value``, waiting while the policy says the channel is full.
+        """Queue ``value``, waiting while the policy says the channel is full; or hand it to the
+        receiver's :class:`DirectConsumer` in this task, when the receiver waits on an empty
+        channel and the consumer is ready (then a cancellation may come after it was consumed).
 
         The time spent waiting is added to ``statistics().blocked_seconds``.
         """
@@ -459,6 +490,24 @@ class EventSender(trio.abc.SendChannel[Event]):
         self._busy = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            st = self._state
+            direct = st.direct
+            if (
+                direct is not None
+                and st.recv_lot  # the receiving task waits: it is not consuming anything
+                and not st.queue
+                and st.notice is None
+                and st.spill is None
+                and not st.sender_closed
+                and not st.receiver_closed
+                and direct.ready()
+                and await direct.take(value)
+            ):
+                st.sent += 1
+                st.received += 1
+                st.taken_directly += 1
+                st.bytes_sent += event_nbytes(value)
+                return
             try:
                 self.send_nowait(value)
             except trio.WouldBlock:
@@ -469,7 +518,6 @@ class EventSender(trio.abc.SendChannel[Event]):
                     self._tick = 0
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            st = self._state
             start = trio.current_time()
             try:
                 while True:
@@ -518,6 +566,14 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
     def statistics(self) -> ChannelStatistics:
         """A snapshot of the channel's counters (shared with the sending end)."""
         return self._state.statistics()
+
+    def deliver_directly(self, consumer: DirectConsumer | None) -> None:
+        """Let the sender hand events to ``consumer`` in its own task while this end's task
+        waits in :meth:`receive` (or :meth:`receive_batch`) on an empty channel and
+        ``consumer.ready()``; ``None`` stops it. See the module docstring. Events the consumer
+        took are counted as sent and received (and in ``items_direct``); the receiving task
+        never sees them."""
+        self._state.direct = consumer
 
     def receive_nowait(self) -> Event:
         """The next event, or ``trio.WouldBlock`` if none is ready."""

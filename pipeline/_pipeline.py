@@ -12,7 +12,10 @@ itself (one hop fewer per event). Both schedules run the same code for each even
 ending below (``RunningPipeline._produce`` and ``_admit``), so the sinks see the same events,
 numbers and ending either way.
 A sink's channel policy decides what happens when that sink lags (see :class:`Policy`): with
-``block`` the whole pipeline waits for it; with the other policies the others go on.
+``block`` the whole pipeline waits for it; with the other policies the others go on. A reader
+that registers a :class:`DirectConsumer` on its channel (``EventReceiver.deliver_directly``, as
+the HTTP server's pump does) is handed each event in the task that fans out (the producer's, in
+the direct schedule) while it waits on an empty channel: one task per stream while it keeps up.
 
 Ending:
 

@@ -359,3 +359,98 @@ async def test_receive_batch_reads_the_spill_file() -> None:
     assert texts(batch) == "xxxxx"
     assert batch[-1].seq == 5
     assert await recv.receive_batch() == []
+
+
+class _Direct:
+    """A DirectConsumer that records what it takes in ``log`` (ready unless told otherwise)."""
+
+    def __init__(self, log: list[tuple[str, int]], *, refuse: frozenset[int] = frozenset()):
+        self.log = log
+        self.ready_now = True
+        self.refuse = refuse  # seqs whose take fails (then they are queued)
+
+    def ready(self) -> bool:
+        return self.ready_now
+
+    async def take(self, event: Event, /) -> bool:
+        await trio.lowlevel.checkpoint()
+        if event.seq in self.refuse:
+            return False
+        self.log.append(("direct", event.seq))
+        return True
+
+
+async def test_direct_consumer_takes_events_while_the_receiver_waits() -> None:
+    send, recv = open_event_channel(policy="coalesce")
+    log: list[tuple[str, int]] = []
+    recv.deliver_directly(_Direct(log))
+    async with trio.open_nursery() as nursery:
+
+        async def reader() -> None:
+            async for ev in recv:
+                log.append(("queued", ev.seq))
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(1, 11):
+            await send.send(TextDelta("ab", seq=i))
+        send.close()
+    assert log == [("direct", i) for i in range(1, 11)]
+    st = send.statistics()
+    assert (st.items_direct, st.items_sent, st.items_received, st.bytes_sent) == (10, 10, 10, 20)
+    assert st.items_queued == 0
+    assert st.items_coalesced == 0
+
+
+async def test_direct_and_queued_events_keep_their_order_and_the_policy_acts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The consumer is refused now and then, and the reader is slow: events queue (and
+    coalesce) whenever the reader is busy or something is queued, go direct otherwise; the
+    reader and the consumer together see every event once, in order."""
+    send, recv = open_event_channel(policy="coalesce")
+    log: list[tuple[str, int]] = []
+    direct = _Direct(log, refuse=frozenset({7, 30}))
+    recv.deliver_directly(direct)
+    async with trio.open_nursery() as nursery:
+
+        async def reader() -> None:
+            async for ev in recv:
+                log.append(("queued", ev.seq))
+                await trio.sleep(0.05)  # busy: what comes meanwhile is queued
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(1, 41):
+            direct.ready_now = i % 10 != 5
+            await send.send(TextDelta("x", seq=i))
+            await trio.sleep(0.01)
+        send.close()
+    seqs = [seq for _, seq in log]
+    assert seqs == sorted(seqs)
+    assert seqs[-1] == 40
+    kinds = {kind for kind, _ in log}
+    assert kinds == {"direct", "queued"}
+    st = send.statistics()
+    assert st.items_coalesced > 0  # the policy acted while the reader was busy
+    assert st.items_direct == sum(1 for kind, _ in log if kind == "direct")
+    assert st.items_sent == 40
+    assert st.items_received == 40 - st.items_coalesced
+    assert ("direct", 7) not in log
+    assert ("direct", 30) not in log
+
+
+async def test_no_direct_delivery_while_the_receiver_is_not_waiting() -> None:
+    send, recv = open_event_channel()
+    log: list[tuple[str, int]] = []
+    recv.deliver_directly(_Direct(log))
+    await send.send(TextDelta("a", seq=1))  # nobody waits in receive: queued
+    assert log == []
+    assert recv.receive_nowait().seq == 1
+    recv.deliver_directly(None)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(recv.receive)
+        await trio.testing.wait_all_tasks_blocked()
+        await send.send(TextDelta("b", seq=2))  # consumer unregistered: to the waiting reader
+    assert log == []
+    assert send.statistics().items_direct == 0

@@ -414,7 +414,9 @@ async def test_disconnect_cancels_upstream(emulator: Any) -> None:
 
 async def test_stalled_client_is_bounded() -> None:
     """A client that sends its request and never reads: the server's memory stays bounded (the
-    channel coalesces, then the producer blocks), and closing the socket cancels the producer."""
+    channel coalesces, then the producer blocks; or, when the write that found the socket's
+    buffers full was the producer's own, the producer waits in it with nothing queued), and
+    closing the socket cancels the producer."""
     producer = CountingProducer(text="x" * 1000)
     max_bytes = 32 * 1024
     app = create_app(factory_of(lambda r: producer), ServerConfig(heartbeat_interval=0.2))
@@ -432,7 +434,7 @@ async def test_stalled_client_is_bounded() -> None:
         [channel] = runtime.metrics.live.channels
         stats = channel.statistics()
         assert stats.bytes_queued <= max_bytes
-        assert stats.items_coalesced > 0
+        assert stats.items_coalesced > 0 or (stats.items_queued == 0 and stats.items_direct > 0)
         assert producer.attempted == producer.emitted + 1  # parked in emit
         assert producer.emitted < 50_000, producer.emitted  # well under 50 MB produced
         async with httpx.AsyncClient() as client:

@@ -1,7 +1,8 @@
 """Prometheus metrics of one HTTP app, in a registry of its own (never the global one).
 
 Counters and histograms are updated by the stream tasks as things happen; the buffer gauges and
-the producer-blocked counter are computed at scrape time from the live streams' channel
+the producer-blocked counter are computed at scrape time (and the text sent, kept as plain
+counts) from the live streams' channel
 statistics (:class:`LiveStreams`), so they are exact at every scrape and cost nothing between
 scrapes. Everything runs in the app's trio thread: no locking is needed, and a scrape never
 blocks the event loop for longer than one pass over the live streams.
@@ -98,6 +99,7 @@ class LiveStreams:
     channels: set[EventReceiver] = attrs.Factory(set)
     blocked_seconds_done: float = 0.0
     coalesced_done: int = 0
+    direct_done: int = 0
     speakers: set[Speaker] = attrs.Factory(set)  # the speech turns playing now
 
     def add(self, receiver: EventReceiver) -> None:
@@ -110,6 +112,7 @@ class LiveStreams:
             st = receiver.statistics()
             self.blocked_seconds_done += st.blocked_seconds
             self.coalesced_done += st.items_coalesced
+            self.direct_done += st.items_direct
 
 
 class _LiveCollector(Collector):
@@ -148,6 +151,28 @@ class _LiveCollector(Collector):
             "Text deltas merged into a queued delta because the client lagged.",
             value=self._live.coalesced_done + sum(s.items_coalesced for s in stats),
         )
+        yield CounterMetricFamily(
+            "llmpipe_events_written_directly",
+            "Events of live streams written by the producer's task itself (the client kept up: "
+            "no hop through the stream's buffer).",
+            value=self._live.direct_done + sum(s.items_direct for s in stats),
+        )
+
+
+class _SentCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._metrics
+        yield CounterMetricFamily(
+            "llmpipe_text_deltas",
+            "Text deltas sent to clients (after coalescing).",
+            value=m.text_deltas,
+        )
+        yield CounterMetricFamily(
+            "llmpipe_text_chars", "Characters of text sent to clients.", value=m.text_chars
+        )
 
 
 @attrs.define(eq=False, init=False)
@@ -160,8 +185,11 @@ class Metrics:
     streams_total: Counter
     generations_active: Gauge
     time_to_first_token: Histogram
-    text_deltas: Counter
-    text_chars: Counter
+    text_deltas: int
+    """Text deltas sent to clients (after coalescing): a plain count, exported at scrape time
+    (``llmpipe_text_deltas``): a Prometheus counter's lock per token costs more."""
+    text_chars: int
+    """Characters of text sent to clients (``llmpipe_text_chars``), like :attr:`text_deltas`."""
     disconnects: Counter
     frozen_clients: Counter
     errors: Counter
@@ -196,12 +224,8 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
-        self.text_deltas = Counter(
-            "llmpipe_text_deltas", "Text deltas sent to clients (after coalescing).", registry=r
-        )
-        self.text_chars = Counter(
-            "llmpipe_text_chars", "Characters of text sent to clients.", registry=r
-        )
+        self.text_deltas = self.text_chars = 0
+        r.register(_SentCollector(self))
         self.disconnects = Counter(
             "llmpipe_client_disconnects",
             "Clients that went away before their stream ended.",
@@ -300,8 +324,8 @@ class Metrics:
         record.events += events
         if deltas:
             record.text_chars += chars
-            self.text_deltas.inc(deltas)
-            self.text_chars.inc(chars)
+            self.text_deltas += deltas
+            self.text_chars += chars
             if record.time_to_first_token is None:
                 ttft = trio.current_time() - record.started_at
                 record.time_to_first_token = ttft

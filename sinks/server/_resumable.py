@@ -352,7 +352,7 @@ async def follow_stream(
             for ev in events:
                 frames.append(writer.frame(ev))
                 if ev.type == "text":
-                    metrics.text_deltas.inc()
+                    metrics.text_deltas += 1
                 if is_terminal(ev):
                     end = True
                     break

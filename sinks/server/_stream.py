@@ -126,7 +126,8 @@ class StreamWriter:
     go out one at a time, in the order the writes were called. A write that does not wait (the
     usual case) costs no scheduling round of its own: the ASGI ``send`` is awaited in the
     caller's task. :attr:`last_write_at` (``trio.current_time()`` of the latest write started)
-    tells a heartbeat task when the stream was last active.
+    tells a heartbeat task when the stream was last active; :attr:`last_write_seconds` is how
+    long the latest completed write took (long: the client may lag).
 
     Hypercorn shields its socket writes: a write to a client that stopped reading cannot be
     cancelled. :func:`run_stream` therefore runs the stream's body in a task of the app's
@@ -150,12 +151,18 @@ class StreamWriter:
         self.gone = False
         self.bytes_written = 0
         self.last_write_at = trio.current_time()
+        self.last_write_seconds = 0.0
         self._waiting_since: float | None = None
         # The channel the body writes from (set by the live pump): the frozen-client watcher
         # reads its policy and progress. ``None`` (a resume reader): nothing upstream waits.
         self.source: EventReceiver | None = None
         # How the stream was given up when its client froze (see :func:`wait_frozen`).
         self.frozen: Frozen | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a write is in progress (another :meth:`write` now would wait for it)."""
+        return self._writing
 
     def waiting_for(self) -> float:
         """How long the ASGI ``send`` in progress has been waiting for the client to read (0.0
@@ -208,7 +215,6 @@ class StreamWriter:
         """Send ``data`` (the headers first if needed). Raises :class:`ClientGone`."""
         if self.gone:
             raise ClientGone("the client went away")
-        self.last_write_at = trio.current_time()
         message = {"type": "http.response.body", "body": data, "more_body": True}
         if self.headers_sent:
             await self._raw(message)
@@ -268,21 +274,21 @@ class StreamWriter:
         while self._writing:
             await self._waiting.park()
         self._writing = True
+        self.last_write_at = self._waiting_since = started = trio.current_time()
         try:
             for message in messages:
                 if self.gone:
                     raise ClientGone("the client went away")
-                self._waiting_since = trio.current_time()
                 try:
                     await self._send(message)
                 except _SEND_ERRORS as exc:
                     self.gone = True
                     raise ClientGone(f"write failed: {exc!r}") from exc
-                finally:
-                    self._waiting_since = None
         finally:
+            self._waiting_since = None
             self._writing = False
             self._waiting.unpark()
+        self.last_write_seconds = trio.current_time() - started
 
 
 class Watched(Protocol):
