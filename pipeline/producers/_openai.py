@@ -59,6 +59,7 @@ from ._base import (
     SSEProducer,
     StreamParser,
     redact,
+    released,
 )
 
 __all__ = [
@@ -356,7 +357,7 @@ class _OpenAIProducer(SSEProducer):
         assert parser is not None, "_parser() is called before _open()"
         async with AsyncExitStack() as stack:
             # (The base loop's first-token deadline covers waiting for the response head too.)
-            response = await stack.enter_async_context(self._request())
+            response = await stack.enter_async_context(released(self._request()))
             http_response = response.http_response
             encoding = http_response.headers.get("content-encoding", "").strip().lower()
             # An SSE body is rarely compressed: then read it raw, two generator layers (the
