@@ -399,6 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.concurrency} at a time, each leaving 0-{args.max_wait:g} s after its first "
             "token. An upstream connection the relay never closed ends with the answer: its "
             "latency is the rest of the answer.",
+            "The clock starts when a client shuts its socket down (the FIN leaves then; "
+            "earlier runs stamped before asyncio's deferred close) and stops when the upstream "
+            "reads EOF (it waits for it on its read side, not at its next write). "
+            "`bench_cancel.py --servers llmpipe --trace` splits llmpipe's disconnects into "
+            "client -> server EOF -> `http.disconnect` -> upstream socket closed -> upstream "
+            "EOF, with the server's CPU time and GC pauses.",
         ],
         plots=[PLOT] if args.write else [],
         versions=versions("trio", "hypercorn", "uvicorn", "sse-starlette", "fastapi", "openai"),
