@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_cancel.py              # 1,000 disconnects per server
     .venv/bin/python benchmarks/bench_cancel.py --write      # ... and the plot (cancel_cdf.png)
     .venv/bin/python benchmarks/bench_cancel.py --quick      # smoke: 20, two servers (tests)
+    .venv/bin/python benchmarks/bench_cancel.py --servers llmpipe --trace   # where the time goes
 
 Three processes, as in ``bench_capacity.py``:
 
@@ -18,6 +19,13 @@ Three processes, as in ``bench_capacity.py``:
   ``POST``\\ing a prompt with its id, reading until its first token, then for a random time
   (uniform in 0-``--max-wait`` s: a random point of the answer), then closing its socket.
 
+``--trace`` runs llmpipe under ``_cancel_trace.py`` (probes patched into hypercorn and trio in
+the server process) and prints each disconnect's spans: client closed -> server read the EOF
+-> the app got ``http.disconnect`` -> upstream socket closed -> upstream read the EOF, llmpipe's
+own CPU time in its part, the collector's pauses during the run and what one young collection
+held, and the slowest disconnects with the long task steps inside them. (Wall time well above
+CPU time in a span is the process waiting for a CPU.)
+
 Per disconnect: the *close latency* is the upstream's close time minus the client's; *tokens
 after* is how many tokens the upstream wrote after the client left (what the provider bills
 for nobody). A relay that never closes its upstream connection lets the answer run to its end
@@ -30,12 +38,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +55,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _benchlib import HERE, ROOT, Summary, add_harness_arguments, pyplot, versions
-from bench_capacity import _chunk, sse_event, start_server, uvicorn_standard
+from bench_capacity import Proc, _chunk, _read_url, sse_event, start_server, uvicorn_standard
 
 PLOT = "cancel_cdf.png"
 GOAL_MS = 10.0  # p99, client disconnect -> upstream connection closed
@@ -135,7 +146,11 @@ async def one_client(
         while (rest := deadline - time.monotonic()) > 0:
             if not await asyncio.wait_for(reader.read(65536), rest):
                 raise RuntimeError(f"stream {ident} ended before the disconnect")
+    sock = writer.get_extra_info("socket")
     left[ident] = now_ns()
+    # The FIN leaves now: asyncio's close() would close the socket only at the loop's next
+    # iteration (after the other clients' callbacks), which the clock would charge to the relay.
+    sock.shutdown(socket.SHUT_RDWR)
     writer.close()
 
 
@@ -155,6 +170,69 @@ async def clients(
     return left
 
 
+def start_traced(upstream_url: str, out: Path) -> Proc:
+    """``llmpipe serve`` as ``start_server`` starts it, under ``_cancel_trace.py`` (``--trace``)."""
+    env = {**os.environ, "OPENAI_API_KEY": "x", "OPENAI_BASE_URL": upstream_url + "/v1"}
+    cmd = [sys.executable, str(HERE / "_cancel_trace.py"), str(out), "serve",
+           "--provider", "openai", "--base-url", upstream_url + "/v1", "--model", "m",
+           "--port", "0", "--max-streams-per-client", "100000"]  # fmt: skip
+    p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, cwd=ROOT)
+    return Proc(p, _read_url(p.stderr, rb"on (http://[\d.:]+)"))
+
+
+SPANS = ("left", "eof", "disconnect", "up_close", "closed")
+"""The stamps of one disconnect, in order (``--trace``): the client closed; the server read its
+EOF; the app got ``http.disconnect``; the upstream socket was closed; the upstream read EOF."""
+
+
+def report_trace(out: Path, left: dict[int, int], log: dict[str, dict[str, Any]]) -> None:
+    """Where each disconnect's time went (``--trace``), on standard error: each span of
+    :data:`SPANS`, llmpipe's own CPU time in its part, the collector's pauses, and the slowest
+    disconnects with the task steps (of 0.15 ms or more) and collections inside them."""
+    trace = json.loads(out.read_text())
+    reqs, collections, steps = trace["requests"], trace["gc"], trace["steps"]
+    names = [f"{a}->{b}" for a, b in itertools.pairwise(SPANS)]
+    spans: dict[str, list[float]] = {name: [] for name in [*names, "disconnect->up_close CPU"]}
+    rows = []
+    for ident, t_left in left.items():
+        rec, up = reqs.get(str(ident), {}), log.get(str(ident), {})
+        stamps = [t_left, *(rec.get(k) for k in SPANS[1:-1]), up.get("closed")]
+        if any(t is None for t in stamps):
+            continue
+        first, last = rec["disconnect"], rec["up_close"]
+        parts = [(b - a) / 1e6 for a, b in itertools.pairwise(stamps)]
+        parts.append((rec["up_close_cpu"] - rec["disconnect_cpu"]) / 1e6)
+        for values, ms in zip(spans.values(), parts, strict=True):
+            values.append(ms)
+        gcs = [(e - s) / 1e6 for s, e, *_ in collections if s < stamps[-1] and e > stamps[0]]
+        slow = [f"{(e - s) / 1e6:.2f}/{c / 1e6:.2f} {name.rsplit('.', 1)[-1]}"
+                for s, e, name, c in steps if s < last and e > first]  # fmt: skip
+        rows.append(((stamps[-1] - t_left) / 1e6, ident, parts, gcs, slow))
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    say(f"  trace: {len(rows)} of {len(left)} disconnects stamped")
+    for span, values in spans.items():
+        say(f"    {span:26} p50 {pct(values, 50):6.2f} ms  p99 {pct(values, 99):6.2f} ms  "
+            f"max {max(values, default=float('nan')):6.2f} ms")  # fmt: skip
+    top = sorted(trace["garbage"].items(), key=lambda kv: -kv[1])[:30]
+    say("    one young collection, objects by type: " + ", ".join(f"{k} {v}" for k, v in top))
+    t0, t1 = min(left.values()), max(left.values())
+    for gen in range(3):
+        pauses = [(e - s, c) for s, e, g, c in collections if g == gen and t0 <= s <= t1]
+        wall, cpu = max(pauses, default=(0, 0))
+        total_ms = sum(w for w, _ in pauses) / 1e6
+        say(f"    gc generation {gen} during the run: {len(pauses)}, longest {wall / 1e6:.2f} ms "
+            f"({cpu / 1e6:.2f} ms CPU), in all {total_ms:.1f} ms")  # fmt: skip
+    say(f"    slowest (total ms: {' / '.join(spans)}; gc pauses in the window, ms):")
+    for total, ident, parts, gcs, slow in sorted(rows, reverse=True)[:15]:
+        in_window = f"; gc {', '.join(f'{g:.2f}' for g in gcs)}" if gcs else ""
+        say(f"      {total:6.2f} (#{ident}): {' / '.join(f'{p:.2f}' for p in parts)}{in_window}")
+        if slow:
+            say(f"        steps between disconnect and up_close (wall/CPU ms): {'; '.join(slow)}")
+
+
 def measure(server: str, args: argparse.Namespace) -> list[tuple[float, int, bool]]:
     """(close latency ms, tokens after, closed by the relay) per disconnect."""
     up = subprocess.Popen(
@@ -167,7 +245,9 @@ def measure(server: str, args: argparse.Namespace) -> list[tuple[float, int, boo
     srv = None
     try:
         url = up.stdout.readline().strip()
-        srv = start_server(server, url, None)
+        trace = Path(tempfile.gettempdir()) / f"llmpipe_cancel_trace_{os.getpid()}.json"
+        traced = args.trace and server == "llmpipe"
+        srv = start_traced(url, trace) if traced else start_server(server, url, None)
         host, port = srv.url.removeprefix("http://").rsplit(":", 1)
         path = "/chat" if server.startswith("relay") else "/v1/stream"
         asyncio.run(clients(host, int(port), path, 2, 1, 0.01, 0))  # warm-up: imports, pools
@@ -180,6 +260,8 @@ def measure(server: str, args: argparse.Namespace) -> list[tuple[float, int, boo
             srv.stop()
         out, _ = up.communicate("", timeout=60)
     log = json.loads(out.strip().splitlines()[-1])
+    if traced:
+        report_trace(trace, left, log)
     results = []
     for ident, t_left in left.items():
         entry = log[str(ident)]
@@ -254,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each answer")
     parser.add_argument("--max-wait", type=float, default=0.5, help="after the first token")
     parser.add_argument("--servers", default="llmpipe,relay,relay-standard")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run llmpipe under _cancel_trace.py and print where each disconnect's time went",
+    )
     parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.upstream:
@@ -312,6 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.concurrency} at a time, each leaving 0-{args.max_wait:g} s after its first "
             "token. An upstream connection the relay never closed ends with the answer: its "
             "latency is the rest of the answer.",
+            "The clock starts when a client shuts its socket down (the FIN leaves then; "
+            "earlier runs stamped before asyncio's deferred close) and stops when the upstream "
+            "reads EOF (it waits for it on its read side, not at its next write). "
+            "`bench_cancel.py --servers llmpipe --trace` splits llmpipe's disconnects into "
+            "client -> server EOF -> `http.disconnect` -> upstream socket closed -> upstream "
+            "EOF, with the server's CPU time and GC pauses.",
         ],
         plots=[PLOT] if args.write else [],
         versions=versions("trio", "hypercorn", "uvicorn", "sse-starlette", "fastapi", "openai"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import itertools
 import json
@@ -14,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import attrs
+import httpx
 import openai
 import pytest
 import trio
@@ -566,6 +568,45 @@ async def test_cancel_while_parked_in_emit_closes_upstream(emulator: EmulatorFac
             gone = await emu.wait_disconnect(0)
     assert gone - cancelled_at < 0.05
     assert emu.requests[0].deltas_sent < 20000
+
+
+@pytest.mark.parametrize("cancel", [False, True], ids=["completed", "cancelled"])
+async def test_upstream_response_is_freed_without_the_cyclic_gc(
+    emulator: EmulatorFactory, cancel: bool
+) -> None:
+    """httpx binds a streamed response and its stream to each other; the producer drops the
+    stream once the response is closed, so the response and the connection behind it are
+    freed by reference counting, not left for the next (stream-pausing) GC collection."""
+    emu = await emulator(Reply(["tok "] * (2000 if cancel else 5), tokens_per_second=200))
+
+    async def once(client: openai.AsyncOpenAI) -> None:
+        got_some = trio.Event()
+
+        async def reader(events: EventReceiver) -> None:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    got_some.set()
+
+        async with Pipeline(chat(client), sinks=[reader]).open() as running:
+            if cancel:
+                with trio.fail_after(5):
+                    await got_some.wait()
+                running.cancel()
+
+    async with client_for(emu) as client:
+        await once(client)  # warm-up: the first request's one-off objects
+        gc.collect()
+        gc.disable()
+        try:
+            await once(client)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            cyclic = [o for o in gc.garbage if isinstance(o, httpx.Response)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert cyclic == []
 
 
 # ---------------------------------------------------------------------------------------------

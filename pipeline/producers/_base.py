@@ -36,7 +36,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias, TypeVar
 
 import attrs
 import httpx
@@ -77,8 +77,11 @@ __all__ = [
     "estimate_tokens",
     "parse_json",
     "redact",
+    "released",
     "translate_error",
 ]
+
+R = TypeVar("R")
 
 DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 60.0
 DEFAULT_STALL_TIMEOUT: Final = 30.0
@@ -88,6 +91,29 @@ for at most this long, so the HTTP/1.1 connection can be reused (the SDKs do the
 SNIPPET_CHARS: Final = 120
 """At most this many characters of a provider's data are quoted in an error message (after
 redaction: :func:`redact` with ``limit``)."""
+
+
+@contextlib.asynccontextmanager
+async def released(request: AbstractAsyncContextManager[R]) -> AsyncIterator[R]:
+    """``request`` (an SDK's ``with_streaming_response.create(...)``) entered; once it has
+    closed its response, the ``httpx`` response's byte stream is dropped.
+
+    ``httpx`` (not ``httpx2``) binds a streamed ``Response`` and its ``BoundAsyncStream`` to
+    each other: a reference cycle, and behind it the whole upstream connection (httpcore's
+    connection, its h11 state, locks, the socket: about 60 objects per stream). Only the
+    cyclic garbage collector frees a cycle, so in a serving process every stream left that much
+    for the next young collection, about half of what each collected (and each one pauses every
+    stream, ``benchmarks/bench_cancel.py --trace``). Dropped here, all of it is freed by
+    reference counting when the producer lets go of the response. A response that did not
+    close (its close failed) keeps its stream, so the connection is not released unclosed."""
+    response: R | None = None
+    try:
+        async with request as response:
+            yield response
+    finally:
+        http_response = getattr(response, "http_response", None)
+        if isinstance(http_response, httpx.Response) and http_response.is_closed:
+            http_response.stream = httpx.ByteStream(b"")
 
 
 class CostLimitError(ConfigError):

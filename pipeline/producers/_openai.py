@@ -59,6 +59,7 @@ from ._base import (
     StreamParser,
     parse_json,
     redact,
+    released,
 )
 
 __all__ = [
@@ -321,7 +322,7 @@ class _OpenAIProducer(SSEProducer):
     async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
         async with AsyncExitStack() as stack:
             # (The base loop's first-token deadline covers waiting for the response head too.)
-            response = await stack.enter_async_context(self._request())
+            response = await stack.enter_async_context(released(self._request()))
             http_response = response.http_response
             encoding = http_response.headers.get("content-encoding", "").strip().lower()
             # An SSE body is rarely compressed: then read httpx's response stream itself,
