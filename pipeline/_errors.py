@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import overload
 
+import trio
+
 from ._events import Error
 
 __all__ = [
@@ -181,11 +183,34 @@ def lone_exception_unwrapped() -> Iterator[None]:
     """Raise an exception group of one (nested groups too) as the exception inside.
 
     For a context manager that owns a nursery: its caller gets the failure it can catch by
-    type (``except ProducerError``), not a group. A group of several is raised as it is."""
+    type (``except ProducerError``), not a group. A group of several is raised as it is, except
+    that ``trio.Cancelled`` does not count: a task failed while another was being cancelled
+    (a read that failed as its stream was cancelled) raises the failure, and the cancellation,
+    which trio keeps until its scope is left, comes back at the next checkpoint. Without this
+    the group would go past every ``except`` by type, and the failure reach the cancelled
+    scope's owner as a group."""
     try:
         yield
     except BaseExceptionGroup as group:
-        lone = lone_exception(group)
+        lone: BaseException | None = lone_exception(group)
         if lone is group:
+            lone = _lone_failure(group)
+        if lone is None:
             raise
         raise lone from lone.__cause__
+
+
+def _lone_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception in ``group`` that is not ``trio.Cancelled`` (nested groups flattened),
+    or ``None`` if there are several, or none."""
+    found: BaseException | None = None
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            if found is not None:
+                return None
+            found = exc
+    return found

@@ -31,6 +31,7 @@ from pipeline import (
     Transform,
     Usage,
     Validate,
+    lone_exception_unwrapped,
 )
 from pipeline.testing import CountingProducer, RecordingSink, ScriptedProducer, Step
 from pipeline.text import AdaptiveChunker
@@ -503,3 +504,21 @@ async def test_both_schedules_give_the_same_stream(
         assert not direct["producer"][1]
     else:  # pragma: no cover
         raise AssertionError(name)
+
+
+async def test_a_failure_beside_a_cancellation_is_raised_as_itself() -> None:
+    """A task fails while its sibling is being cancelled (the stream's scope cancelled as a
+    read fails): ``lone_exception_unwrapped`` raises the failure, not a group that no
+    ``except`` by type catches, and the cancellation still ends the scope."""
+    reached_after = False
+    with trio.CancelScope() as outer:
+        with pytest.raises(ValueError, match="read failed"), lone_exception_unwrapped():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                await trio.lowlevel.checkpoint()
+                outer.cancel()
+                raise ValueError("read failed")
+        await trio.lowlevel.checkpoint()  # the cancellation comes back here
+        reached_after = True
+    assert outer.cancelled_caught
+    assert not reached_after
