@@ -54,23 +54,23 @@ class Bench:
 #: (the tests check it). The capacity sweep's is an estimate that dominates the total.
 BENCHMARKS = (
     # 100,000 tokens a run, not the script's 200,000: per-token figures, half the time.
-    Bench("pipeline", "bench_pipeline.py", 2.3, full_args=("--tokens", "100000")),
-    Bench("producers", "bench_producers.py", 0.5),
-    # 4 servers, N = 100..400 by 50 until each fails once, 2 interleaved repeats: ~34 runs of
-    # ~38 s (each: start, 15 s ramp, 15 s window, stop).
-    Bench("capacity", "bench_capacity.py", 22.0),
+    Bench("pipeline", "bench_pipeline.py", 2.2, full_args=("--tokens", "100000")),
+    Bench("producers", "bench_producers.py", 0.4),
+    # 4 servers, N = 100..400 by 50 until each fails once, 2 interleaved repeats: 32 runs of
+    # ~55 s (each: start, warm-up, 15 s ramp, 15 s window, stop): 29.2 min on 2026-12-04.
+    Bench("capacity", "bench_capacity.py", 29.2),
     # CPU time: the wall time of this one-process loop follows the machine's other load.
-    Bench("stream-path", "bench_stream_path.py", 0.4, full_args=("--cpu",)),
+    Bench("stream-path", "bench_stream_path.py", 0.2, full_args=("--cpu",)),
     Bench("speech", "bench_speech.py", 0.1),
-    Bench("batch", "bench_batch.py", 1.9),
-    Bench("memory", "bench_memory.py", 2.2),
-    Bench("store-memory", "bench_store_memory.py", 1.2),
-    Bench("cancellation", "bench_cancel.py", 2.0),
-    Bench("sentences", "bench_sentences.py", 0.5),
-    Bench("sse", "bench_sse.py", 1.3),
+    Bench("batch", "bench_batch.py", 1.8),
+    Bench("memory", "bench_memory.py", 1.0),
+    Bench("store-memory", "bench_store_memory.py", 0.4),
+    Bench("cancellation", "bench_cancel.py", 1.8),
+    Bench("sentences", "bench_sentences.py", 0.3),
+    Bench("sse", "bench_sse.py", 0.5),
     Bench("soak", "soak.py", 1.1, full_args=("--streams", "16", "--minutes", "1")),
-    Bench("local-threads", "bench_local_threads.py", 1.2),
-    Bench("redis-ops", "bench_redis_ops.py", 1.0),
+    Bench("local-threads", "bench_local_threads.py", 0.2),
+    Bench("redis-ops", "bench_redis_ops.py", 0.5),
 )
 BUDGET_MINUTES = 40.0  # issue 12: the whole --write on the 2-core machine
 BY_NAME = {b.name: b for b in BENCHMARKS}
