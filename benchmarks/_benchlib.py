@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import statistics
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -93,6 +94,19 @@ def versions(*distributions: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server process the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def median(values: Sequence[float]) -> float:

@@ -58,9 +58,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _benchlib import HERE, ROOT, Summary, add_harness_arguments, pyplot, versions
+from _benchlib import (
+    HERE,
+    ROOT,
+    Summary,
+    add_harness_arguments,
+    cpu_seconds,
+    free_port,
+    median,
+    pyplot,
+    versions,
+)
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLO_MS = 50.0
 _STAMP = re.compile(rb"w(\d+):(\d+)")
 _INDEX = re.compile(rb"w(\d+)")
@@ -144,17 +153,6 @@ async def upstream_main(port: int, tokens: int, rate: float) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def pin(core: int | None) -> list[str]:
@@ -572,14 +570,6 @@ class Sweep:
                 if b is not None and cpu_per_token(b) > 0:
                     out.setdefault(r.n, []).append(cpu_per_token(r) / cpu_per_token(b))
         return out
-
-
-def median(xs: Sequence[float]) -> float:
-    ys = sorted(xs)
-    if not ys:
-        return float("nan")
-    mid = len(ys) // 2
-    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
 
 
 def sweep(args: argparse.Namespace, servers: list[str], ns: list[int]) -> Sweep:

@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _benchlib import HERE, ROOT, Summary, add_harness_arguments, pyplot, versions
+from _benchlib import HERE, ROOT, Summary, add_harness_arguments, free_port, pyplot, versions
 
 PLOT = "memory_rss.png"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -189,9 +189,7 @@ def sse_server(port: int, n: int) -> None:
 
 
 def run_sse(n: int, seconds: float) -> dict[str, Any]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     argv = [sys.executable, __file__, "--sse-server", str(port), "--tokens", str(n)]
     proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     generated = 0

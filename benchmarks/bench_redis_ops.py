@@ -37,26 +37,22 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import trio
-from _benchlib import HERE, ROOT, Summary, add_harness_arguments, markdown_table, versions
+from _benchlib import (
+    HERE,
+    ROOT,
+    Summary,
+    add_harness_arguments,
+    cpu_seconds,
+    free_port,
+    markdown_table,
+    versions,
+)
 
 CAPACITY = HERE / "CAPACITY.md"
 BEGIN, END = "<!-- redis-ops:begin -->", "<!-- redis-ops:end -->"
-CLK_TCK = 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def own_cpu() -> float:

@@ -38,7 +38,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -70,7 +69,7 @@ from sinks.server import ServerConfig, create_app, get_runtime, serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _benchlib import Summary, add_harness_arguments
+from _benchlib import Summary, add_harness_arguments, free_port
 
 SLACK = 16  # tasks or file descriptors over the baseline that are not a leak (see soak())
 WORDS = ("alpha", "beta", "gamma", "naïve", "café", "日本語", "🎉", "delta", "x", "stream")
@@ -140,12 +139,6 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @attrs.define
 class RedisProcess:
     """A private redis-server with AOF, restartable on the same port."""
@@ -188,7 +181,7 @@ class RedisProcess:
 @asynccontextmanager
 async def open_redis() -> AsyncIterator[RedisProcess]:
     with tempfile.TemporaryDirectory(prefix="llmpipe-soak-") as tmp:
-        redis = RedisProcess(_free_port(), Path(tmp))
+        redis = RedisProcess(free_port(), Path(tmp))
         await redis.start()
         try:
             yield redis

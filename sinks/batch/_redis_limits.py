@@ -30,7 +30,7 @@ import contextlib
 import math
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -435,6 +435,22 @@ class _BudgetPermit:
                 await self._budget._settle(self._member, used_tokens)
 
 
+class _Refreshes(Protocol):
+    async def refresh_forever(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def _refreshing(leases: _Refreshes) -> AsyncIterator[None]:
+    """Run ``leases.refresh_forever`` in the background of the block."""
+    with lone_exception_unwrapped():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(leases.refresh_forever)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+
+
 @contextlib.asynccontextmanager
 async def open_redis_budget(
     client: coredis.Redis[Any], **options: Any
@@ -442,13 +458,8 @@ async def open_redis_budget(
     """A :class:`RedisTokenBudget` on ``client`` (entered by the caller) for the block, with its
     lease refresher running. ``options``: :class:`RedisTokenBudget`'s fields."""
     budget = RedisTokenBudget(client, **options)
-    with lone_exception_unwrapped():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(budget.refresh_forever)
-            try:
-                yield budget
-            finally:
-                nursery.cancel_scope.cancel()
+    async with _refreshing(budget):
+        yield budget
 
 
 @contextlib.asynccontextmanager
@@ -458,10 +469,5 @@ async def open_redis_limiter(
     """A :class:`RedisLimiter` on ``client`` (entered by the caller) for the block, with its
     lease refresher running. ``options``: :class:`RedisLimiter`'s fields."""
     limiter = RedisLimiter(client, **options)
-    with lone_exception_unwrapped():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(limiter.refresh_forever)
-            try:
-                yield limiter
-            finally:
-                nursery.cancel_scope.cancel()
+    async with _refreshing(limiter):
+        yield limiter
