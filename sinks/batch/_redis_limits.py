@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import attrs
@@ -297,7 +297,7 @@ class RedisLimiter:
                 self._slots.release()
             raise
         self._running[member] = estimated_tokens
-        return _RedisPermit(self, member)
+        return _RedisPermit(self._release, member)
 
     async def pause(self, seconds: float) -> None:
         extended = await self._call("pause", self._keys[2:], [_ms(seconds), self._ttl])
@@ -342,7 +342,10 @@ class RedisLimiter:
 
 @attrs.define(eq=False)
 class _RedisPermit:
-    _limiter: RedisLimiter
+    """A request's hold on a Redis limiter or budget: ``release`` settles it once, shielded
+    (a cancelled request's hold is still given back)."""
+
+    _settle: Callable[[str, int | None], Awaitable[None]]
     _member: str
     _released: bool = False
 
@@ -350,7 +353,7 @@ class _RedisPermit:
         if not self._released:
             self._released = True
             with trio.CancelScope(shield=True):
-                await self._limiter._release(self._member, used_tokens)
+                await self._settle(self._member, used_tokens)
 
 
 @attrs.define(eq=False)
@@ -401,7 +404,7 @@ class RedisTokenBudget:
                 raise
             outcome, spent, total = (int(x) for x in reply)
             if outcome == 2:
-                return _BudgetPermit(self, member)
+                return _RedisPermit(self._settle, member)
             self._running.discard(member)
             if outcome == 0:
                 where = " (shared by the queue's workers)"
@@ -420,19 +423,6 @@ class RedisTokenBudget:
             await self._call("settle", self._keys, [member, -1 if used is None else used])
         finally:
             self._running.discard(member)
-
-
-@attrs.define(eq=False)
-class _BudgetPermit:
-    _budget: RedisTokenBudget
-    _member: str
-    _released: bool = False
-
-    async def release(self, used_tokens: int | None = None) -> None:
-        if not self._released:
-            self._released = True
-            with trio.CancelScope(shield=True):
-                await self._budget._settle(self._member, used_tokens)
 
 
 class _Refreshes(Protocol):
