@@ -11,7 +11,8 @@ import gc
 import json
 import socket
 import tracemalloc
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -42,6 +43,9 @@ async def frozen_client(
     return sock
 
 
+T = TypeVar("T")
+
+
 async def until_parked(producers: list[CountingProducer], within: float = 20) -> None:
     """Until every producer waits on its full channel and its count has stopped moving."""
     with trio.fail_after(within):
@@ -53,6 +57,28 @@ async def until_parked(producers: list[CountingProducer], within: float = 20) ->
                 return
             last = now
             await trio.sleep(0.3)
+
+
+async def frozen_clients_memory(
+    connect: Callable[[], Awaitable[T]], k: int, producers: list[CountingProducer], policy: str
+) -> tuple[list[T], float]:
+    """Connect ``k`` frozen clients and measure what the server holds for each (tracemalloc,
+    after gc) once every producer is parked; returns the clients (keep them open) and bytes
+    per client."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        clients = [await connect() for _ in range(k)]
+        await eventually(lambda: len(producers) == k, within=5)
+        if policy != "spill":  # spill runs 16 MiB ahead on disk before the producer waits
+            await until_parked(producers)
+        else:
+            await trio.sleep(0.5)
+        gc.collect()
+        return clients, (tracemalloc.get_traced_memory()[0] - base) / k
+    finally:
+        tracemalloc.stop()
 
 
 def metric(text: str, name: str) -> float:
@@ -79,20 +105,9 @@ async def test_frozen_clients_memory_is_bounded_then_given_up(policy: str) -> No
     body = json.dumps({**BODY, "buffering": {"policy": policy, "max_bytes": max_bytes}}).encode()
     async with running(app) as url:
         port = int(url.rsplit(":", 1)[1])
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            socks = [await frozen_client(port, "POST", "/v1/stream", body) for _ in range(k)]
-            await eventually(lambda: len(producers) == k, within=5)
-            if policy != "spill":  # spill runs 16 MiB ahead on disk before the producer waits
-                await until_parked(producers)
-            else:
-                await trio.sleep(0.5)
-            gc.collect()
-            per_client = (tracemalloc.get_traced_memory()[0] - base) / k
-        finally:
-            tracemalloc.stop()
+        socks, per_client = await frozen_clients_memory(
+            lambda: frozen_client(port, "POST", "/v1/stream", body), k, producers, policy
+        )
         print(f"{policy}: {per_client / 1024:.0f} KiB per frozen client")
         # The budget, the batch being written (its frames), hypercorn's and h11's copies of it.
         assert per_client < 4 * max_bytes + 256 * 1024, per_client
@@ -189,20 +204,9 @@ async def test_frozen_websocket_clients_memory_is_bounded_then_given_up(policy: 
     request = {**BODY, "buffering": {"policy": policy, "max_bytes": max_bytes}}
     async with running(app) as url:
         port = int(url.rsplit(":", 1)[1])
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            socks = [await frozen_ws_client(port, request) for _ in range(k)]
-            await eventually(lambda: len(producers) == k, within=5)
-            if policy != "spill":  # spill runs 16 MiB ahead on disk before the producer waits
-                await until_parked(producers)
-            else:
-                await trio.sleep(0.5)
-            gc.collect()
-            per_client = (tracemalloc.get_traced_memory()[0] - base) / k
-        finally:
-            tracemalloc.stop()
+        socks, per_client = await frozen_clients_memory(
+            lambda: frozen_ws_client(port, request), k, producers, policy
+        )
         print(f"websocket {policy}: {per_client / 1024:.0f} KiB per frozen client")
         assert per_client < 4 * max_bytes + 256 * 1024, per_client
         for ch in runtime.metrics.live.channels:
