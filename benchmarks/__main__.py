@@ -56,9 +56,9 @@ BENCHMARKS = (
     # 100,000 tokens a run, not the script's 200,000: per-token figures, half the time.
     Bench("pipeline", "bench_pipeline.py", 2.2, full_args=("--tokens", "100000")),
     Bench("producers", "bench_producers.py", 0.4),
-    # 4 servers, N = 100..400 by 50 until each fails once, 2 interleaved repeats: 32 runs on
-    # 2026-12-04 (29.2 min, ~55 s a run, 15 s of it a whole warm-up stream). The warm-up now
-    # reads 5 tokens: one run took 33 s, so ~18 min for the same 32 runs (56 at most: ~31).
+    # 4 servers, N = 100..400 by 50 until each fails once, 2 interleaved repeats: ~34 s a run
+    # (the warm-up reads 5 tokens): 26 runs took 15.8 min on 2026-12-04; 32 would take ~18
+    # (56 at most: ~32).
     Bench("capacity", "bench_capacity.py", 18.0),
     # CPU time: the wall time of this one-process loop follows the machine's other load.
     Bench("stream-path", "bench_stream_path.py", 0.2, full_args=("--cpu",)),
