@@ -19,12 +19,17 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
+import signal
 import socket
 import statistics
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,17 +37,22 @@ from typing import Any, TypeVar
 __all__ = [
     "HERE",
     "ROOT",
+    "Proc",
     "Summary",
     "add_harness_arguments",
     "available",
     "command",
+    "cpu_seconds",
+    "free_port",
     "interleaved",
     "load_average",
     "machine",
     "markdown_table",
     "median",
     "pyplot",
+    "read_line",
     "versions",
+    "wait_listening",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -107,6 +117,62 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds process ``pid`` has used (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_listening(port: int, timeout: float = 30) -> None:
+    """Wait until something accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def read_line(stream: object, pattern: bytes, timeout: float = 30) -> re.Match[bytes]:
+    """The match of ``pattern`` in the first line of ``stream`` (a process's pipe) it matches;
+    ``RuntimeError`` when the stream ends first."""
+    deadline = time.monotonic() + timeout
+    assert hasattr(stream, "readline")
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        m = re.search(pattern, line)
+        if m:
+            return m
+    raise RuntimeError(f"the process did not report {pattern.decode()!r}")
+
+
+@dataclass
+class Proc:
+    """A process a benchmark started, and its URL. What it writes to its pipe (stderr, else
+    stdout) is kept in ``log`` by a thread: a full pipe would block the process."""
+
+    popen: subprocess.Popen[bytes]
+    url: str
+    log: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        pipe = self.popen.stderr or self.popen.stdout
+        if pipe is not None:
+            threading.Thread(target=lambda: self.log.extend(pipe), daemon=True).start()
+
+    @classmethod
+    def announced(cls, popen: subprocess.Popen[bytes], pattern: bytes) -> Proc:
+        """The process, its URL the first group of ``pattern`` in a line it writes to its pipe
+        (:func:`read_line`)."""
+        return cls(popen, read_line(popen.stderr or popen.stdout, pattern).group(1).decode())
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 8) -> None:
+        """Send ``sig`` unless the process has ended; kill it if it runs ``timeout`` s more."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
 
 
 def median(values: Sequence[float]) -> float:

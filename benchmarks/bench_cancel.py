@@ -54,8 +54,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _benchlib import HERE, ROOT, Summary, add_harness_arguments, pyplot, versions
-from bench_capacity import Proc, _chunk, _read_url, sse_event, start_server, uvicorn_standard
+from _benchlib import HERE, ROOT, Proc, Summary, add_harness_arguments, pyplot, versions
+from bench_capacity import _chunk, sse_event, start_server, uvicorn_standard
 
 PLOT = "cancel_cdf.png"
 GOAL_MS = 10.0  # p99, client disconnect -> upstream connection closed
@@ -177,7 +177,7 @@ def start_traced(upstream_url: str, out: Path) -> Proc:
            "--provider", "openai", "--base-url", upstream_url + "/v1", "--model", "m",
            "--port", "0", "--max-streams-per-client", "100000"]  # fmt: skip
     p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, cwd=ROOT)
-    return Proc(p, _read_url(p.stderr, rb"on (http://[\d.:]+)"))
+    return Proc.announced(p, rb"on (http://[\d.:]+)")
 
 
 SPANS = ("left", "eof", "disconnect", "up_close", "closed")

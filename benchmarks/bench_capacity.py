@@ -49,10 +49,8 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +59,7 @@ from pathlib import Path
 from _benchlib import (
     HERE,
     ROOT,
+    Proc,
     Summary,
     add_harness_arguments,
     cpu_seconds,
@@ -68,6 +67,7 @@ from _benchlib import (
     median,
     pyplot,
     versions,
+    wait_listening,
 )
 
 SLO_MS = 50.0
@@ -161,60 +161,16 @@ def pin(core: int | None) -> list[str]:
     return ["taskset", "-c", str(core)]
 
 
-@dataclass
-class Proc:
-    popen: subprocess.Popen[bytes]
-    url: str
-    log: list[bytes] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        # Keep draining the pipe the URL was read from: a full pipe would block the process.
-        pipe = self.popen.stderr or self.popen.stdout
-        if pipe is not None:
-            threading.Thread(target=lambda: self.log.extend(pipe), daemon=True).start()
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(8)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def _read_url(stream: object, pattern: bytes, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    assert hasattr(stream, "readline")
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        m = re.search(pattern, line)
-        if m:
-            return m.group(1).decode()
-    raise RuntimeError("the process did not report its URL")
-
-
-def wait_listening(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def start_upstream(kind: str, tokens: int, rate: float, core: int | None) -> Proc:
     if kind == "stamped":
         cmd = [sys.executable, __file__, "_upstream", "--tokens", str(tokens), "--rate", str(rate)]
         p = subprocess.Popen([*pin(core), *cmd], stdout=subprocess.PIPE, cwd=ROOT)
-        return Proc(p, _read_url(p.stdout, rb"(http://\S+)"))
+        return Proc.announced(p, rb"(http://\S+)")
     text = "".join(f" w{i}" for i in range(tokens))
     cmd = [sys.executable, "-m", "sinks.cli", "emulate", "--port", "0", "--text", text,
            "--tokens-per-second", str(rate)]  # fmt: skip
     p = subprocess.Popen([*pin(core), *cmd], stderr=subprocess.PIPE, cwd=ROOT)
-    return Proc(p, _read_url(p.stderr, rb"listening on (http://\S+)"))
+    return Proc.announced(p, rb"listening on (http://\S+)")
 
 
 def start_server(kind: str, upstream: str, core: int | None) -> Proc:
@@ -238,7 +194,7 @@ def start_server(kind: str, upstream: str, core: int | None) -> Proc:
     else:
         raise SystemExit(f"unknown server {kind!r} ({', '.join(SERVERS)})")
     p = subprocess.Popen([*pin(core), *cmd], env=env, stderr=subprocess.PIPE, cwd=ROOT)
-    return Proc(p, _read_url(p.stderr, rb"on (http://[\d.:]+)"))
+    return Proc.announced(p, rb"on (http://[\d.:]+)")
 
 
 # ---------------------------------------------------------------------------------------------

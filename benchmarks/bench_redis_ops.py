@@ -43,12 +43,15 @@ import trio
 from _benchlib import (
     HERE,
     ROOT,
+    Proc,
     Summary,
     add_harness_arguments,
     cpu_seconds,
     free_port,
     markdown_table,
+    read_line,
     versions,
+    wait_listening,
 )
 
 CAPACITY = HERE / "CAPACITY.md"
@@ -71,20 +74,14 @@ class Redis:
         if exe is None:
             raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
         self.port = free_port()
-        self.proc = subprocess.Popen(
+        popen = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError):
-                if self.command("PING") == "PONG":
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = Proc(popen, f"redis://127.0.0.1:{self.port}/0")
+        wait_listening(self.port, timeout=10)
+        self.url = self.proc.url
 
     def command(self, *args: str) -> str:
         with socket.create_connection(("127.0.0.1", self.port), 5) as sock:
@@ -116,8 +113,7 @@ class Redis:
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.proc.stop(signal.SIGTERM, 10)
 
 
 def _resp(args: Sequence[str]) -> bytes:
@@ -190,44 +186,17 @@ class Monitor:
 # -- the server and the load ---------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    popen: subprocess.Popen[bytes]
-    url: str
-    pids: list[int]
-    log: list[bytes] = field(default_factory=list)
-
-    def stop(self) -> None:
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(20)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-
-
-def start_server(store: str, workers: int, text: str, rate: float) -> Server:
+def start_server(store: str, workers: int, text: str, rate: float) -> tuple[Proc, list[int]]:
+    """The server, and the pids of its processes (the supervisor first)."""
     cmd = [sys.executable, "-m", "sinks.cli", "serve", "--port", "0", "--workers", str(workers),
            "--store", store, "--scripted", text, "--rate", str(rate),
            "--max-streams-per-client", "100000", "--max-generations-per-client", "100000",
            "--shutdown-grace", "2", "--log-level", "warning"]  # fmt: skip
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, cwd=ROOT)
-    assert p.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = p.stderr.readline().decode()
-        if not line:
-            raise RuntimeError("the server exited")
-        m = re.search(r"on (http://[\d.:]+)", line)
-        if m is None or (workers > 1 and "workers" not in line):
-            continue
-        pids = [p.pid]
-        if workers > 1:
-            pids += [int(x) for x in line.rsplit("(pids ", 1)[1].rstrip(")\n").split()]
-        server = Server(p, m.group(1), pids)
-        threading.Thread(target=server.log.extend, args=(p.stderr,), daemon=True).start()
-        return server
-    raise RuntimeError("the server did not report its URL")
+    # With workers, the supervisor's line (its workers' pids), not a worker's; else no pids.
+    workers_pids = rb".*workers.*\(pids ([\d ]+)\)" if workers > 1 else rb"()"
+    m = read_line(p.stderr, rb"on (http://[\d.:]+)" + workers_pids, timeout=60)
+    return Proc(p, m.group(1).decode()), [p.pid, *map(int, m.group(2).split())]
 
 
 @dataclass
@@ -298,14 +267,14 @@ class Run:
 
 def run_one(redis: Redis, workers: int, n: int, tokens: int, rate: float, monitor: bool) -> Run:
     text = "".join(f" w{i}" for i in range(tokens))
-    server = start_server(redis.url, workers, text, rate)
+    server, pids = start_server(redis.url, workers, text, rate)
     try:
         redis.command("FLUSHALL")
         redis.command("CONFIG", "RESETSTAT")
         mon = Monitor(redis) if monitor else None
         if mon is not None:
             mon.start()
-        cpu0 = [cpu_seconds(p) for p in server.pids]
+        cpu0 = [cpu_seconds(p) for p in pids]
         rcpu0, own0, t0 = redis.cpu(), own_cpu(), time.monotonic()
         try:
             ld = trio.run(run_load, server.url, text, n, 1.0, rate)
@@ -314,7 +283,7 @@ def run_one(redis: Redis, workers: int, n: int, tokens: int, rate: float, monito
             sys.stderr.write(b"".join(server.log[-40:]).decode(errors="replace"))
             raise
         seconds = time.monotonic() - t0
-        per = [cpu_seconds(p) - c for p, c in zip(server.pids, cpu0, strict=True)]
+        per = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
         rcpu, own = redis.cpu() - rcpu0, own_cpu() - own0
         if mon is not None:
             mon.stop()
@@ -323,7 +292,7 @@ def run_one(redis: Redis, workers: int, n: int, tokens: int, rate: float, monito
             for k, v in redis.info("commandstats").items()
         }
     finally:
-        server.stop()
+        server.stop(signal.SIGTERM, 20)
     if ld.failures or ld.streams != n:
         raise SystemExit(f"{len(ld.failures)} streams failed: {ld.failures[:5]}")
     if ld.tokens != n * tokens:
