@@ -12,7 +12,7 @@ import json
 import socket
 import tracemalloc
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -43,9 +43,6 @@ async def frozen_client(
     return sock
 
 
-T = TypeVar("T")
-
-
 async def until_parked(producers: list[CountingProducer], within: float = 20) -> None:
     """Until every producer waits on its full channel and its count has stopped moving."""
     with trio.fail_after(within):
@@ -59,40 +56,16 @@ async def until_parked(producers: list[CountingProducer], within: float = 20) ->
             await trio.sleep(0.3)
 
 
-async def frozen_clients_memory(
-    connect: Callable[[], Awaitable[T]], k: int, producers: list[CountingProducer], policy: str
-) -> tuple[list[T], float]:
-    """Connect ``k`` frozen clients and measure what the server holds for each (tracemalloc,
-    after gc) once every producer is parked; returns the clients (keep them open) and bytes
-    per client."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        clients = [await connect() for _ in range(k)]
-        await eventually(lambda: len(producers) == k, within=5)
-        if policy != "spill":  # spill runs 16 MiB ahead on disk before the producer waits
-            await until_parked(producers)
-        else:
-            await trio.sleep(0.5)
-        gc.collect()
-        return clients, (tracemalloc.get_traced_memory()[0] - base) / k
-    finally:
-        tracemalloc.stop()
-
-
-def metric(text: str, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("policy", ["coalesce", "block", "spill"])
-async def test_frozen_clients_memory_is_bounded_then_given_up(policy: str) -> None:
-    """Four clients freeze on endless generations. Until the send deadline each costs this
-    process at most its buffer budget plus the one write in flight (measured with tracemalloc,
-    per client); once nothing moves for the deadline the streams are given up: each producer
-    (the upstream) is cancelled, the slots are free, and ``llmpipe_frozen_clients`` counts them.
-    """
+async def frozen_clients_are_given_up(
+    connect: Callable[[int, dict[str, Any]], Awaitable[trio.socket.SocketType]],
+    policy: str,
+    label: str,
+) -> None:
+    """Four clients (``connect(port, request)``) freeze on endless generations. Until the send
+    deadline each costs this process at most its buffer budget plus the write in flight: what
+    the server holds for each (tracemalloc, after gc) once every producer is parked. Then the
+    streams are given up: each producer is cancelled, the slots are free (the WebSocket
+    sessions' too) and ``llmpipe_frozen_clients`` counts them."""
     k, max_bytes, send_timeout = 4, 32 * 1024, 2.0
     producers: list[CountingProducer] = []
 
@@ -102,26 +75,52 @@ async def test_frozen_clients_memory_is_bounded_then_given_up(policy: str) -> No
 
     app = create_app(factory_of(make), ServerConfig(send_timeout=send_timeout))
     runtime = get_runtime(app)
-    body = json.dumps({**BODY, "buffering": {"policy": policy, "max_bytes": max_bytes}}).encode()
+    request = {**BODY, "buffering": {"policy": policy, "max_bytes": max_bytes}}
     async with running(app) as url:
         port = int(url.rsplit(":", 1)[1])
-        socks, per_client = await frozen_clients_memory(
-            lambda: frozen_client(port, "POST", "/v1/stream", body), k, producers, policy
-        )
-        print(f"{policy}: {per_client / 1024:.0f} KiB per frozen client")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            socks = [await connect(port, request) for _ in range(k)]
+            await eventually(lambda: len(producers) == k, within=5)
+            if policy != "spill":  # spill runs 16 MiB ahead on disk before the producer waits
+                await until_parked(producers)
+            else:
+                await trio.sleep(0.5)
+            gc.collect()
+            per_client = (tracemalloc.get_traced_memory()[0] - base) / k
+        finally:
+            tracemalloc.stop()
+        print(f"{label}{policy}: {per_client / 1024:.0f} KiB per frozen client")
         # The budget, the batch being written (its frames), hypercorn's and h11's copies of it.
         assert per_client < 4 * max_bytes + 256 * 1024, per_client
         for ch in runtime.metrics.live.channels:
             assert ch.statistics().bytes_queued <= max_bytes
         await eventually(lambda: all(p.closed_at is not None for p in producers), within=40)
         assert all(p.cancelled for p in producers)
-        await eventually(lambda: runtime.active == 0, within=5)
+        await eventually(lambda: runtime.active == 0 and runtime.websockets_active == 0, within=10)
         async with httpx.AsyncClient() as client:
             text = (await client.get(url + "/metrics")).text
         assert metric(text, "llmpipe_frozen_clients_total") == k
         assert metric(text, "llmpipe_streams_active") == 0
         for s in socks:
             s.close()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["coalesce", "block", "spill"])
+async def test_frozen_clients_memory_is_bounded_then_given_up(policy: str) -> None:
+    """Frozen HTTP streams: bounded memory each, then given up (``frozen_clients_are_given_up``)."""
+
+    def connect(port: int, request: dict[str, Any]) -> Awaitable[trio.socket.SocketType]:
+        return frozen_client(port, "POST", "/v1/stream", json.dumps(request).encode())
+
+    await frozen_clients_are_given_up(connect, policy, "")
 
 
 async def test_fail_policy_ends_a_frozen_stream_with_overflow() -> None:
@@ -187,39 +186,9 @@ async def frozen_ws_client(port: int, request: dict[str, Any]) -> trio.socket.So
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["coalesce", "block", "spill"])
 async def test_frozen_websocket_clients_memory_is_bounded_then_given_up(policy: str) -> None:
-    """Four WebSocket clients freeze during a turn of an endless generation. Until the send
-    deadline each costs this process at most its buffer budget plus the frame in flight
-    (tracemalloc, per client); then each turn is given up as an HTTP stream is: its producer
-    is cancelled, its stream slot and its connection slot are free, and
-    ``llmpipe_frozen_clients`` counts them."""
-    k, max_bytes, send_timeout = 4, 32 * 1024, 2.0
-    producers: list[CountingProducer] = []
-
-    def make(request: StreamRequest) -> Producer:
-        producers.append(CountingProducer(text="x" * 1000))
-        return producers[-1]
-
-    app = create_app(factory_of(make), ServerConfig(send_timeout=send_timeout))
-    runtime = get_runtime(app)
-    request = {**BODY, "buffering": {"policy": policy, "max_bytes": max_bytes}}
-    async with running(app) as url:
-        port = int(url.rsplit(":", 1)[1])
-        socks, per_client = await frozen_clients_memory(
-            lambda: frozen_ws_client(port, request), k, producers, policy
-        )
-        print(f"websocket {policy}: {per_client / 1024:.0f} KiB per frozen client")
-        assert per_client < 4 * max_bytes + 256 * 1024, per_client
-        for ch in runtime.metrics.live.channels:
-            assert ch.statistics().bytes_queued <= max_bytes
-        await eventually(lambda: all(p.closed_at is not None for p in producers), within=40)
-        assert all(p.cancelled for p in producers)
-        await eventually(lambda: runtime.active == 0 and runtime.websockets_active == 0, within=10)
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(url + "/metrics")).text
-        assert metric(text, "llmpipe_frozen_clients_total") == k
-        assert metric(text, "llmpipe_streams_active") == 0
-        for s in socks:
-            s.close()
+    """Frozen WebSocket clients during a turn: bounded memory each (the frame in flight), then
+    each turn is given up as an HTTP stream is, its connection slot free too."""
+    await frozen_clients_are_given_up(frozen_ws_client, policy, "websocket ")
 
 
 async def test_fail_policy_ends_a_frozen_websocket_turn_with_overflow() -> None:
