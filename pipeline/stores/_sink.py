@@ -194,14 +194,16 @@ class StoreSink:
             "store": "the stream store failed; the answer is incomplete",
         }
         if kind == "cancelled" and self.cancel_event is not None:
-            end = attrs.evolve(self.cancel_event(), seq=self.last_seq + 1)
+            error = self.cancel_event()
         else:
-            end = Error(
-                kind=kind, message=messages[kind], retryable=kind == "store", seq=self.last_seq + 1
-            )
-        partial_given = bool(end.partial_chars)
-        if not partial_given:  # what readers of the stream got before its end
-            end = attrs.evolve(end, partial_chars=self.text_chars)
+            error = Error(kind=kind, message=messages[kind], retryable=kind == "store")
+
+        def numbered(seq: int) -> Error:
+            # Unless the error says, what readers of the stream got before its end (called
+            # once whatever was in flight is settled).
+            chars = error.partial_chars or self.text_chars
+            return attrs.evolve(error, seq=seq, partial_chars=chars)
+
         if kind == "store":
             # Not cancelled: wait (unshielded) for the store to come back, within retry_for.
             with trio.move_on_after(self.retry_for + self.end_timeout):
@@ -209,7 +211,7 @@ class StoreSink:
                     info = await self._when_available()
                     if not info.ended:
                         # Past what readers may have seen, even if the store lost some of it.
-                        end = attrs.evolve(end, seq=max(info.last_seq, self.last_seq) + 1)
+                        end = numbered(max(info.last_seq, self.last_seq) + 1)
                         await self._append([end])
                         self._stored([end])
                 except (StoreError, ValueError):
@@ -220,9 +222,7 @@ class StoreSink:
             try:
                 if self._in_flight is not None:
                     await self._settle_in_flight()
-                    end = attrs.evolve(end, seq=self.last_seq + 1)
-                    if not partial_given:
-                        end = attrs.evolve(end, partial_chars=self.text_chars)
+                end = numbered(self.last_seq + 1)
                 await self.store.append(self.stream_id, [end])
             except (StoreError, ValueError):
                 return  # best effort: the original exception matters more
