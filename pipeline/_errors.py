@@ -192,9 +192,10 @@ def lone_exception_unwrapped() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        lone: BaseException | None = lone_exception(group)
-        if lone is group:
-            lone = _lone_failure(group)
+        # Nested groups of one: whatever is inside (a lone trio.Cancelled too); else the one
+        # failure beside cancellations.
+        one = len(group.exceptions) == 1
+        lone = lone_exception(group) if one else _lone_failure(group)
         if lone is None:
             raise
         raise lone from lone.__cause__
