@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from json.encoder import encode_basestring
 from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 import attrs
@@ -345,14 +346,23 @@ def json_text(obj: object) -> str:
     ``\\udXXX``. That is lossless: a JSON parser (Python's, a browser's ``JSON.parse``)
     gives back the same string (a high and a low surrogate in a row, which only Python keeps
     apart, come back as the one character they encode). Costs one scan when there is none."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    if _SURROGATE.search(text) is None:
+    return _utf8_safe(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+
+def _utf8_safe(text: str) -> str:
+    if text.isascii() or _SURROGATE.search(text) is None:
         return text
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def event_to_json(event: Event) -> str:
     """One line of compact JSON (no newline inside; see :func:`json_text` for surrogates)."""
+    if type(event) is TextDelta:
+        # The stream's hot path (one per token): the same text as the generic path below,
+        # without building a dict and a JSON encoder (``tests/test_events.py`` compares them).
+        return _utf8_safe(
+            f'{{"type":"text","text":{encode_basestring(event.text)},"seq":{event.seq:d}}}'
+        )
     return json_text(event_to_dict(event))
 
 

@@ -6,6 +6,8 @@ import typing
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline import (
     Done,
@@ -21,8 +23,10 @@ from pipeline import (
     Usage,
     event_from_json,
     event_nbytes,
+    event_to_dict,
     event_to_json,
     is_terminal,
+    json_text,
 )
 
 TRAITS = ("terminal", "droppable", "mergeable", "text_field")
@@ -125,3 +129,11 @@ def test_wire_form_weight_and_end(event: Event, line: str, nbytes: int, terminal
         assert event_from_json(line) == event
     assert event_nbytes(event) == nbytes
     assert is_terminal(event) is terminal
+
+
+@given(st.text(st.characters(exclude_categories=())), st.integers(min_value=0, max_value=2**63))
+def test_a_text_delta_is_encoded_as_the_generic_path_would(text: str, seq: int) -> None:
+    """``event_to_json`` writes a TextDelta (one per token) without a dict or an encoder; the
+    text must be what the generic path writes, surrogates and control characters included."""
+    event = TextDelta(text, seq=seq)
+    assert event_to_json(event) == json_text(event_to_dict(event))

@@ -466,13 +466,14 @@ class SSEProducer:
             # backpressure is never a stall): a read costs two attribute stores, not two
             # moves of a cancel scope's deadline.
             reads = _Reads(deadline, self.stall_timeout)
+            now = trio.lowlevel.current_clock().current_time  # trio.current_time, one call
             with lone_exception_unwrapped(), trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     if deadline != math.inf or self.stall_timeout is not None:
                         nursery.start_soon(reads.watch, self, scope)
                     try:
                         while True:
-                            reads.since = trio.current_time()
+                            reads.since = now()
                             try:
                                 chunk = await iterator.__anext__()
                             except StopAsyncIteration:
@@ -483,7 +484,7 @@ class SSEProducer:
                                 if events:
                                     await deliver(events)
                             if parser.ended:
-                                reads.since = trio.current_time()
+                                reads.since = now()
                                 await _drain(iterator)
                                 break
                     finally:
