@@ -496,11 +496,11 @@ class Sweep:
 
     def knee_labels(self, server: str, first: int) -> list[str]:
         """Knees as shown: ``>= N`` when the repeat never failed (its knee is beyond the N
-        tried), ``< N`` when it failed at the first."""
+        tried), ``< N`` when it failed at the smallest N tried (``first`` if none was)."""
         out = []
         for rs, k in zip(self.runs[server], self.knees(server), strict=True):
             if k is None:
-                out.append(f"< {first}")
+                out.append(f"< {min((r.n for r in rs), default=first)}")
             else:
                 out.append(f">= {k}" if all(r.ok for r in rs) else str(k))
         return out
@@ -568,6 +568,16 @@ def sweep(args: argparse.Namespace, servers: list[str], ns: list[int]) -> Sweep:
                 misses[server, rep] = 0 if r.ok else misses[server, rep] + 1
         if not any(active(s, rep) for s in servers for rep in range(args.repeat)):
             break
+    # A repeat that failed at the first N has no knee, and a ratio to it would be only a
+    # bound (or be left out): that repeat runs once more at half the first N.
+    low = ns[0] // 2
+    for rep in range(args.repeat if low >= 1 else 0):
+        turn = [s for s in servers if s not in FLOORS and result.knees(s)[rep] is None]
+        shift = rep % len(turn) if turn else 0
+        for server in turn[shift:] + turn[:shift]:
+            r = run_one(args, server, low)
+            result.runs[server][rep].insert(0, r)
+            print(f"{server:>14} run {rep + 1} {r.row()}", flush=True)
     return result
 
 
