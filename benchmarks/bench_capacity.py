@@ -173,23 +173,27 @@ def start_upstream(kind: str, tokens: int, rate: float, core: int | None) -> Pro
     return Proc.announced(p, rb"listening on (http://\S+)")
 
 
-def start_server(kind: str, upstream: str, core: int | None) -> Proc:
+def start_server(
+    kind: str, upstream: str, core: int | None, python: Sequence[str] = (sys.executable,)
+) -> Proc:
+    """Start server ``kind`` relaying ``upstream``, pinned to ``core``; ``python`` is the
+    interpreter command it runs under (``calls_per_token.py`` puts a call counter there)."""
     env = {**os.environ, "OPENAI_API_KEY": "x", "OPENAI_BASE_URL": upstream + "/v1"}
     if kind in ("relay", "relay-standard"):
         port = free_port()
         stack = ["uvloop", "httptools"] if kind == "relay-standard" else ["asyncio", "h11"]
-        cmd = [sys.executable, str(HERE / "guide_relay.py"), "--port", str(port),
+        cmd = [*python, str(HERE / "guide_relay.py"), "--port", str(port),
                "--loop", stack[0], "--http", stack[1]]  # fmt: skip
         p = subprocess.Popen([*pin(core), *cmd], env=env, cwd=ROOT)
         wait_listening(port)
         return Proc(p, f"http://127.0.0.1:{port}")
     if kind == "llmpipe":
-        cmd = [sys.executable, "-m", "sinks.cli", "serve", "--provider", "openai",
+        cmd = [*python, "-m", "sinks.cli", "serve", "--provider", "openai",
                "--base-url", upstream + "/v1", "--model", "m", "--port", "0",
                "--max-streams-per-client", "100000"]  # fmt: skip
     elif kind in ("floor", "floor-httpx"):
         client = "httpx" if kind == "floor-httpx" else "raw"
-        cmd = [sys.executable, str(HERE / "floor_relay.py"), "--base-url", upstream + "/v1",
+        cmd = [*python, str(HERE / "floor_relay.py"), "--base-url", upstream + "/v1",
                "--upstream-client", client]  # fmt: skip
     else:
         raise SystemExit(f"unknown server {kind!r} ({', '.join(SERVERS)})")

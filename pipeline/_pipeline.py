@@ -9,7 +9,7 @@ Tasks (all in one nursery owned by :meth:`Pipeline.open`)::
 The stage task runs every stage and the fan-out; it stamps ``seq`` on each event it sends out.
 Without stages and heartbeat there is no stage task: the producer's ``emit`` stamps and fans out
 itself (one hop fewer per event). Both schedules run the same code for each event and for the
-ending below (``RunningPipeline._produce`` and ``_admit``), so the sinks see the same events,
+ending below (``RunningPipeline._run_producer`` and ``_admit``), so the sinks see the same events,
 numbers and ending either way.
 A sink's channel policy decides what happens when that sink lags (see :class:`Policy`): with
 ``block`` the whole pipeline waits for it; with the other policies the others go on. A reader
@@ -402,31 +402,29 @@ class RunningPipeline:
 
     # The rules of a stream's events exist once, in two parts:
     #
-    # * the producer's side, :meth:`_produce`: what ``emit`` accepts (nothing after the end),
+    # * the producer's side, :meth:`_run_producer`: what ``emit`` accepts (nothing after the end),
     #   what a producer exception becomes (before the first event: the pipeline fails; after it:
     #   an ``Error`` event), that a stream the producer left open gets its ``Done``;
     # * the fan-out side, :meth:`_admit` for each event, then :meth:`_close_fan_out`: partial
     #   text on errors, the stages, ``seq``, the sinks, the end at a terminal event.
     #
     # Two schedules run them. Direct (no stages, no heartbeat): the producer's task calls
-    # ``_admit`` from ``emit``. Staged: ``emit`` sends into the source channel and the stage task
-    # calls ``_admit`` for each event it receives (and wakes the stages' timers, sends
-    # heartbeats). Either way the sinks see the same events, numbers and ending.
+    # ``_dispatch_one`` (what ``_admit`` does without stages) from ``emit``. Staged: ``emit``
+    # sends into the source channel and the stage task calls ``_admit`` for each event it
+    # receives (and wakes the stages' timers, sends heartbeats). Either way the sinks see the
+    # same events, numbers and ending.
 
     async def _run_producer(self) -> None:
-        """The producer's task, in either schedule."""
+        """The producer's task, in either schedule: run the producer, handing each event it
+        emits to the fan-out or the stage task (``deliver``; True: the stream ended).
+
+        (One coroutine frame, not a wrapper around another: every frame between the producer
+        and a sink that writes in this task is resumed at each checkpoint of that write.)"""
         deliver: Callable[[Event], Awaitable[bool]]
         if self._direct:
-            deliver, close = self._admit, self._close_fan_out
+            deliver, close = self._dispatch_one, self._close_fan_out  # no stages
         else:
             deliver, close = self._to_stage_task, self._source_send.close
-        try:
-            await self._produce(deliver)
-        finally:
-            close()
-
-    async def _produce(self, deliver: Callable[[Event], Awaitable[bool]]) -> None:
-        """Run the producer, handing each event it emits to ``deliver`` (True: the stream ended)."""
         started = False
         ended = False
 
@@ -444,18 +442,21 @@ class RunningPipeline:
                 self._producer_scope.cancel()
 
         emit_: Emit = emit
-        with self._producer_scope:
-            try:
-                await self._pipeline.producer.stream(emit_)
-            except Exception as exc:
-                if not started:
-                    self._fail(exc)
-                    return
-                if not ended:
-                    await deliver(error_event(exc))
-            else:
-                if not ended:
-                    await deliver(Done())  # through the stages: they flush first
+        try:
+            with self._producer_scope:
+                try:
+                    await self._pipeline.producer.stream(emit_)
+                except Exception as exc:
+                    if not started:
+                        self._fail(exc)
+                        return
+                    if not ended:
+                        await deliver(error_event(exc))
+                else:
+                    if not ended:
+                        await deliver(Done())  # through the stages: they flush first
+        finally:
+            close()
 
     async def _to_stage_task(self, event: Event) -> bool:
         """``deliver`` of the staged schedule: into the source channel (backpressure)."""
@@ -496,7 +497,7 @@ class RunningPipeline:
                 hb_at = last_out + heartbeat if heartbeat is not None else math.inf
                 wake = min(deadline, hb_at)
                 # EndOfChannel: the producer's task ended without delivering the end of the
-                # stream, which happens only when the pipeline is being cancelled (_produce).
+                # stream, which happens only when the pipeline is being cancelled (_run_producer).
                 if wake == math.inf:
                     try:
                         event = await recv.receive()
@@ -565,37 +566,43 @@ class RunningPipeline:
     async def _dispatch(self, events: Sequence[Event]) -> bool:
         """Stamp and fan out ``events``; True once a terminal event was sent (the end)."""
         for ev in events:
-            self._seq += 1
-            seq = self._seq
-            if isinstance(ev, TextDelta):
-                ev = TextDelta(ev.text, seq=seq)
-                self._chars_out += len(ev.text)
-                self._bytes_out += event_nbytes(ev)
-            else:
-                if isinstance(ev, Error):
-                    # Here, not as it leaves the producer: stages (a chunker) release the text
-                    # they held ahead of it, and that text was delivered too.
-                    ev = self._with_partial(ev)
-                ev = attrs.evolve(ev, seq=seq)
-            self._events_out += 1
-            for route in self._routes:
-                if route.state != "active":
-                    continue
-                try:
-                    await route.sender.send(ev)
-                except ChannelOverflowError as exc:
-                    route.state = "detached"
-                    route.error = str(exc)
-                    if not any(r.state == "active" for r in self._routes):
-                        self._scope.cancel()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    if route.state == "active":
-                        self._consumer_gone(route, "gone")
-            if is_terminal(ev):
-                if isinstance(ev, Error) and self._reason == "running":
-                    self._reason = "error"
-                    self._error_text = f"{ev.kind}: {ev.message}"
+            if await self._dispatch_one(ev):
                 return True
+        return False
+
+    async def _dispatch_one(self, ev: Event) -> bool:
+        """Stamp and fan out one event; True if it was terminal (the end)."""
+        self._seq += 1
+        seq = self._seq
+        if isinstance(ev, TextDelta):
+            ev = TextDelta(ev.text, seq=seq)
+            self._chars_out += len(ev.text)
+            self._bytes_out += event_nbytes(ev)
+        else:
+            if isinstance(ev, Error):
+                # Here, not as it leaves the producer: stages (a chunker) release the text
+                # they held ahead of it, and that text was delivered too.
+                ev = self._with_partial(ev)
+            ev = attrs.evolve(ev, seq=seq)
+        self._events_out += 1
+        for route in self._routes:
+            if route.state != "active":
+                continue
+            try:
+                await route.sender.send(ev)
+            except ChannelOverflowError as exc:
+                route.state = "detached"
+                route.error = str(exc)
+                if not any(r.state == "active" for r in self._routes):
+                    self._scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if route.state == "active":
+                    self._consumer_gone(route, "gone")
+        if is_terminal(ev):
+            if isinstance(ev, Error) and self._reason == "running":
+                self._reason = "error"
+                self._error_text = f"{ev.kind}: {ev.message}"
+            return True
         return False
 
 

@@ -75,3 +75,23 @@ def test_every_benchmark_has_a_results_section_and_the_whole_run_fits_its_budget
     index = RESULTS.read_text(encoding="utf-8")
     for bench in BENCHMARKS:
         assert f"`--only {bench.name}`" in index, bench.name
+
+
+@pytest.mark.timeout(120)
+def test_calls_per_token_counts_both_servers() -> None:
+    """``benchmarks/calls_per_token.py`` counts each server's calls over whole streams (it
+    exits non-zero when a stream fell short): both rows are there, llmpipe's own frames are in
+    its table and not in the floor's."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/calls_per_token.py", "--streams", "1", "--tokens", "40",
+         "--top", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = dict(re.findall(r"^\| (llmpipe|floor-httpx) \| ([\d.]+) \|$", result.stdout, re.M))
+    assert set(rows) == {"llmpipe", "floor-httpx"}, result.stdout
+    assert all(float(v) > 50 for v in rows.values()), rows  # a relayed token costs many calls
+    own = re.search(r"^\| ([\d.]+) \| ([\d.]+) \| `_run_producer \(pipeline", result.stdout, re.M)
+    assert own is not None, result.stdout
+    assert float(own.group(1)) > 0, result.stdout
+    assert float(own.group(2)) == 0, result.stdout

@@ -367,15 +367,16 @@ async def test_stall_then_continue(
     [
         ("chat", openai.APITimeoutError),
         ("responses", openai.APITimeoutError),
-        # anthropic 2.x does not wrap errors raised while iterating a stream
-        ("anthropic", httpx2.ReadTimeout),
+        # anthropic before 2.17 raised httpx2's error unwrapped while iterating a stream;
+        # 2.17 wraps it (cause: httpx2.ReadTimeout)
+        ("anthropic", (anthropic.APITimeoutError, httpx2.ReadTimeout)),
     ],
 )
 async def test_stall_forever_hits_the_sdk_read_timeout(
     emulator: EmulatorFactory,
     autojump_clock: trio.testing.MockClock,
     sdk: SDK,
-    raised: type[Exception],
+    raised: type[Exception] | tuple[type[Exception], ...],
 ) -> None:
     emu = await emulator(Reply("Hello big wide world", fault=stall_after(2)))
     seen: list[str] = []
@@ -482,11 +483,12 @@ async def test_responses_error_event_is_response_failed(emulator: EmulatorFactor
     [
         ("chat", openai.APIConnectionError),
         ("responses", openai.APIConnectionError),
-        ("anthropic", httpx2.ReadError),  # unwrapped, as for timeouts
+        # unwrapped before anthropic 2.17, as for timeouts
+        ("anthropic", (anthropic.APIConnectionError, httpx2.ReadError)),
     ],
 )
 async def test_reset_mid_stream(
-    emulator: EmulatorFactory, sdk: SDK, raised: type[Exception]
+    emulator: EmulatorFactory, sdk: SDK, raised: type[Exception] | tuple[type[Exception], ...]
 ) -> None:
     emu = await emulator(Reply("Hello big wide world", fault=reset_after(2)))
     seen: list[str] = []
@@ -496,6 +498,8 @@ async def test_reset_mid_stream(
         assert isinstance(info.value.__cause__, httpx.ReadError)
     else:
         assert "Connection reset" in str(info.value)
+        if isinstance(info.value, anthropic.APIConnectionError):
+            assert isinstance(info.value.__cause__, httpx2.ReadError)
     assert "".join(seen) in ("", "Hello", "Hello big")  # an RST may discard unread bytes
     record = await emu.wait_ended(0)
     assert record.outcome == "reset"

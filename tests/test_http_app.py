@@ -581,6 +581,42 @@ async def test_metrics_and_cors() -> None:
     assert "access-control-allow-origin" not in resp.headers
 
 
+async def test_stream_bodies_pass_added_middleware_and_keep_cors_headers() -> None:
+    """Stream bodies skip the app's own middleware (it acts on headers only), never one added
+    with ``add_middleware``: that sees every body message. The CORS headers stay on a stream."""
+    seen: list[bytes] = []
+
+    class Tap:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def tapped(message: Any) -> None:
+                if message["type"] == "http.response.body":
+                    seen.append(message.get("body", b""))
+                await send(message)
+
+            await self.app(scope, receive, tapped)
+
+    # Paced: each delta is a write of its own (not one batch with the headers).
+    make = factory_of(lambda r: CountingProducer(count=5, text="ab ", delay=0.02))
+    text = "ab " * 5
+    cors = ServerConfig(cors_origins=("http://example.com",))
+    for tap in (False, True):
+        app = create_app(make, cors)
+        if tap:
+            app.add_middleware(Tap)
+        async with running(app) as url, httpx.AsyncClient() as client:
+            resp = await client.post(
+                url + "/v1/stream", json=BODY, headers={"Origin": "http://example.com"}
+            )
+        assert resp.headers["access-control-allow-origin"] == "http://example.com"
+        events = [json.loads(line[6:]) for line in resp.text.splitlines() if line[:6] == "data: "]
+        assert "".join(e["text"] for e in events if e["type"] == "text") == text
+    assert len(seen) > 5  # the tapped run: each delta's write, and every byte, went through it
+    assert b"".join(seen) == resp.content
+
+
 async def test_shutdown_sends_shutdown_event() -> None:
     """Graceful shutdown: live and resuming readers get a final ``shutdown`` error, and the
     server exits within the grace even with a client that stopped reading."""

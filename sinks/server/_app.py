@@ -31,7 +31,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
@@ -87,10 +87,12 @@ from ._resumable import end_orphan, follow_stream, parse_last_event_id, run_gene
 from ._runtime import STATE_KEY, AppRuntime
 from ._stream import (
     OUTCOME_REASONS,
+    RAW_SEND,
     StreamWriter,
     begin_stream,
     choose_format,
     client_gone,
+    raw_send,
     run_stream,
 )
 from ._ui_chat import UI_CHAT_ROUTE, UIMessageWriter, parse_ui_chat
@@ -370,7 +372,8 @@ async def _stream_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
     try:
         parsed = await read_stream_request(runtime, request)
         with runtime.admit(client_key(scope)):
-            writer = StreamWriter(send, choose_format(request.headers.get("accept", "")))
+            fmt = choose_format(request.headers.get("accept", ""))
+            writer = StreamWriter(send, fmt, body_send=raw_send(scope, send))
             await _serve_live(runtime, parsed, writer, receive)
     except ClientDisconnect:
         pass  # gone while sending the body
@@ -385,7 +388,7 @@ async def _chat_completions_endpoint(
         chat = await read_request(runtime, request, parse_chat_completion)
         with runtime.admit(client_key(scope)):
             if chat.stream:
-                writer = ChatCompletionWriter(send, chat)
+                writer = ChatCompletionWriter(send, chat, body_send=raw_send(scope, send))
                 await _serve_live(runtime, chat.request, writer, receive, CHAT_COMPLETIONS_ROUTE)
             else:
                 await collect_completion(runtime, chat, send, receive)
@@ -402,7 +405,8 @@ async def _ui_chat_endpoint(
     try:
         parsed = await read_request(runtime, request, parse_ui_chat)
         with runtime.admit(client_key(scope)):
-            await _serve_live(runtime, parsed, UIMessageWriter(send), receive, UI_CHAT_ROUTE)
+            writer = UIMessageWriter(send, body_send=raw_send(scope, send))
+            await _serve_live(runtime, parsed, writer, receive, UI_CHAT_ROUTE)
     except ClientDisconnect:
         pass
 
@@ -427,7 +431,7 @@ async def _events_endpoint(runtime: AppRuntime, scope: Scope, receive: Receive, 
         await Response(status_code=204)(scope, receive, send)
         return
     with runtime.admit(client_key(scope)):
-        writer = StreamWriter(send, "sse")
+        writer = StreamWriter(send, "sse", body_send=raw_send(scope, send))
 
         async def body() -> None:
             try:
@@ -563,6 +567,29 @@ def _routes(runtime: AppRuntime) -> list[BaseRoute]:
     ]
 
 
+class _App(Starlette):
+    """Starlette, keeping the ASGI server's own ``send`` in the scope (:data:`RAW_SEND`) for the
+    bodies of streamed responses (:func:`raw_send`) while its middleware is the app's own
+    (Starlette's error and exception handling, CORS), which acts on the status line and headers
+    only. Once middleware is added to it (``add_middleware``: it may act on bodies), every
+    message goes through the middleware."""
+
+    def __init__(
+        self,
+        *,
+        routes: list[BaseRoute],
+        middleware: list[Middleware],
+        lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]],
+    ) -> None:
+        super().__init__(routes=routes, middleware=middleware, lifespan=lifespan)
+        self._own_middleware = len(self.user_middleware)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if len(self.user_middleware) == self._own_middleware:
+            scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     producer_factory: ProducerFactory,
     config: ServerConfig = ServerConfig(),  # noqa: B008 (frozen, immutable)
@@ -622,6 +649,6 @@ def create_app(
                 max_age=600,
             )
         )
-    app = Starlette(routes=_routes(runtime), middleware=middleware, lifespan=lifespan)
+    app = _App(routes=_routes(runtime), middleware=middleware, lifespan=lifespan)
     setattr(app.state, STATE_KEY, runtime)
     return app

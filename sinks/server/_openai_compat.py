@@ -254,8 +254,10 @@ class ChatCompletionWriter(StreamWriter):
     (which the SDKs' decoders skip), the API's error body before the stream starts and its
     ``data: {"error": ...}`` frame after."""
 
-    def __init__(self, send: Send, chat: ChatCompletionRequest) -> None:
-        super().__init__(send, "sse")
+    def __init__(
+        self, send: Send, chat: ChatCompletionRequest, *, body_send: Send | None = None
+    ) -> None:
+        super().__init__(send, "sse", body_send=body_send)
         self.chunks = chat.chunks()
 
     def frame(self, event: Event) -> bytes:

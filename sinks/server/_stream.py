@@ -34,7 +34,7 @@ from typing import Final, Literal, Protocol
 
 import attrs
 import trio
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from pipeline import (
     Error,
@@ -62,6 +62,7 @@ from ._runtime import AppRuntime
 
 __all__ = [
     "OUTCOME_REASONS",
+    "RAW_SEND",
     "Format",
     "Frozen",
     "StreamWriter",
@@ -69,6 +70,7 @@ __all__ = [
     "begin_stream",
     "choose_format",
     "client_gone",
+    "raw_send",
     "run_stream",
     "wait_frozen",
 ]
@@ -81,6 +83,10 @@ SHUTDOWN_WRITE_TIMEOUT: Final = 1.0
 """How long the final frame and the end of a response may take at shutdown (at most half the
 grace): a client that stopped reading does not hold the shutdown up longer."""
 _SEND_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+RAW_SEND: Final = "llmpipe.raw_send"
+"""The scope key under which the app keeps the ASGI server's own ``send`` (see
+:func:`raw_send`)."""
 
 OUTCOME_REASONS: Final[Mapping[str, StreamReason]] = {
     "done": "done",
@@ -99,6 +105,14 @@ def begin_stream(
     providers = runtime.config.providers
     provider = request.provider or (providers[0] if providers else None)
     return runtime.metrics.begin_stream(kind, route, provider, request.model)
+
+
+def raw_send(scope: Scope, send: Send) -> Send:
+    """The ASGI server's own ``send`` for the body of the response to ``scope``, past the app's
+    middleware (which acts on the status line and headers only: errors before the response
+    started, CORS headers), as the app stored it under :data:`RAW_SEND`; else ``send``."""
+    raw: Send = scope.get(RAW_SEND, send)
+    return raw
 
 
 def client_gone(exc: BaseException) -> bool:
@@ -140,9 +154,15 @@ class StreamWriter:
         fmt: Format,
         *,
         extra_headers: tuple[tuple[str, str], ...] = (),
+        body_send: Send | None = None,
     ) -> None:
         self._send = send
+        # Body messages may skip the app's middleware (``raw_send``): it acts on the status
+        # line and headers only, and each of its ``send`` wrappers is one more coroutine frame
+        # resumed at every checkpoint of every write.
+        self._body_send = send if body_send is None else body_send
         self._writing = False
+        self._waiters = 0  # tasks parked in _waiting (counted here: no call to ask the lot)
         self._waiting = trio.lowlevel.ParkingLot()
         self.format: Format = fmt
         self.extra_headers = extra_headers
@@ -218,10 +238,26 @@ class StreamWriter:
         if self.gone:
             raise ClientGone("the client went away")
         message = {"type": "http.response.body", "body": data, "more_body": True}
-        if self.headers_sent:
-            await self._raw(message)
-        else:
+        if not self.headers_sent:
             await self._raw(self._start_message(), message)
+            self.bytes_written += len(data)
+            return
+        # :meth:`_raw` for one body message, inlined: this is the per-token path, and a call
+        # level here is one more frame resumed at each of hypercorn's checkpoints in the send.
+        while self._writing:
+            await self._park()
+        if self.gone:
+            raise ClientGone("the client went away")
+        self._writing = True
+        self.last_write_at = self._waiting_since = started = self._now()
+        try:
+            await self._body_send(message)
+        except _SEND_ERRORS as exc:
+            self.gone = True
+            raise ClientGone(f"write failed: {exc!r}") from exc
+        finally:
+            self._release()
+        self.last_write_seconds = self._now() - started
         self.bytes_written += len(data)
 
     async def send_json(
@@ -272,9 +308,10 @@ class StreamWriter:
 
     async def _raw(self, *messages: dict[str, object]) -> None:
         # One writer at a time, first come first served; the uncontended path takes no
-        # scheduling round (a trio.Lock would checkpoint on every write).
+        # scheduling round (a trio.Lock would checkpoint on every write). ``write`` has a copy
+        # of this for one body message.
         while self._writing:
-            await self._waiting.park()
+            await self._park()
         self._writing = True
         self.last_write_at = self._waiting_since = started = self._now()
         try:
@@ -287,10 +324,21 @@ class StreamWriter:
                     self.gone = True
                     raise ClientGone(f"write failed: {exc!r}") from exc
         finally:
-            self._waiting_since = None
-            self._writing = False
-            self._waiting.unpark()
+            self._release()
         self.last_write_seconds = self._now() - started
+
+    async def _park(self) -> None:
+        self._waiters += 1
+        try:
+            await self._waiting.park()
+        finally:
+            self._waiters -= 1
+
+    def _release(self) -> None:
+        self._waiting_since = None
+        self._writing = False
+        if self._waiters:
+            self._waiting.unpark()
 
 
 class Watched(Protocol):

@@ -118,8 +118,8 @@ class UIMessageWriter(StreamWriter):
     parts of one assistant message (a fresh ``msg-`` id), heartbeat comments (skipped by the
     AI SDK's parser), and an error after the start as an ``error`` part then ``finish``."""
 
-    def __init__(self, send: Send) -> None:
-        super().__init__(send, "sse", extra_headers=UI_MESSAGE_HEADERS)
+    def __init__(self, send: Send, *, body_send: Send | None = None) -> None:
+        super().__init__(send, "sse", extra_headers=UI_MESSAGE_HEADERS, body_send=body_send)
         self.parts = UIMessageStream("msg-" + secrets.token_urlsafe(16))
 
     def frame(self, event: Event) -> bytes:

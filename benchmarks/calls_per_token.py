@@ -1,0 +1,145 @@
+"""Python calls per relayed token, llmpipe against floor-httpx: counted, not timed.
+
+CPU time per token on a shared machine moves by 15 % or more between two runs of the same
+server (``CAPACITY.md``); the number of Python function calls a server makes per relayed token
+does not, so a change to the per-token path can be judged by it in seconds. Each server runs
+under a ``sys.setprofile`` hook that counts every call, and every resumption of a coroutine
+(each frame of an ``await`` chain is resumed at every checkpoint below it: a deep chain costs at
+each of hypercorn's two checkpoints per write). Counted between two snapshots: after one
+warm-up stream (imports, caches), over ``--streams`` streams of ``--tokens`` tokens from the
+stamped upstream of ``bench_capacity.py``, one at a time. Calls are not all equal (a JSON parse
+is one call), so this is a guide to where the frames are, not to CPU time.
+
+    .venv/bin/python benchmarks/calls_per_token.py                  # 3 streams of 400 tokens
+    .venv/bin/python benchmarks/calls_per_token.py --top 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import runpy
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _benchlib import ROOT, Proc, command
+from bench_capacity import Load, one_stream, start_server, start_upstream
+
+SERVERS = ("llmpipe", "floor-httpx")
+Counts = dict[str, int]  # "function (file)" -> calls
+
+
+def _child(out: str, argv: list[str]) -> None:
+    """Run ``argv`` (``-m module args`` or ``script args``) counting calls; each SIGUSR1 writes
+    the counts so far to ``out``.N (N = 1, 2, ...)."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    snapshots = 0
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            counts[code.co_filename, code.co_name] += 1
+
+    def snapshot(signum: int, frame: object) -> None:
+        nonlocal snapshots
+        snapshots += 1
+        data = {f"{name} ({_short(path)})": n for (path, name), n in list(counts.items())}
+        Path(f"{out}.{snapshots}").write_text(json.dumps(data))
+
+    signal.signal(signal.SIGUSR1, snapshot)
+    if argv[0] == "-m":  # as ``python -m``: the working directory first on the path
+        sys.path.insert(0, os.getcwd())
+        sys.argv = [argv[1], *argv[2:]]
+        sys.setprofile(hook)
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:  # as ``python script``: the script's folder first
+        sys.path.insert(0, str(Path(argv[0]).resolve().parent))
+        sys.argv = argv
+        sys.setprofile(hook)
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", f"{ROOT}/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return Path(path).name
+
+
+def count(server: str, upstream: str, streams: int, tokens: int, workdir: str) -> Counts:
+    """Calls ``server`` made over ``streams`` streams (after a warm-up one)."""
+    out = os.path.join(workdir, server)
+    python = (sys.executable, __file__, "_child", out)
+    srv: Proc = start_server(server, upstream, None, python=python)
+    try:
+        host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+        load = Load(host, int(port), "/v1/stream", True, 1.0, start=0)  # every stream kept
+
+        async def run(n: int) -> None:
+            for _ in range(n):
+                await one_stream(load)
+
+        asyncio.run(run(1))
+        snaps = []
+        for n in (0, streams):
+            asyncio.run(run(n))
+            srv.popen.send_signal(signal.SIGUSR1)
+            path = Path(f"{out}.{len(snaps) + 1}")
+            deadline = time.monotonic() + 30
+            while not path.exists() or not path.stat().st_size:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{server}: no snapshot {path}")
+                time.sleep(0.05)
+            time.sleep(0.2)  # written whole (one write_text)
+            snaps.append(json.loads(path.read_text()))
+        if sum(s.tokens for s in load.streams) < streams * tokens:
+            raise SystemExit(f"{server}: fewer tokens than asked ({len(load.streams)} streams)")
+    finally:
+        srv.stop()
+    before, after = snaps
+    return {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--streams", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=400, help="per stream")
+    parser.add_argument("--top", type=int, default=25, help="functions listed")
+    args = parser.parse_args()
+    up = start_upstream("stamped", args.tokens, 200.0, None)
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            counts = {s: count(s, up.url, args.streams, args.tokens, workdir) for s in SERVERS}
+    finally:
+        up.popen.kill()
+    total = args.streams * args.tokens
+    print(f"`{command()}`: {args.streams} streams of {args.tokens} tokens, after a warm-up one")
+    print()
+    print("| server | Python calls per token (stream set-up included) |")
+    print("|---|---:|")
+    for server in SERVERS:
+        print(f"| {server} | {sum(counts[server].values()) / total:.1f} |")
+    ours, floor = counts["llmpipe"], counts["floor-httpx"]
+    print()
+    print("| calls per token: llmpipe | floor-httpx | function |")
+    print("|---:|---:|---|")
+    keys = sorted(ours.keys() | floor.keys(), key=lambda k: floor.get(k, 0) - ours.get(k, 0))
+    for key in keys[: args.top]:
+        print(f"| {ours.get(key, 0) / total:.2f} | {floor.get(key, 0) / total:.2f} | `{key}` |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_child"]:  # _child OUT ARGV...: a server under the counter
+        _child(sys.argv[2], sys.argv[3:])
+    else:
+        main()
