@@ -55,7 +55,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _benchlib import HERE, ROOT, Proc, Summary, add_harness_arguments, pyplot, versions
-from bench_capacity import _chunk, sse_event, start_server, uvicorn_standard
+from bench_capacity import http_chunk, sse_event, start_server, uvicorn_standard
 
 PLOT = "cancel_cdf.png"
 GOAL_MS = 10.0  # p99, client disconnect -> upstream connection closed
@@ -96,7 +96,7 @@ async def upstream(rate: float, seconds: float) -> None:
                 entry["closed"] = now_ns()
 
             watcher = asyncio.create_task(watch())
-            writer.write(head + _chunk(sse_event({"role": "assistant", "content": ""})))
+            writer.write(head + http_chunk(sse_event({"role": "assistant", "content": ""})))
             t0 = time.monotonic()
             for i in range(int(seconds * rate)):
                 await asyncio.wait(
@@ -104,9 +104,9 @@ async def upstream(rate: float, seconds: float) -> None:
                 )
                 if watcher.done():
                     return
-                writer.write(_chunk(sse_event({"content": f" w{i}"})))
+                writer.write(http_chunk(sse_event({"content": f" w{i}"})))
                 entry["writes"].append(now_ns())
-            writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            writer.write(http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             entry["ended"] = now_ns()
             await asyncio.wait([watcher], timeout=1.0)
             watcher.cancel()

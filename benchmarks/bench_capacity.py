@@ -83,7 +83,8 @@ def now_us() -> int:
 # The stamped upstream (an OpenAI-compatible streaming endpoint, cheap on purpose)
 
 
-def _chunk(payload: bytes) -> bytes:
+def http_chunk(payload: bytes) -> bytes:
+    """``payload`` as one HTTP/1.1 chunk (also used by ``bench_cancel.py``'s upstream)."""
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
@@ -101,7 +102,7 @@ def sse_event(delta: dict[str, object], finish: str | None = None) -> bytes:
 
 
 def _sse(delta: dict[str, object], finish: str | None = None) -> bytes:
-    return _chunk(sse_event(delta, finish))
+    return http_chunk(sse_event(delta, finish))
 
 
 _PREFIX, _SUFFIX = _sse({"content": "@TOKEN@"}).split(b"@TOKEN@")
@@ -138,7 +139,7 @@ async def upstream_main(port: int, tokens: int, rate: float) -> None:
                     writer.write(b"%x\r\n%s\r\n" % (len(body), body))
                     if writer.transport.get_write_buffer_size() > 1 << 16:
                         await writer.drain()
-                writer.write(_sse({}, "stop") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                writer.write(_sse({}, "stop") + http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
