@@ -470,7 +470,7 @@ class RunningPipeline:
         """One event from the producer through the stages to the sinks; True once the stream
         has ended (a terminal event went out)."""
         if not self._counters:
-            return await self._dispatch((event,))
+            return await self._dispatch_one(event)
         out = self._push([event], 0, trio.current_time())
         return bool(out) and await self._dispatch(out)
 

@@ -162,7 +162,6 @@ class StreamWriter:
         # resumed at every checkpoint of every write.
         self._body_send = send if body_send is None else body_send
         self._writing = False
-        self._waiters = 0  # tasks parked in _waiting (counted here: no call to ask the lot)
         self._waiting = trio.lowlevel.ParkingLot()
         self.format: Format = fmt
         self.extra_headers = extra_headers
@@ -245,7 +244,7 @@ class StreamWriter:
         # :meth:`_raw` for one body message, inlined: this is the per-token path, and a call
         # level here is one more frame resumed at each of hypercorn's checkpoints in the send.
         while self._writing:
-            await self._park()
+            await self._waiting.park()
         if self.gone:
             raise ClientGone("the client went away")
         self._writing = True
@@ -311,7 +310,7 @@ class StreamWriter:
         # scheduling round (a trio.Lock would checkpoint on every write). ``write`` has a copy
         # of this for one body message.
         while self._writing:
-            await self._park()
+            await self._waiting.park()
         self._writing = True
         self.last_write_at = self._waiting_since = started = self._now()
         try:
@@ -327,17 +326,10 @@ class StreamWriter:
             self._release()
         self.last_write_seconds = self._now() - started
 
-    async def _park(self) -> None:
-        self._waiters += 1
-        try:
-            await self._waiting.park()
-        finally:
-            self._waiters -= 1
-
     def _release(self) -> None:
         self._waiting_since = None
         self._writing = False
-        if self._waiters:
+        if self._waiting:  # someone is parked
             self._waiting.unpark()
 
 
