@@ -60,6 +60,8 @@ BENCHMARKS = (
     # (the warm-up reads 5 tokens): 26 runs took 15.8 min on 2026-12-04; 32 would take ~18
     # (56 at most: ~32).
     Bench("capacity", "bench_capacity.py", 18.0),
+    # Two servers at once on one core, N = 50 and 75 each, 5 repeats: ~35 s a repeat.
+    Bench("cpu-pair", "cpu_pair.py", 6.0),
     # CPU time: the wall time of this one-process loop follows the machine's other load.
     Bench("stream-path", "bench_stream_path.py", 0.2, full_args=("--cpu",)),
     Bench("speech", "bench_speech.py", 0.1),

@@ -175,17 +175,22 @@ def start_upstream(kind: str, tokens: int, rate: float, core: int | None) -> Pro
 
 
 def start_server(
-    kind: str, upstream: str, core: int | None, python: Sequence[str] = (sys.executable,)
+    kind: str,
+    upstream: str,
+    core: int | None,
+    python: Sequence[str] = (sys.executable,),
+    cwd: Path = ROOT,
 ) -> Proc:
     """Start server ``kind`` relaying ``upstream``, pinned to ``core``; ``python`` is the
-    interpreter command it runs under (``calls_per_token.py`` puts a call counter there)."""
+    interpreter command it runs under (``calls_per_token.py`` puts a call counter there), ``cwd``
+    the checkout whose llmpipe it runs (``cpu_pair.py`` compares two)."""
     env = {**os.environ, "OPENAI_API_KEY": "x", "OPENAI_BASE_URL": upstream + "/v1"}
     if kind in ("relay", "relay-standard"):
         port = free_port()
         stack = ["uvloop", "httptools"] if kind == "relay-standard" else ["asyncio", "h11"]
         cmd = [*python, str(HERE / "guide_relay.py"), "--port", str(port),
                "--loop", stack[0], "--http", stack[1]]  # fmt: skip
-        p = subprocess.Popen([*pin(core), *cmd], env=env, cwd=ROOT)
+        p = subprocess.Popen([*pin(core), *cmd], env=env, cwd=cwd)
         wait_listening(port)
         return Proc(p, f"http://127.0.0.1:{port}")
     if kind == "llmpipe":
@@ -198,7 +203,7 @@ def start_server(
                "--upstream-client", client]  # fmt: skip
     else:
         raise SystemExit(f"unknown server {kind!r} ({', '.join(SERVERS)})")
-    p = subprocess.Popen([*pin(core), *cmd], env=env, stderr=subprocess.PIPE, cwd=ROOT)
+    p = subprocess.Popen([*pin(core), *cmd], env=env, stderr=subprocess.PIPE, cwd=cwd)
     return Proc.announced(p, rb"on (http://[\d.:]+)")
 
 
@@ -463,12 +468,12 @@ def machine_info() -> str:
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def write_results(path: Path, text: str) -> None:
+def write_results(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace what is between the markers in ``path`` (append the block if they are missing)."""
     old = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old.split(BEGIN, 1)[0] + block + old.split(END, 1)[1]
+    block = f"{begin}\n{text}\n{end}"
+    if begin in old and end in old:
+        new = old.split(begin, 1)[0] + block + old.split(end, 1)[1]
     else:
         new = old + ("\n" if old else "") + block + "\n"
     path.write_text(new)

@@ -52,9 +52,11 @@ def _child(out: str, argv: list[str]) -> None:
 
     def snapshot(signum: int, frame: object) -> None:
         nonlocal snapshots
+        sys.setprofile(None)  # the snapshot's own calls are not the server's
         snapshots += 1
         data = {f"{name} ({_short(path)})": n for (path, name), n in list(counts.items())}
         Path(f"{out}.{snapshots}").write_text(json.dumps(data))
+        sys.setprofile(hook)
 
     signal.signal(signal.SIGUSR1, snapshot)
     if argv[0] == "-m":  # as ``python -m``: the working directory first on the path

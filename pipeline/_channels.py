@@ -461,6 +461,39 @@ class EventSender(trio.abc.SendChannel[Event]):
     def policy(self) -> Policy:
         return self._state.policy
 
+    def direct_consumer(self) -> DirectConsumer | None:
+        """The receiver's :class:`DirectConsumer` if the next event may be handed to it now (the
+        receiving task waits on an empty channel, nothing is spilled or pending, both ends are
+        open, the consumer is ready), else ``None``.
+
+        :meth:`send` asks this itself. A sender may also await the consumer's ``take`` in its
+        own coroutine (the runner's fan-out does: each frame under a sink's write in the
+        sender's task is resumed at every checkpoint of it), after a cancellation check, then
+        call :meth:`taken_directly` if ``take`` returned True, or :meth:`send` if not."""
+        st = self._state
+        direct = st.direct
+        if (
+            direct is not None
+            and st.recv_lot  # the receiving task waits: it is not consuming anything
+            and not st.queue
+            and st.notice is None
+            and st.spill is None
+            and not st.sender_closed
+            and not st.receiver_closed
+            and direct.ready()
+        ):
+            return direct
+        return None
+
+    def taken_directly(self, value: Event) -> None:
+        """Count ``value``, which the receiver's :class:`DirectConsumer` took, as sent and
+        received (see :meth:`direct_consumer`)."""
+        st = self._state
+        st.sent += 1
+        st.received += 1
+        st.taken_directly += 1
+        st.bytes_sent += event_nbytes(value)
+
     def send_nowait(self, value: Event) -> None:
         """Queue ``value`` if the policy allows it without waiting, else raise ``trio.WouldBlock``.
 
@@ -490,24 +523,11 @@ class EventSender(trio.abc.SendChannel[Event]):
         self._busy = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            st = self._state
-            direct = st.direct
-            if (
-                direct is not None
-                and st.recv_lot  # the receiving task waits: it is not consuming anything
-                and not st.queue
-                and st.notice is None
-                and st.spill is None
-                and not st.sender_closed
-                and not st.receiver_closed
-                and direct.ready()
-                and await direct.take(value)
-            ):
-                st.sent += 1
-                st.received += 1
-                st.taken_directly += 1
-                st.bytes_sent += event_nbytes(value)
+            direct = self.direct_consumer()
+            if direct is not None and await direct.take(value):
+                self.taken_directly(value)
                 return
+            st = self._state
             try:
                 self.send_nowait(value)
             except trio.WouldBlock:

@@ -360,9 +360,8 @@ def event_to_json(event: Event) -> str:
     if type(event) is TextDelta:
         # The stream's hot path (one per token): the same text as the generic path below,
         # without building a dict and a JSON encoder (``tests/test_events.py`` compares them).
-        return _utf8_safe(
-            f'{{"type":"text","text":{encode_basestring(event.text)},"seq":{event.seq:d}}}'
-        )
+        text = f'{{"type":"text","text":{encode_basestring(event.text)},"seq":{event.seq:d}}}'
+        return text if text.isascii() else _utf8_safe(text)
     return json_text(event_to_dict(event))
 
 

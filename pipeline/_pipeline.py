@@ -254,6 +254,8 @@ class RunningPipeline:
     _accumulate: Accumulate | None = None
     _error_text: str | None = None
     _direct: bool = False  # no stages, no heartbeat: the producer's task dispatches itself
+    _in_ended: bool = False  # the producer emitted a terminal event (staged schedule)
+    _out_ended: bool = False  # a terminal event went out to the sinks: the stream has ended
 
     # -- public ----------------------------------------------------------------------------
 
@@ -408,69 +410,72 @@ class RunningPipeline:
     # * the fan-out side, :meth:`_admit` for each event, then :meth:`_close_fan_out`: partial
     #   text on errors, the stages, ``seq``, the sinks, the end at a terminal event.
     #
-    # Two schedules run them. Direct (no stages, no heartbeat): the producer's task calls
-    # ``_dispatch_one`` (what ``_admit`` does without stages) from ``emit``. Staged: ``emit``
-    # sends into the source channel and the stage task calls ``_admit`` for each event it
-    # receives (and wakes the stages' timers, sends heartbeats). Either way the sinks see the
-    # same events, numbers and ending.
+    # Two schedules run them. Direct (no stages, no heartbeat): the producer's ``emit`` is
+    # :meth:`_fan_out` itself (what ``_admit`` does without stages), in the producer's task.
+    # Staged: ``emit`` sends into the source channel and the stage task calls ``_admit`` for
+    # each event it receives (and wakes the stages' timers, sends heartbeats). Either way the
+    # sinks see the same events, numbers and ending.
 
     async def _run_producer(self) -> None:
         """The producer's task, in either schedule: run the producer, handing each event it
-        emits to the fan-out or the stage task (``deliver``; True: the stream ended).
+        emits to the fan-out or the stage task.
 
-        (One coroutine frame, not a wrapper around another: every frame between the producer
-        and a sink that writes in this task is resumed at each checkpoint of that write.)"""
-        deliver: Callable[[Event], Awaitable[bool]]
+        (One coroutine frame, not a wrapper around another, and in the direct schedule
+        ``emit`` is the fan-out itself: every frame between the producer and a sink that
+        writes in this task is resumed at each checkpoint of that write.)"""
+        emit: Emit
         if self._direct:
-            deliver, close = self._dispatch_one, self._close_fan_out  # no stages
+            emit, close = self._fan_out, self._close_fan_out
         else:
-            deliver, close = self._to_stage_task, self._source_send.close
-        started = False
-        ended = False
-
-        async def emit(event: Event) -> None:
-            nonlocal started, ended
-            # Raises Cancelled once the producer is cancelled, even when nothing below would
-            # checkpoint (no sink left to send to); yields only then.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if ended:
-                return  # after a terminal event: ignored (the producer is being cancelled)
-            started = True
-            self._count_in(event)
-            if await deliver(event):
-                ended = True
-                self._producer_scope.cancel()
-
-        emit_: Emit = emit
+            emit, close = self._to_stage_task, self._source_send.close
         try:
             with self._producer_scope:
                 try:
-                    await self._pipeline.producer.stream(emit_)
+                    await self._pipeline.producer.stream(emit)
                 except Exception as exc:
-                    if not started:
+                    if not self._events_in:
                         self._fail(exc)
                         return
-                    if not ended:
-                        await deliver(error_event(exc))
+                    if not (self._in_ended or self._out_ended):
+                        await self._emit_own(error_event(exc))
                 else:
-                    if not ended:
-                        await deliver(Done())  # through the stages: they flush first
+                    if not (self._in_ended or self._out_ended):
+                        await self._emit_own(Done())  # through the stages: they flush first
         finally:
             close()
 
-    async def _to_stage_task(self, event: Event) -> bool:
-        """``deliver`` of the staged schedule: into the source channel (backpressure)."""
+    async def _emit_own(self, event: Event) -> None:
+        """The runner's own ``Error`` or ``Done`` after the producer: like ``emit``, but not
+        counted in (the producer did not emit it)."""
+        if self._direct:
+            await self._fan_out(event, own=True)
+        else:
+            await self._to_stage_task(event, own=True)
+
+    async def _to_stage_task(self, event: Event, /, own: bool = False) -> None:
+        """``emit`` of the staged schedule: into the source channel (backpressure)."""
+        # Raises Cancelled once the producer is cancelled, before the event is counted in.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._in_ended:
+            return  # after a terminal event: ignored (the producer is being cancelled)
+        if not own:
+            self._count_in(event)
         try:
             await self._source_send.send(event)
         except trio.BrokenResourceError:
-            return True  # the stage task has ended the stream; the producer is being cancelled
-        return is_terminal(event)
+            pass  # the stage task has ended the stream; the producer is being cancelled
+        else:
+            if not is_terminal(event):
+                return
+        self._in_ended = True
+        self._producer_scope.cancel()
 
     async def _admit(self, event: Event) -> bool:
         """One event from the producer through the stages to the sinks; True once the stream
         has ended (a terminal event went out)."""
         if not self._counters:
-            return await self._dispatch_one(event)
+            await self._fan_out(event)
+            return self._out_ended
         out = self._push([event], 0, trio.current_time())
         return bool(out) and await self._dispatch(out)
 
@@ -566,30 +571,54 @@ class RunningPipeline:
     async def _dispatch(self, events: Sequence[Event]) -> bool:
         """Stamp and fan out ``events``; True once a terminal event was sent (the end)."""
         for ev in events:
-            if await self._dispatch_one(ev):
+            await self._fan_out(ev)
+            if self._out_ended:
                 return True
         return False
 
-    async def _dispatch_one(self, ev: Event) -> bool:
-        """Stamp and fan out one event; True if it was terminal (the end)."""
+    async def _fan_out(self, ev: Event, /, own: bool = False) -> None:
+        """Stamp one event and send it to every sink still reading; a terminal event ends the
+        stream (``_out_ended``; the producer is cancelled).
+
+        In the direct schedule this is the producer's ``emit``: it also counts the event in
+        (unless it is the runner's ``own``), ignores what the producer emits after the end,
+        and is a checkpoint even when no sink is left (each sink's ``send`` is one, so no check
+        of its own before them)."""
+        if self._out_ended:
+            # After a terminal event: ignored (the producer is being cancelled: raises here).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        if self._direct and not own:
+            self._count_in(ev)
         self._seq += 1
         seq = self._seq
+        text = None
         if isinstance(ev, TextDelta):
-            ev = TextDelta(ev.text, seq=seq)
-            self._chars_out += len(ev.text)
-            self._bytes_out += event_nbytes(ev)
+            text = ev.text
+            ev = TextDelta(text, seq=seq)
         else:
             if isinstance(ev, Error):
                 # Here, not as it leaves the producer: stages (a chunker) release the text
                 # they held ahead of it, and that text was delivered too.
                 ev = self._with_partial(ev)
             ev = attrs.evolve(ev, seq=seq)
-        self._events_out += 1
+        sent = False
         for route in self._routes:
             if route.state != "active":
                 continue
+            sender = route.sender
             try:
-                await route.sender.send(ev)
+                # The channel's direct path (``EventSender.send``) awaited in this frame: one
+                # frame fewer under a sink's write made in this task.
+                direct = sender.direct_consumer()
+                if direct is not None:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    if await direct.take(ev):
+                        sender.taken_directly(ev)
+                        sent = True
+                        continue
+                await sender.send(ev)
+                sent = True
             except ChannelOverflowError as exc:
                 route.state = "detached"
                 route.error = str(exc)
@@ -598,12 +627,20 @@ class RunningPipeline:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 if route.state == "active":
                     self._consumer_gone(route, "gone")
-        if is_terminal(ev):
+        if not sent:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        # Counted once the sends returned: an event cancelled before any sink took it is not
+        # "out".
+        self._events_out += 1
+        if text is not None:
+            self._chars_out += len(text)
+            self._bytes_out += event_nbytes(ev)
+        elif is_terminal(ev):
+            self._out_ended = True
+            self._producer_scope.cancel()
             if isinstance(ev, Error) and self._reason == "running":
                 self._reason = "error"
                 self._error_text = f"{ev.kind}: {ev.message}"
-            return True
-        return False
 
 
 @attrs.define(eq=False)

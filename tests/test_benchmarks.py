@@ -95,3 +95,22 @@ def test_calls_per_token_counts_both_servers() -> None:
     assert own is not None, result.stdout
     assert float(own.group(1)) > 0, result.stdout
     assert float(own.group(2)) == 0, result.stdout
+
+
+@pytest.mark.timeout(150)
+def test_cpu_pair_measures_two_servers_in_one_window() -> None:
+    """``benchmarks/cpu_pair.py`` runs two servers at once (the second one named as
+    ``SERVER@DIR``, the form that compares two checkouts) and reports each one's CPU per token
+    and their ratio for every repeat, and the median."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/cpu_pair.py", "--servers", f"llmpipe,floor-httpx@{ROOT}",
+         "--n", "4", "--seconds", "1", "--ramp", "0.5", "--measure", "1.5", "--repeat", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=140, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = re.findall(r"^\| 4 \| (\d) \| (\d+) \| (\d+) \| ([\d.]+) \|", result.stdout, re.M)
+    assert [r[0] for r in rows] == ["1", "2"], result.stdout
+    for _, a, b, ratio in rows:
+        assert int(a) > 0, result.stdout
+        assert int(b) > 0, result.stdout
+        assert abs(float(ratio) - int(a) / int(b)) < 0.02 * float(ratio) + 0.01, result.stdout

@@ -1,5 +1,5 @@
 """One task per stream while the client keeps up: the producer's task writes each event to the
-ASGI ``send`` itself (``_app._DirectWrites``); once a write is slow, the stream's channel and
+ASGI ``send`` itself (``StreamWriter.take``); once a write is slow, the stream's channel and
 its policy take over again (``coalesce``, ``spill``, ``fail``), in order and losslessly.
 
 The scripted tests call the ASGI app directly under trio's MockClock, with a client whose

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 import trio
 import trio.testing
@@ -507,3 +508,27 @@ async def test_producer_turns_off_sdk_retries_and_checks_arguments(
     assert stats.reason == "done"
     body = emu.requests[0].body
     assert (body["top_k"], body["temperature"]) == (5, 0.0)
+
+
+async def test_the_read_timeout_is_left_to_the_producers_deadlines(
+    emulator: EmulatorFactory,
+) -> None:
+    """As with the OpenAI producers: both deadlines set, the request goes without the client's
+    read timeout (an ``httpx2.Timeout``, the SDK's default); one of them unset, it stays."""
+    emu = await emulator(Reply("Hi"))
+    seen: list[dict[str, float | None]] = []
+
+    async def hook(request: httpx2.Request) -> None:
+        seen.append(request.extensions["timeout"])
+
+    http = httpx2.AsyncClient(event_hooks={"request": [hook]})
+    async with anthropic.AsyncAnthropic(
+        api_key=SECRET, base_url=emu.anthropic_base_url, http_client=http, max_retries=0
+    ) as client:
+        for kwargs in ({}, {"stall_timeout": None}):
+            sink = RecordingSink()
+            await Pipeline(make_producer(client, **kwargs), sinks=[sink]).run()
+            assert sink.text == "Hi"
+    assert seen[0]["read"] is None
+    assert seen[0]["connect"] == seen[1]["connect"] is not None
+    assert seen[1]["read"] == 600

@@ -763,3 +763,26 @@ async def test_openai_client_does_not_queue_streams_past_httpx_default_pool(
                 await trio.sleep(0.01)
         # All 110 are streaming at once (each lasts about a second).
         assert sum(r.ended_at is None for r in emu.requests) > 100
+
+
+async def test_the_read_timeout_is_left_to_the_producers_deadlines(
+    emulator: EmulatorFactory,
+) -> None:
+    """With the first-token and the stall timeout both set, the loop bounds every read itself,
+    so the SDK's request goes without the client's read timeout (one deadline per read of the
+    body less); connect, write and pool stay the client's. With either unset, the client's
+    read timeout stays, as the backstop."""
+    emu = await emulator(Reply("Hi"))
+    seen: list[dict[str, float | None]] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request.extensions["timeout"])
+
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(600.0, connect=10.0), event_hooks={"request": [hook]}
+    )
+    async with openai_client(base_url=emu.openai_base_url, api_key=KEY, http_client=http) as c:
+        for producer in (chat(c), chat(c, stall_timeout=None), chat(c, first_token_timeout=None)):
+            assert (await run(producer)).text == "Hi"
+    assert seen[0] == {"connect": 10.0, "read": None, "write": 600.0, "pool": 600.0}
+    assert [t["read"] for t in seen[1:]] == [600.0, 600.0]

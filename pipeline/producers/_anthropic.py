@@ -119,8 +119,9 @@ def anthropic_client(
     ``api_key`` defaults to ``$ANTHROPIC_API_KEY`` and ``base_url`` to ``$ANTHROPIC_BASE_URL``
     (else the SDK's default), as the SDK does. The client gets its own ``httpx2.AsyncClient``
     (the transport anthropic 2.x requires) and the SDK's default timeouts (5 s to connect,
-    10 minutes per read: a backstop; the producer's first-token and stall timeouts are
-    shorter) and ``max_retries=0`` (the producer's :class:`RetryPolicy` retries).
+    10 minutes per read: a backstop, which the producer's requests leave out while its
+    first-token and stall timeouts are both set) and ``max_retries=0`` (the producer's
+    :class:`RetryPolicy` retries).
 
     Building a client costs tens of milliseconds of blocking work (TLS setup): build it once,
     outside the event loop's hot path, and share it; it is safe to use from many tasks at
@@ -404,6 +405,9 @@ class AnthropicProducer(SSEProducer):
     async def _open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
         create: Any = self.client.messages.with_streaming_response.create
         kwargs, extra_body = self._request()
+        timeout = self._sdk_timeout(self.client.timeout)
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         async with AsyncExitStack() as stack:
             # (The base loop's first-token deadline covers waiting for the response head too.)
             response = await stack.enter_async_context(

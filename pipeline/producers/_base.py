@@ -36,7 +36,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import ClassVar, Final, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, TypeAlias, TypeVar
 
 import attrs
 import httpx
@@ -393,6 +393,24 @@ class SSEProducer:
 
     # -- for subclasses -------------------------------------------------------------------
 
+    def _sdk_timeout(self, client_timeout: Any) -> Any:
+        """The ``timeout`` to pass to the SDK's ``create`` for this producer's requests, or
+        ``None`` to leave the client's own.
+
+        When both the first-token and the stall timeout are set, this loop bounds every read
+        itself (the first-token deadline covers the response head and the reads before the
+        first content event, the stall watchdog every read after it), so the client's read
+        timeout is dropped: a finite one is a deadline set and cleared around every read of
+        the body (trio's deadline heap), a cost per token for a backstop that cannot fire
+        first. Connect, write and pool timeouts stay the client's. Only an ``httpx``/``httpx2``
+        ``Timeout`` is rewritten (a plain number is left alone)."""
+        if self.first_token_timeout is None or self.stall_timeout is None:
+            return None
+        t = client_timeout
+        if getattr(t, "read", None) is None or not hasattr(t, "pool"):
+            return None
+        return type(t)(connect=t.connect, read=None, write=t.write, pool=t.pool)
+
     def _open(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         raise NotImplementedError
 
@@ -407,7 +425,27 @@ class SSEProducer:
 
     # -- the loop -------------------------------------------------------------------------
 
+    async def _deliver(self, events: Sequence[Event], held: list[Event], emit: Emit) -> None:
+        """Emit ``events``; before the first content event, hold what is not content (metadata,
+        usage) in ``held``, and raise a provider's error event as a retryable failure."""
+        for ev in events:
+            if not self._started:
+                if not _is_content(ev):
+                    held.append(ev)
+                    continue
+                if isinstance(ev, Error):
+                    # An error the provider reported before any content: retryable path.
+                    raise ProducerError(ev.message, retryable=ev.retryable)
+                self._started = True
+                for h in held:
+                    await emit(h)
+                held.clear()
+            await emit(ev)
+
     async def stream(self, emit: Emit, /) -> None:
+        # The retries and each attempt's read loop are one coroutine frame: every frame in the
+        # producer's task is resumed at each checkpoint of a sink's write made in that task
+        # (the HTTP server's writes, one per token while the client keeps up).
         if self.cost_guard is not None:
             self.cost_guard.check(self._prompt_texts(), self._max_tokens())
         attempt = 0
@@ -415,7 +453,73 @@ class SSEProducer:
             attempt += 1
             self.attempts = attempt
             try:
-                await self._attempt(emit)
+                self._started = False
+                held: list[Event] = []  # what came before the first content event
+                parser = self._parser()
+                decoder = SSEDecoder()
+                deadline = (
+                    trio.current_time() + self.first_token_timeout
+                    if self.first_token_timeout is not None
+                    else math.inf
+                )
+
+                async with contextlib.AsyncExitStack() as stack:
+                    # The first-token deadline also covers waiting for the response head.
+                    with trio.move_on_at(deadline) as head_scope:
+                        body = await stack.enter_async_context(self._open())
+                    if head_scope.cancelled_caught:
+                        raise ProducerTimeout(
+                            f"{self.provider}: no response within {self.first_token_timeout} s"
+                        )
+                    iterator = body.__aiter__()
+                    # The deadlines are kept by a watchdog task that reads ``reads.since`` (when
+                    # the read in progress started, inf while we deliver: our own consumers'
+                    # backpressure is never a stall): a read costs two attribute stores, not
+                    # two moves of a cancel scope's deadline.
+                    reads = _Reads(deadline, self.stall_timeout)
+                    now = trio.lowlevel.current_clock().current_time  # trio.current_time
+                    with lone_exception_unwrapped(), trio.CancelScope() as scope:
+                        async with trio.open_nursery() as nursery:
+                            if deadline != math.inf or self.stall_timeout is not None:
+                                nursery.start_soon(reads.watch, self, scope)
+                            try:
+                                while True:
+                                    reads.since = now()
+                                    try:
+                                        chunk = await iterator.__anext__()
+                                    except StopAsyncIteration:
+                                        break
+                                    reads.since = math.inf
+                                    for sse in decoder.feed(chunk):
+                                        events = parser.feed(sse)
+                                        if not events:
+                                            continue
+                                        if self._started:  # the usual case, inline
+                                            for ev in events:
+                                                await emit(ev)
+                                        else:
+                                            await self._deliver(events, held, emit)
+                                    if parser.ended:
+                                        reads.since = now()
+                                        await _drain(iterator)
+                                        break
+                            finally:
+                                nursery.cancel_scope.cancel()
+                    if scope.cancelled_caught:
+                        if self._started:
+                            raise ProducerTimeout(
+                                f"{self.provider}: the stream stalled: no data for "
+                                f"{self.stall_timeout} s"
+                            )
+                        raise ProducerTimeout(
+                            f"{self.provider}: no first token within {self.first_token_timeout} s"
+                        )
+                    decoder.close()
+                    final = list(parser.finish())
+                    if not any(is_terminal(e) for e in final):
+                        final.append(Done(None))
+                    # Done counts as content: it releases what was held.
+                    await self._deliver(final, held, emit)
                 return
             except Exception as exc:
                 err = translate_error(exc, self._secrets, self.errors)
@@ -425,87 +529,3 @@ class SSEProducer:
                     raise err from exc
                 hint = err.retry_after if isinstance(err, ProducerStatusError) else None
                 await trio.sleep(self.retry.backoff.delay(attempt - 1, hint, rng=self.rng))
-
-    async def _attempt(self, emit: Emit) -> None:
-        self._started = False
-        held: list[Event] = []
-        parser = self._parser()
-        decoder = SSEDecoder()
-        deadline = (
-            trio.current_time() + self.first_token_timeout
-            if self.first_token_timeout is not None
-            else math.inf
-        )
-
-        async def deliver(events: Sequence[Event]) -> None:
-            for ev in events:
-                if not self._started:
-                    if not _is_content(ev):
-                        held.append(ev)
-                        continue
-                    if isinstance(ev, Error):
-                        # An error the provider reported before any content: retryable path.
-                        raise ProducerError(ev.message, retryable=ev.retryable)
-                    self._started = True
-                    for h in held:
-                        await emit(h)
-                    held.clear()
-                await emit(ev)
-
-        async with contextlib.AsyncExitStack() as stack:
-            # The first-token deadline also covers waiting for the response head.
-            with trio.move_on_at(deadline) as head_scope:
-                body = await stack.enter_async_context(self._open())
-            if head_scope.cancelled_caught:
-                raise ProducerTimeout(
-                    f"{self.provider}: no response within {self.first_token_timeout} s"
-                )
-            iterator = body.__aiter__()
-            # The deadlines are kept by a watchdog task that reads ``reads.since`` (when the
-            # read in progress started, inf while we deliver: our own consumers'
-            # backpressure is never a stall): a read costs two attribute stores, not two
-            # moves of a cancel scope's deadline.
-            reads = _Reads(deadline, self.stall_timeout)
-            now = trio.lowlevel.current_clock().current_time  # trio.current_time, one call
-            with lone_exception_unwrapped(), trio.CancelScope() as scope:
-                async with trio.open_nursery() as nursery:
-                    if deadline != math.inf or self.stall_timeout is not None:
-                        nursery.start_soon(reads.watch, self, scope)
-                    try:
-                        while True:
-                            reads.since = now()
-                            try:
-                                chunk = await iterator.__anext__()
-                            except StopAsyncIteration:
-                                break
-                            reads.since = math.inf
-                            for sse in decoder.feed(chunk):
-                                events = parser.feed(sse)
-                                if not events:
-                                    continue
-                                if self._started:
-                                    # ``deliver``'s loop once started, inlined: one coroutine
-                                    # frame fewer under every checkpoint of a sink's write.
-                                    for ev in events:
-                                        await emit(ev)
-                                else:
-                                    await deliver(events)
-                            if parser.ended:
-                                reads.since = now()
-                                await _drain(iterator)
-                                break
-                    finally:
-                        nursery.cancel_scope.cancel()
-            if scope.cancelled_caught:
-                if self._started:
-                    raise ProducerTimeout(
-                        f"{self.provider}: the stream stalled: no data for {self.stall_timeout} s"
-                    )
-                raise ProducerTimeout(
-                    f"{self.provider}: no first token within {self.first_token_timeout} s"
-                )
-            decoder.close()
-            final = list(parser.finish())
-            if not any(is_terminal(e) for e in final):
-                final.append(Done(None))
-            await deliver(final)  # Done counts as content: it releases what was held

@@ -79,30 +79,17 @@ class SSEDecoder:
         """Parse ``chunk``; return the events it completed, in order."""
         if self.closed:
             raise RuntimeError("SSEDecoder.feed() after close()")
+        text: str | None = None
         if self._whole:
             # Nothing held back: a chunk of whole, valid UTF-8 (the usual case) needs no
-            # incremental decoder.
+            # incremental decoder (``contextlib.suppress`` would cost three calls per chunk).
             try:
                 text = chunk.decode()
             except UnicodeDecodeError:
-                pass
-            else:
-                return self._feed_text(text)
-        text = self._decoder.decode(chunk)
-        self._whole = not self._decoder.getstate()[0]
-        return self._feed_text(text)
-
-    def close(self) -> list[SSEEvent]:
-        """End of stream: returns nothing more (an unterminated event is discarded)."""
-        if not self.closed:
-            self._feed_text(self._decoder.decode(b"", final=True))
-            self.closed = True
-            self._pieces.clear()
-            self._parts.clear()
-            self._data.clear()
-        return []
-
-    def _feed_text(self, text: str) -> list[SSEEvent]:
+                text = None
+        if text is None:
+            text = self._decoder.decode(chunk)
+            self._whole = not self._decoder.getstate()[0]
         if not text:
             return []
         if not self._started:
@@ -145,6 +132,16 @@ class SSEDecoder:
             # A CR that ends the chunk ended a line; an LF opening the next chunk belongs to it.
             self._skip_lf = True
         return out
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: returns nothing more (an unterminated event is discarded, and with
+        it any character cut at the end: no line can end after the last chunk)."""
+        if not self.closed:
+            self.closed = True
+            self._pieces.clear()
+            self._parts.clear()
+            self._data.clear()
+        return []
 
     def _add(self, piece: str) -> None:
         parts = self._parts

@@ -63,7 +63,6 @@ from ._auth import owned_key
 from ._context import ProducerFactory, ServerConfig, StreamRequest, decode_json
 from ._errors import (
     REFUSALS,
-    ClientGone,
     NotFound,
     NotReady,
     Overloaded,
@@ -174,7 +173,7 @@ def client_key(scope: Scope) -> str:
 
 DIRECT_SLOW_WRITE: Final = 0.05
 """A write that took longer than this (seconds) may have waited for the client to read (its
-socket's buffers full): the stream then leaves the direct path (:class:`_DirectWrites`) until
+socket's buffers full): the stream then leaves the direct path (:meth:`StreamWriter.take`) until
 one of the pump's own writes is quicker."""
 
 
@@ -203,52 +202,6 @@ def _account(metrics: Metrics, record: StreamRecord, events: Sequence[Event]) ->
     metrics.sent(record, len(events), deltas, chars)
 
 
-@attrs.define(eq=False)
-class _DirectWrites:
-    """The pump's fast path, a :class:`pipeline.DirectConsumer` of its channel: while the pump
-    waits on an empty channel, no write is in progress and the client keeps up, the task that
-    sends an event into the channel (the producer's) frames and writes it itself. One task per
-    stream then, no wake-up of the pump and no queue.
-
-    Hypercorn shields its socket writes, so a direct write to a client whose socket buffers are
-    full (it stopped reading long enough to fill them, typically hundreds of KiB) holds the
-    producer until the client reads or the send deadline gives the stream up (the upstream
-    waits meanwhile; nothing is lost). Any write that took longer than
-    :data:`DIRECT_SLOW_WRITE` marks the stream ``lagging``: the next events go through the
-    channel and its policy (coalesce, spill, fail...), written by the pump, until one of the
-    pump's writes is quick again."""
-
-    writer: StreamWriter
-    metrics: Metrics
-    record: StreamRecord
-    lagging: bool = False
-    ended: bool = False  # a terminal event went out directly
-
-    def ready(self) -> bool:
-        writer = self.writer
-        return not (self.lagging or self.ended or writer.busy or writer.gone)
-
-    async def take(self, event: Event, /) -> bool:
-        writer = self.writer
-        if writer.headers_sent:
-            data = writer.frame(event)
-        else:
-            data = writer.heartbeat() + writer.frame(event)
-        try:
-            await writer.write(data)
-        except ClientGone:
-            return False  # queued instead: the pump's write of it raises ClientGone
-        if writer.last_write_seconds > DIRECT_SLOW_WRITE:
-            self.lagging = True
-        if type(event) is TextDelta:
-            self.metrics.sent(self.record, 1, 1, len(event.text))
-        else:
-            _account(self.metrics, self.record, (event,))
-            if is_terminal(event):
-                self.ended = True
-        return True
-
-
 async def pump(
     runtime: AppRuntime, events: EventReceiver, writer: StreamWriter, record: StreamRecord
 ) -> None:
@@ -257,7 +210,8 @@ async def pump(
     The status line waits for the first event, at most ``heartbeat_interval`` (so a provider that
     fails before answering gets a real 502/503); the first bytes of the body are always a
     heartbeat comment. While the client keeps up, each event is written by the task that sends
-    it into ``events`` (:class:`_DirectWrites`); once it lags, events queued by the time the
+    it into ``events`` (the writer is the channel's direct consumer: :meth:`StreamWriter.take`,
+    then ``written`` here); once it lags, events queued by the time the
     writer is free are batched into one write (at most :data:`BATCH_MAX_EVENTS`): a client or a
     process that lags gets fewer, larger writes. While nothing was written for
     ``heartbeat_interval`` a heartbeat is written (by a task of its own that wakes once per
@@ -268,26 +222,40 @@ async def pump(
     """
     hb = runtime.config.heartbeat_interval
     metrics = runtime.metrics
-    direct = _DirectWrites(writer, metrics, record)
+    ended = False  # a terminal event went out directly
+
+    def written(event: Event) -> None:
+        """After each direct write: count it; a slow one (the client may lag) or the end
+        turns the direct path off."""
+        nonlocal ended
+        if writer.last_write_seconds > DIRECT_SLOW_WRITE:
+            writer.direct_paused = True
+        if type(event) is TextDelta:
+            metrics.sent(record, 1, 1, len(event.text))
+        else:
+            _account(metrics, record, (event,))
+            if is_terminal(event):
+                ended = writer.direct_paused = True
 
     async def heartbeats() -> None:
         while True:
             await trio.sleep_until(writer.last_write_at + hb)
-            if trio.current_time() >= writer.last_write_at + hb and not direct.ended:
+            if trio.current_time() >= writer.last_write_at + hb and not ended:
                 await writer.write(writer.heartbeat())
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeats)
-        events.deliver_directly(direct)
+        writer.on_direct_write = written
+        events.deliver_directly(writer)
         try:
-            while not direct.ended:
+            while not ended:
                 batch = await events.receive_batch(BATCH_MAX_EVENTS)
                 if not batch:
                     break
                 data, framed = _frames(writer, batch)
                 _account(metrics, record, batch[:framed])
                 await writer.write(data)
-                direct.lagging = writer.last_write_seconds > DIRECT_SLOW_WRITE
+                writer.direct_paused = ended or writer.last_write_seconds > DIRECT_SLOW_WRITE
                 if is_terminal(batch[framed - 1]):
                     break
         finally:

@@ -130,6 +130,10 @@ def choose_format(accept: str) -> Format:
     return "ndjson" if NDJSON_CONTENT_TYPE in accept.lower() else "sse"
 
 
+def _nothing(event: Event) -> None:
+    pass
+
+
 class StreamWriter:
     """One streamed response.
 
@@ -142,6 +146,10 @@ class StreamWriter:
     caller's task. :attr:`last_write_at` (``trio.current_time()`` of the latest write started)
     tells a heartbeat task when the stream was last active; :attr:`last_write_seconds` is how
     long the latest completed write took (long: the client may lag).
+
+    It is also the :class:`pipeline.DirectConsumer` of the channel its pump reads
+    (:meth:`ready`, :meth:`take`): while the client keeps up, the producer's task frames and
+    writes each event itself; the pump pauses that (:attr:`direct_paused`) once a write is slow.
 
     Hypercorn shields its socket writes: a write to a client that stopped reading cannot be
     cancelled. :func:`run_stream` therefore runs the stream's body in a task of the app's
@@ -179,11 +187,10 @@ class StreamWriter:
         self.source: EventReceiver | None = None
         # How the stream was given up when its client froze (see :func:`wait_frozen`).
         self.frozen: Frozen | None = None
-
-    @property
-    def busy(self) -> bool:
-        """Whether a write is in progress (another :meth:`write` now would wait for it)."""
-        return self._writing
+        # As a direct consumer (:meth:`take`), both set by the pump: whether the direct path
+        # is off (the client lags, or the stream ended), and what follows each direct write.
+        self.direct_paused = False
+        self.on_direct_write: Callable[[Event], None] = _nothing
 
     def waiting_for(self) -> float:
         """How long the ASGI ``send`` in progress has been waiting for the client to read (0.0
@@ -237,27 +244,50 @@ class StreamWriter:
         if self.gone:
             raise ClientGone("the client went away")
         message = {"type": "http.response.body", "body": data, "more_body": True}
-        if not self.headers_sent:
+        if self.headers_sent:
+            await self._raw(message)
+        else:
             await self._raw(self._start_message(), message)
-            self.bytes_written += len(data)
-            return
+        self.bytes_written += len(data)
+
+    # -- as a direct consumer of the channel it writes from ---------------------------------------
+
+    def ready(self) -> bool:
+        """:class:`pipeline.DirectConsumer`: whether :meth:`take` may write now (no write in
+        progress, the client still there, the direct path not paused by the pump)."""
+        return not (self.direct_paused or self._writing or self.gone)
+
+    async def take(self, event: Event, /) -> bool:
+        """:class:`pipeline.DirectConsumer`: frame and write ``event`` in the caller's task (the
+        producer's), then call :attr:`on_direct_write` with it; False if the client went away
+        (the event stays queued, and the pump's write of it raises :class:`ClientGone`)."""
+        if not self.headers_sent:
+            try:
+                await self.write(self.heartbeat() + self.frame(event))
+            except ClientGone:
+                return False
+            self.on_direct_write(event)
+            return True
+        data = self.frame(event)
         # :meth:`_raw` for one body message, inlined: this is the per-token path, and a call
         # level here is one more frame resumed at each of hypercorn's checkpoints in the send.
         while self._writing:
             await self._waiting.park()
         if self.gone:
-            raise ClientGone("the client went away")
+            return False
         self._writing = True
         self.last_write_at = self._waiting_since = started = self._now()
         try:
-            await self._body_send(message)
-        except _SEND_ERRORS as exc:
+            await self._body_send({"type": "http.response.body", "body": data, "more_body": True})
+        except _SEND_ERRORS:
             self.gone = True
-            raise ClientGone(f"write failed: {exc!r}") from exc
+            return False
         finally:
             self._release()
         self.last_write_seconds = self._now() - started
         self.bytes_written += len(data)
+        self.on_direct_write(event)
+        return True
 
     async def send_json(
         self, status: int, payload: object, headers: Mapping[str, str] | None = None
@@ -307,7 +337,7 @@ class StreamWriter:
 
     async def _raw(self, *messages: dict[str, object]) -> None:
         # One writer at a time, first come first served; the uncontended path takes no
-        # scheduling round (a trio.Lock would checkpoint on every write). ``write`` has a copy
+        # scheduling round (a trio.Lock would checkpoint on every write). ``take`` has a copy
         # of this for one body message.
         while self._writing:
             await self._waiting.park()
