@@ -374,23 +374,33 @@ async def user(ld: Load, first_at: float) -> None:
 
 
 async def load(
-    ld: Load, n: int, ramp: float, measure: float, pids: Sequence[int]
+    loads: Sequence[Load], n: int, ramp: float, measure: float, pids: Sequence[int]
 ) -> tuple[float, list[float]]:
-    """Run ``n`` users (started evenly over ``ramp`` s), measure for ``measure`` s; returns the
-    window's length and the CPU seconds of ``pids`` and of this process in it."""
+    """Run ``n`` users per load (started evenly over ``ramp`` s; with several loads, their
+    users alternate), measure for ``measure`` s; returns the window's length and the CPU of
+    ``pids`` and of this process in it, in cores (CPU seconds per second)."""
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.1
+    k = len(loads)
     async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(user(ld, t0 + ramp * i / n)) for i in range(n)]
+        tasks = [
+            tg.create_task(user(ld, t0 + ramp * (i * k + j) / (n * k)))
+            for i in range(n)
+            for j, ld in enumerate(loads)
+        ]
         await asyncio.sleep(t0 + ramp + 0.5 - loop.time())
-        ld.start = now_us()
+        start = now_us()
+        for ld in loads:
+            ld.start = start
         cpu0 = [*(cpu_seconds(p) for p in pids), sum(os.times()[:2])]
         await asyncio.sleep(measure)
-        ld.end = now_us()
+        end = now_us()
+        for ld in loads:
+            ld.end = end
         cpu1 = [*(cpu_seconds(p) for p in pids), sum(os.times()[:2])]
         for task in tasks:
             task.cancel()
-    wall = (ld.end - ld.start) / 1e6
+    wall = (end - start) / 1e6
     return wall, [(b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)]
 
 
@@ -417,7 +427,9 @@ def run_one(args: argparse.Namespace, server: str, n: int) -> RunResult:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         ld = Load(host, int(port), path, stamped, args.rate)
-        wall, cpu = asyncio.run(load(ld, n, args.ramp, args.measure, [srv.popen.pid, up.popen.pid]))
+        wall, cpu = asyncio.run(
+            load([ld], n, args.ramp, args.measure, [srv.popen.pid, up.popen.pid])
+        )
         return RunResult(
             server=server,
             n=n,

@@ -34,47 +34,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import HERE, ROOT, Summary, add_harness_arguments, command, cpu_seconds, versions
+from _benchlib import HERE, ROOT, Summary, add_harness_arguments, command, versions
 from bench_capacity import (
     CPU_GOAL,
     Load,
     RunResult,
+    cpu_per_token,
+    load,
     one_stream,
     start_server,
     start_upstream,
-    user,
     write_results,
 )
 
 BEGIN, END = "<!-- cpu-pair:begin -->", "<!-- cpu-pair:end -->"
-
-
-async def paired_load(
-    loads: Sequence[Load], n: int, ramp: float, measure: float, pids: Sequence[int]
-) -> tuple[float, list[float]]:
-    """``n`` users per load (started evenly over ``ramp`` s, the loads' users alternating),
-    then a window of ``measure`` s; returns its length and the CPU seconds of ``pids`` in it."""
-    loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.1
-    async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(user(ld, t0 + ramp * (i * len(loads) + j) / (n * len(loads))))
-            for i in range(n)
-            for j, ld in enumerate(loads)
-        ]
-        await asyncio.sleep(t0 + ramp + 0.5 - loop.time())
-        start = time.monotonic_ns() // 1000
-        for ld in loads:
-            ld.start = start
-        cpu0 = [cpu_seconds(p) for p in pids]
-        await asyncio.sleep(measure)
-        end = time.monotonic_ns() // 1000
-        cpu1 = [cpu_seconds(p) for p in pids]
-        for ld in loads:
-            ld.end = end
-        for task in tasks:
-            task.cancel()
-    return (end - start) / 1e6, [b - a for a, b in zip(cpu0, cpu1, strict=True)]
 
 
 def one_repeat(args: argparse.Namespace, servers: Sequence[str], n: int) -> list[RunResult]:
@@ -93,35 +66,28 @@ def one_repeat(args: argparse.Namespace, servers: Sequence[str], n: int) -> list
             warm = Load(host, int(port), "/v1/stream", True, args.rate, stop_after=5)
             asyncio.run(asyncio.wait_for(one_stream(warm), 60))
             loads.append(Load(host, int(port), "/v1/stream", True, args.rate))
-        pids = [p.popen.pid for p in procs]
-        wall, cpu = asyncio.run(paired_load(loads, n, args.ramp, args.measure, pids))
+        pids = [*(p.popen.pid for p in procs), up.popen.pid]
+        wall, cpu = asyncio.run(load(loads, n, args.ramp, args.measure, pids))
         return [
             RunResult(
                 server=server,
                 n=n,
                 seconds=wall,
-                server_cpu=100 * c / wall,
-                upstream_cpu=0.0,
-                loadgen_cpu=0.0,
+                server_cpu=100 * c,
+                upstream_cpu=100 * cpu[-2],
+                loadgen_cpu=100 * cpu[-1],
                 delays_ms=ld.delays,
                 tokens_in_window=ld.in_window,
                 streams=ld.streams,
                 tokens_per_stream=tokens,
             )
-            for server, ld, c in zip(servers, loads, cpu, strict=True)
+            for server, ld, c in zip(servers, loads, cpu[:-2], strict=True)
         ]
     finally:
         for proc in procs:
             proc.stop()
         up.popen.kill()
         up.popen.wait()
-
-
-def per_token(r: RunResult) -> float:
-    """µs of server CPU per token delivered in the window."""
-    if not r.tokens_in_window:
-        return float("nan")
-    return r.server_cpu * 1e4 * r.seconds / r.tokens_in_window
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,12 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ra, rb = results[a], results[b]
             if not (ra.tokens_in_window and rb.tokens_in_window):
                 failed = True
-            ratio = per_token(ra) / per_token(rb)
+            ua, ub = cpu_per_token(ra), cpu_per_token(rb)
+            ratio = ua / ub
             ratios.append(ratio)
-            cpu[a].append(per_token(ra))
-            cpu[b].append(per_token(rb))
+            cpu[a].append(ua)
+            cpu[b].append(ub)
             line = (
-                f"| {n} | {rep + 1} | {per_token(ra):.0f} | {per_token(rb):.0f} | {ratio:.3f} "
+                f"| {n} | {rep + 1} | {ua:.0f} | {ub:.0f} | {ratio:.3f} "
                 f"| {ra.pct(99):.1f} | {rb.pct(99):.1f} | {ra.tokens_in_window:,} / "
                 f"{rb.tokens_in_window:,} |"
             )
