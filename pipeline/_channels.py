@@ -485,14 +485,15 @@ class EventSender(trio.abc.SendChannel[Event]):
             return direct
         return None
 
-    def taken_directly(self, value: Event) -> None:
-        """Count ``value``, which the receiver's :class:`DirectConsumer` took, as sent and
-        received (see :meth:`direct_consumer`)."""
+    def taken_directly(self, value: Event, nbytes: int) -> None:
+        """Count ``value`` (``nbytes``: its :func:`event_nbytes`, which the caller has), taken
+        by the receiver's :class:`DirectConsumer`, as sent and received (see
+        :meth:`direct_consumer`)."""
         st = self._state
         st.sent += 1
         st.received += 1
         st.taken_directly += 1
-        st.bytes_sent += event_nbytes(value)
+        st.bytes_sent += nbytes
 
     def send_nowait(self, value: Event) -> None:
         """Queue ``value`` if the policy allows it without waiting, else raise ``trio.WouldBlock``.
@@ -525,7 +526,7 @@ class EventSender(trio.abc.SendChannel[Event]):
             await trio.lowlevel.checkpoint_if_cancelled()
             direct = self.direct_consumer()
             if direct is not None and await direct.take(value):
-                self.taken_directly(value)
+                self.taken_directly(value, event_nbytes(value))
                 return
             st = self._state
             try:

@@ -602,6 +602,7 @@ class RunningPipeline:
                 # they held ahead of it, and that text was delivered too.
                 ev = self._with_partial(ev)
             ev = attrs.evolve(ev, seq=seq)
+        nbytes = event_nbytes(ev)  # once, for the direct path's statistics and ours
         sent = False
         for route in self._routes:
             if route.state != "active":
@@ -614,7 +615,7 @@ class RunningPipeline:
                 if direct is not None:
                     await trio.lowlevel.checkpoint_if_cancelled()
                     if await direct.take(ev):
-                        sender.taken_directly(ev)
+                        sender.taken_directly(ev, nbytes)
                         sent = True
                         continue
                 await sender.send(ev)
@@ -634,7 +635,7 @@ class RunningPipeline:
         self._events_out += 1
         if text is not None:
             self._chars_out += len(text)
-            self._bytes_out += event_nbytes(ev)
+            self._bytes_out += nbytes
         elif is_terminal(ev):
             self._out_ended = True
             self._producer_scope.cancel()

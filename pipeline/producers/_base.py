@@ -393,9 +393,9 @@ class SSEProducer:
 
     # -- for subclasses -------------------------------------------------------------------
 
-    def _sdk_timeout(self, client_timeout: Any) -> Any:
-        """The ``timeout`` to pass to the SDK's ``create`` for this producer's requests, or
-        ``None`` to leave the client's own.
+    def _add_sdk_timeout(self, kwargs: dict[str, Any], client_timeout: Any) -> None:
+        """Set the SDK ``create``'s ``timeout`` in ``kwargs`` when this producer's requests
+        need other timeouts than the client's (``client_timeout``).
 
         When both the first-token and the stall timeout are set, this loop bounds every read
         itself (the first-token deadline covers the response head and the reads before the
@@ -405,11 +405,11 @@ class SSEProducer:
         first. Connect, write and pool timeouts stay the client's. Only an ``httpx``/``httpx2``
         ``Timeout`` is rewritten (a plain number is left alone)."""
         if self.first_token_timeout is None or self.stall_timeout is None:
-            return None
+            return
         t = client_timeout
         if getattr(t, "read", None) is None or not hasattr(t, "pool"):
-            return None
-        return type(t)(connect=t.connect, read=None, write=t.write, pool=t.pool)
+            return
+        kwargs["timeout"] = type(t)(connect=t.connect, read=None, write=t.write, pool=t.pool)
 
     def _open(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         raise NotImplementedError

@@ -305,9 +305,7 @@ class _OpenAIProducer(SSEProducer):
             kwargs["tools"] = self.tools
         if self.extra:
             kwargs["extra_body"] = self.extra
-        timeout = self._sdk_timeout(self._client.timeout)
-        if timeout is not None:
-            kwargs["timeout"] = timeout
+        self._add_sdk_timeout(kwargs, self._client.timeout)
         return kwargs
 
     def _prompt(self) -> list[Any]:

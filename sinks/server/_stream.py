@@ -245,7 +245,7 @@ class StreamWriter:
             raise ClientGone("the client went away")
         message = {"type": "http.response.body", "body": data, "more_body": True}
         if self.headers_sent:
-            await self._raw(message)
+            await self._raw(message, send=self._body_send)  # a body message: past middleware
         else:
             await self._raw(self._start_message(), message)
         self.bytes_written += len(data)
@@ -335,10 +335,11 @@ class StreamWriter:
         with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT, shield=True):
             await self._raw(*messages)
 
-    async def _raw(self, *messages: dict[str, object]) -> None:
+    async def _raw(self, *messages: dict[str, object], send: Send | None = None) -> None:
         # One writer at a time, first come first served; the uncontended path takes no
         # scheduling round (a trio.Lock would checkpoint on every write). ``take`` has a copy
-        # of this for one body message.
+        # of this for one body message. ``send``: the app's ``send`` unless given.
+        send = self._send if send is None else send
         while self._writing:
             await self._waiting.park()
         self._writing = True
@@ -348,7 +349,7 @@ class StreamWriter:
                 if self.gone:
                     raise ClientGone("the client went away")
                 try:
-                    await self._send(message)
+                    await send(message)
                 except _SEND_ERRORS as exc:
                     self.gone = True
                     raise ClientGone(f"write failed: {exc!r}") from exc
