@@ -109,11 +109,47 @@ async def test_a_client_that_keeps_up_is_written_by_the_producer_task(
     assert [int(e.id) for e in events] == list(range(1, 202))  # every delta, then done
     assert text_of(events) == "ab" * 200
     assert events[-1].event == "done"
-    # Each event was written by the producer's task, one write each (the end of the response,
-    # an empty body, is the request task's).
-    assert client.writers[:201] == [PRODUCER_TASK] * 201
+    # Each event was written by the producer's task, one write each; the last one (done) ended
+    # the response.
+    assert client.writers == [PRODUCER_TASK] * 201
     assert metric(runtime, "llmpipe_events_written_directly_total") == 201
     assert metric(runtime, "llmpipe_deltas_coalesced_total") == 0
+
+
+class ClosesOnDone(ScriptedClient):
+    """A client that closes the connection as soon as it has read the ``done`` event, as a
+    browser's ``EventSource`` handler does (``source.close()``), whether or not the response's
+    end came with it."""
+
+    def __init__(self, body: dict[str, Any], freeze_at: set[int]) -> None:
+        super().__init__(body, freeze_at)
+        self._done_read = trio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._asked:
+            return await super().receive()
+        await self._done_read.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await super().send(message)
+        if b"event: done" in self.raw:
+            self._done_read.set()
+
+
+async def test_the_terminal_event_ends_the_response(autojump_clock: trio.abc.Clock) -> None:
+    """The ``done`` event goes out in the response's last message (``more_body`` false), so a
+    client that closes on it has read a whole response: the stream ends ``done``, not as a
+    client that went away, and no end message follows."""
+    producer = CountingProducer(count=20, text="ab", delay=0.01)
+    client = ClosesOnDone(BODY, freeze_at=set())
+    runtime = await serve_scripted(producer, client)
+    events = client.events()
+    assert [e.event for e in events] == ["text"] * 20 + ["done"]
+    assert client._ended.is_set()  # a body message with more_body false came
+    assert client.writers == [PRODUCER_TASK] * 21  # the last one was the done event's
+    assert metric(runtime, "llmpipe_client_disconnects_total") == 0
+    assert metric(runtime, "llmpipe_expected_ends_total") == 0
 
 
 @pytest.mark.parametrize("policy", ["coalesce", "spill", "fail"])

@@ -254,9 +254,10 @@ async def pump(
                     break
                 data, framed = _frames(writer, batch)
                 _account(metrics, record, batch[:framed])
-                await writer.write(data)
+                last = is_terminal(batch[framed - 1])  # it ends the response too
+                await writer.write(data, last=last)
                 writer.direct_paused = ended or writer.last_write_seconds > DIRECT_SLOW_WRITE
-                if is_terminal(batch[framed - 1]):
+                if last:
                     break
         finally:
             events.deliver_directly(None)

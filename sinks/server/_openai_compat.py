@@ -278,7 +278,7 @@ class _CompletionWriter(StreamWriter):
     def error_frame(self, event: Error) -> bytes:
         return b""
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, *, last: bool = False) -> None:
         if not self.headers_sent:
             reply = error_reply(ShuttingDown("the server is shutting down"))
             await self.send_json(reply.status, reply.openai_body(), reply.headers)

@@ -239,15 +239,25 @@ class StreamWriter:
         if not self.headers_sent:
             await self._raw(self._start_message())
 
-    async def write(self, data: bytes) -> None:
-        """Send ``data`` (the headers first if needed). Raises :class:`ClientGone`."""
+    async def write(self, data: bytes, *, last: bool = False) -> None:
+        """Send ``data`` (the headers first if needed). ``last``: ``data`` ends the response
+        (a stream's terminal event: a client that reads to the end of the body is done with it,
+        and one that closes the connection on it does not cut the stream short), sent like
+        :meth:`end`'s message. Once the response has ended, nothing more is sent (a heartbeat
+        may race the last event). Raises :class:`ClientGone`."""
         if self.gone:
             raise ClientGone("the client went away")
-        message = {"type": "http.response.body", "body": data, "more_body": True}
-        if self.headers_sent:
-            await self._raw(message, send=self._body_send)  # a body message: past middleware
+        if self.ended:
+            return
+        message = {"type": "http.response.body", "body": data, "more_body": not last}
+        # A body message goes past the middleware.
+        send = self._body_send if self.headers_sent else self._send
+        messages = (message,) if self.headers_sent else (self._start_message(), message)
+        if last:
+            self.ended = True
+            await self._raw_final(*messages, send=send)
         else:
-            await self._raw(self._start_message(), message)
+            await self._raw(*messages, send=send)
         self.bytes_written += len(data)
 
     # -- as a direct consumer of the channel it writes from ---------------------------------------
@@ -261,9 +271,10 @@ class StreamWriter:
         """:class:`pipeline.DirectConsumer`: frame and write ``event`` in the caller's task (the
         producer's), then call :attr:`on_direct_write` with it; False if the client went away
         (the event stays queued, and the pump's write of it raises :class:`ClientGone`)."""
-        if not self.headers_sent:
+        if not self.headers_sent or event.terminal:
+            data = self.frame(event) if self.headers_sent else self.heartbeat() + self.frame(event)
             try:
-                await self.write(self.heartbeat() + self.frame(event))
+                await self.write(data, last=event.terminal)
             except ClientGone:
                 return False
             self.on_direct_write(event)
@@ -321,27 +332,34 @@ class StreamWriter:
         last = {"type": "http.response.body", "body": b"", "more_body": False}
         try:
             if self.headers_sent:
-                await self._raw_final(last)
+                await self._raw_final(last, send=self._body_send)
             else:
                 await self._raw_final(self._start_message(), last)
         except ClientGone:
             pass
 
-    async def _raw_final(self, *messages: dict[str, object]) -> None:
-        """Send the messages that end the response, shielded for at most
-        :data:`SHUTDOWN_WRITE_TIMEOUT`: hypercorn closes the connection (``Connection: close``,
-        HTTP/1.0) or starts its keep-alive timer inside the last send; cancelled half-way, it
-        would do neither and the connection would stay open until the client leaves."""
+    async def _raw_final(self, *messages: dict[str, object], send: Send | None = None) -> None:
+        """Send the messages that end the response (:attr:`ended` is already set), shielded for
+        at most :data:`SHUTDOWN_WRITE_TIMEOUT`: hypercorn closes the connection (``Connection:
+        close``, HTTP/1.0) or starts its keep-alive timer inside the last send; cancelled
+        half-way, it would do neither and the connection would stay open until the client
+        leaves."""
         with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT, shield=True):
-            await self._raw(*messages)
+            await self._raw(*messages, send=send, final=True)
 
-    async def _raw(self, *messages: dict[str, object], send: Send | None = None) -> None:
+    async def _raw(
+        self, *messages: dict[str, object], send: Send | None = None, final: bool = False
+    ) -> None:
         # One writer at a time, first come first served; the uncontended path takes no
         # scheduling round (a trio.Lock would checkpoint on every write). ``take`` has a copy
-        # of this for one body message. ``send``: the app's ``send`` unless given.
+        # of this for one body message. ``send``: the app's ``send`` unless given. Only the
+        # ``final`` messages go out once the response has ended (a write that waited here
+        # while the last message went out sends nothing).
         send = self._send if send is None else send
         while self._writing:
             await self._waiting.park()
+        if self.ended and not final:
+            return
         self._writing = True
         self.last_write_at = self._waiting_since = started = self._now()
         try:
