@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # What the test suite drives for real, beyond the Python packages: a redis-server (the Redis
-# store tests start their own on a free port), nginx (tests/test_nginx.py starts its own), openssl, Debian's chromium and the browser test's node
+# store tests start their own on a free port), nginx (tests/test_nginx.py starts its own), openssl,
+# valgrind (benchmarks/instructions_per_token.py), Debian's chromium and the browser test's node
 # modules (playwright-core, no browser download; the Vercel AI SDK's ai package). Idempotent;
 # installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server chromium nodejs npm nginx openssl)
+APT_PACKAGES=(redis-server chromium nodejs npm nginx openssl valgrind)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     case "$pkg" in

@@ -77,6 +77,23 @@ def test_every_benchmark_has_a_results_section_and_the_whole_run_fits_its_budget
         assert f"`--only {bench.name}`" in index, bench.name
 
 
+@pytest.mark.timeout(180)
+def test_instructions_per_token_counts_both_servers() -> None:
+    """``benchmarks/instructions_per_token.py`` counts each server's instructions under valgrind
+    (it exits non-zero when a stream fell short): both rows are there, each a plausible count
+    (a relayed token costs hundreds of thousands of instructions: a few hundred Python calls)."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/instructions_per_token.py", "--streams", "1", "--tokens",
+         "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = dict(re.findall(r"^\| (llmpipe|floor-httpx) \| ([\d,]+) \|", result.stdout, re.M))
+    assert set(rows) == {"llmpipe", "floor-httpx"}, result.stdout
+    counts = {k: int(v.replace(",", "")) for k, v in rows.items()}
+    assert all(50_000 < v < 50_000_000 for v in counts.values()), counts
+
+
 @pytest.mark.timeout(120)
 def test_calls_per_token_counts_both_servers() -> None:
     """``benchmarks/calls_per_token.py`` counts each server's calls over whole streams (it
