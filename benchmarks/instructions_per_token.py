@@ -98,8 +98,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as workdir:
             counts = {
-                s: count(s, up.url, args.streams, args.tokens, args.rate, workdir)
-                for s in servers
+                s: count(s, up.url, args.streams, args.tokens, args.rate, workdir) for s in servers
             }
     finally:
         up.popen.kill()
