@@ -178,6 +178,55 @@ async def test_chat_text_tools_usage_match_the_sdk(emulator: EmulatorFactory) ->
     assert body["stream_options"] == {"include_usage": True}
 
 
+async def test_the_request_is_the_one_create_would_send(emulator: EmulatorFactory) -> None:
+    """The producers send their request with the SDK's ``post`` rather than ``create`` (whose
+    per-call parameter transform costs more than the rest of a short stream): method, URL,
+    headers and JSON body are those of ``create`` with the same parameters, for both APIs,
+    with every option set."""
+    emu = await emulator(Reply("Hi"))
+    sent: list[httpx.Request] = []
+
+    async def hook(request: httpx.Request) -> None:
+        await request.aread()
+        sent.append(request)
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    options: dict[str, Any] = {"temperature": 0.5, "tools": tools, "stall_timeout": None}
+    http = httpx.AsyncClient(event_hooks={"request": [hook]})
+    async with openai_client(base_url=emu.openai_base_url, api_key=KEY, http_client=http) as c:
+        await run(chat(c, max_tokens=50, extra={"top_k": 5}, **options))
+        stream = await c.chat.completions.create(
+            messages=cast_messages(),
+            model="gpt-emu",
+            max_tokens=50,
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0.5,
+            tools=tools,  # type: ignore[arg-type]
+            extra_body={"top_k": 5},
+        )
+        async with stream:
+            pass
+        await run(responses(c, instructions="Be brief.", max_output_tokens=60, **options))
+        answer = await c.responses.create(
+            model="gpt-emu",
+            input="What is the weather?",
+            instructions="Be brief.",
+            max_output_tokens=60,
+            stream=True,
+            temperature=0.5,
+            tools=tools,  # type: ignore[arg-type]
+        )
+        async with answer:
+            pass
+    ours_chat, sdk_chat, ours_responses, sdk_responses = sent
+    for ours, sdk in ((ours_chat, sdk_chat), (ours_responses, sdk_responses)):
+        assert (ours.method, ours.url) == (sdk.method, sdk.url)
+        assert json.loads(ours.content) == json.loads(sdk.content)
+        assert dict(ours.headers) == dict(sdk.headers)
+    assert json.loads(ours_chat.content)["top_k"] == 5
+
+
 def cast_messages() -> Any:
     return MESSAGES
 
@@ -200,23 +249,22 @@ async def test_chat_request_parameters_and_keep_alive(emulator: EmulatorFactory)
 
 
 class FakeResponse:
-    """Stands in for the SDK's streaming response: the given body, then (optionally) a body
+    """Stands in for the streamed httpx response: the given body, then (optionally) a body
     that stays open forever, as a misbehaving server's would."""
 
     def __init__(self, body: bytes, *, hang: bool) -> None:
         self.body = body
         self.hang = hang
-        self.http_response = self  # the httpx response: raw bytes, no content-encoding
-        self.stream = self  # and its byte stream
+        self.stream = self  # its byte stream: raw bytes, no content-encoding
         self.headers: dict[str, str] = {}
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
         yield self.body
         if self.hang:
             await trio.sleep_forever()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self.iter_bytes()
+        return self.aiter_bytes()
 
 
 def fake_body(producer: Any, body: bytes, *, hang: bool = False) -> Any:
@@ -224,7 +272,7 @@ def fake_body(producer: Any, body: bytes, *, hang: bool = False) -> Any:
     async def request() -> AsyncIterator[FakeResponse]:
         yield FakeResponse(body, hang=hang)
 
-    producer._request = request
+    producer._send = request
     return producer
 
 

@@ -405,7 +405,9 @@ class AnthropicProducer(SSEProducer):
     async def _open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
         create: Any = self.client.messages.with_streaming_response.create
         kwargs, extra_body = self._request()
-        self._add_sdk_timeout(kwargs, self.client.timeout)
+        timeout = self._sdk_timeout(self.client.timeout)
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         async with AsyncExitStack() as stack:
             # (The base loop's first-token deadline covers waiting for the response head too.)
             response = await stack.enter_async_context(

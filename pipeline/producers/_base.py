@@ -36,7 +36,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Final, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
 import httpx
@@ -77,11 +77,10 @@ __all__ = [
     "estimate_tokens",
     "parse_json",
     "redact",
-    "released",
+    "drop_stream",
     "translate_error",
 ]
 
-R = TypeVar("R")
 
 DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 60.0
 DEFAULT_STALL_TIMEOUT: Final = 30.0
@@ -93,10 +92,8 @@ SNIPPET_CHARS: Final = 120
 redaction: :func:`redact` with ``limit``)."""
 
 
-@contextlib.asynccontextmanager
-async def released(request: AbstractAsyncContextManager[R]) -> AsyncIterator[R]:
-    """``request`` (an SDK's ``with_streaming_response.create(...)``) entered; once it has
-    closed its response, the ``httpx`` response's byte stream is dropped.
+def drop_stream(response: httpx.Response) -> None:
+    """Once ``response`` (streamed, from an ``httpx`` client) has closed, drop its byte stream.
 
     ``httpx`` (not ``httpx2``) binds a streamed ``Response`` and its ``BoundAsyncStream`` to
     each other: a reference cycle, and behind it the whole upstream connection (httpcore's
@@ -106,14 +103,8 @@ async def released(request: AbstractAsyncContextManager[R]) -> AsyncIterator[R]:
     stream, ``benchmarks/bench_cancel.py --trace``). Dropped here, all of it is freed by
     reference counting when the producer lets go of the response. A response that did not
     close (its close failed) keeps its stream, so the connection is not released unclosed."""
-    response: R | None = None
-    try:
-        async with request as response:
-            yield response
-    finally:
-        http_response = getattr(response, "http_response", None)
-        if isinstance(http_response, httpx.Response) and http_response.is_closed:
-            http_response.stream = httpx.ByteStream(b"")
+    if isinstance(response, httpx.Response) and response.is_closed:
+        response.stream = httpx.ByteStream(b"")
 
 
 class CostLimitError(ConfigError):
@@ -393,9 +384,9 @@ class SSEProducer:
 
     # -- for subclasses -------------------------------------------------------------------
 
-    def _add_sdk_timeout(self, kwargs: dict[str, Any], client_timeout: Any) -> None:
-        """Set the SDK ``create``'s ``timeout`` in ``kwargs`` when this producer's requests
-        need other timeouts than the client's (``client_timeout``).
+    def _sdk_timeout(self, client_timeout: Any) -> Any | None:
+        """The ``timeout`` to give the SDK's request when this producer's requests need other
+        timeouts than the client's (``client_timeout``), else None.
 
         When both the first-token and the stall timeout are set, this loop bounds every read
         itself (the first-token deadline covers the response head and the reads before the
@@ -405,11 +396,11 @@ class SSEProducer:
         first. Connect, write and pool timeouts stay the client's. Only an ``httpx``/``httpx2``
         ``Timeout`` is rewritten (a plain number is left alone)."""
         if self.first_token_timeout is None or self.stall_timeout is None:
-            return
+            return None
         t = client_timeout
         if getattr(t, "read", None) is None or not hasattr(t, "pool"):
-            return
-        kwargs["timeout"] = type(t)(connect=t.connect, read=None, write=t.write, pool=t.pool)
+            return None
+        return type(t)(connect=t.connect, read=None, write=t.write, pool=t.pool)
 
     def _open(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         raise NotImplementedError

@@ -1,8 +1,9 @@
 """OpenAI producers: Chat Completions and Responses, over the ``openai`` SDK's raw byte stream.
 
-Both producers send the request with the SDK (auth, base URL, HTTP status errors), read the
-response body as bytes (``with_streaming_response``) and decode it with llmpipe's own SSE decoder
-and one JSON parse per event: no per-chunk pydantic objects. Everything else (retries before
+Both producers send the request with the SDK (auth, base URL, headers, HTTP status errors:
+its ``post``, with the JSON body ``create`` would send), read the response body as bytes and
+decode it with llmpipe's own SSE decoder and one JSON parse per event: no per-chunk pydantic
+objects. Everything else (retries before
 the first token, first-token and stall timeouts, error translation, the cost guard, secret
 redaction) is :class:`~pipeline.producers._base.SSEProducer`'s loop.
 
@@ -57,9 +58,9 @@ from ._base import (
     RetryPolicy,
     SSEProducer,
     StreamParser,
+    drop_stream,
     parse_json,
     redact,
-    released,
 )
 
 __all__ = [
@@ -293,20 +294,17 @@ class _OpenAIProducer(SSEProducer):
     def _parser(self) -> StreamParser:
         return self._new_parser()
 
-    def _request(self) -> Any:
-        """The SDK's ``with_streaming_response.create(...)`` context manager."""
+    def _request(self) -> tuple[str, dict[str, Any]]:
+        """The API's path and the request's fields (the JSON body but :attr:`extra`)."""
         raise NotImplementedError
 
-    def _with_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``kwargs`` (the API's own fields) and the options both APIs take alike."""
+    def _with_options(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` (the API's own) and the options both APIs take alike."""
         if self.temperature is not None:
-            kwargs["temperature"] = self.temperature
+            fields["temperature"] = self.temperature
         if self.tools:
-            kwargs["tools"] = self.tools
-        if self.extra:
-            kwargs["extra_body"] = self.extra
-        self._add_sdk_timeout(kwargs, self._client.timeout)
-        return kwargs
+            fields["tools"] = self.tools
+        return fields
 
     def _prompt(self) -> list[Any]:
         """What the prompt is made of (messages, input items, strings), for the cost guard."""
@@ -320,21 +318,54 @@ class _OpenAIProducer(SSEProducer):
         return out
 
     @asynccontextmanager
+    async def _send(self) -> AsyncIterator[httpx.Response]:
+        """Send the request: its streamed response, closed on leaving.
+
+        The request ``create`` would send (the same JSON body and headers: tested), made with
+        the SDK's ``post``, its documented way to send a request it has no method for: the SDK's
+        base URL, auth, headers and status errors, without ``create``'s per-call work (a
+        ``TypedDict`` transform of the fields, the response wrappers), which was 3.0 M of the
+        16 M instructions a one-token stream cost the server
+        (``benchmarks/instructions_per_token.py``)."""
+        path, fields = self._request()
+        options: openai.RequestOptions = {"security": {"bearer_auth": True}}
+        if self.extra:
+            options["extra_json"] = self.extra
+        timeout = self._sdk_timeout(self._client.timeout)
+        if timeout is not None:
+            options["timeout"] = timeout
+        response = cast(
+            httpx.Response,
+            await self._client.post(
+                path,
+                cast_to=httpx.Response,
+                body=fields,
+                options=options,
+                stream=True,
+                stream_cls=openai.AsyncStream[Any],
+            ),
+        )
+        try:
+            yield response
+        finally:
+            await response.aclose()
+            drop_stream(response)
+
+    @asynccontextmanager
     async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
         async with AsyncExitStack() as stack:
             # (The base loop's first-token deadline covers waiting for the response head too.)
-            response = await stack.enter_async_context(released(self._request()))
-            http_response = response.http_response
-            encoding = http_response.headers.get("content-encoding", "").strip().lower()
-            # An SSE body is rarely compressed: then read httpx's response stream itself,
-            # three generator layers (the SDK's, httpx's decoder and ``aiter_raw``) fewer per
-            # chunk (the SDK closes the response when we leave); else let httpx decode it.
+            response = await stack.enter_async_context(self._send())
+            encoding = response.headers.get("content-encoding", "").strip().lower()
+            # An SSE body is rarely compressed: then read httpx's response stream itself, two
+            # generator layers (httpx's decoder and ``aiter_raw``) fewer per chunk; else let
+            # httpx decode it.
             if encoding in ("", "identity"):
-                chunks = aiter(http_response.stream)
+                chunks = aiter(cast(httpx.AsyncByteStream, response.stream))
             else:
-                chunks = response.iter_bytes()
+                chunks = response.aiter_bytes()
             aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:  # close the SDK's generator here, not in trio's GC hook
+            if aclose is not None:  # close the generator here, not in trio's GC hook
                 stack.push_async_callback(aclose)
             yield chunks
 
@@ -468,17 +499,16 @@ class OpenAIChatProducer(_OpenAIProducer):
     def _new_parser(self) -> _EndAwareParser:
         return _ChatParser(self._secrets)
 
-    def _request(self) -> Any:
-        kwargs: dict[str, Any] = {
-            "model": self.model,
+    def _request(self) -> tuple[str, dict[str, Any]]:
+        fields: dict[str, Any] = {
             "messages": self.messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            "model": self.model,
         }
         if self.max_tokens is not None:
-            kwargs["max_tokens"] = self.max_tokens
-        create = self._client.chat.completions.with_streaming_response.create
-        return create(**self._with_options(kwargs))
+            fields["max_tokens"] = self.max_tokens
+        fields["stream"] = True
+        fields["stream_options"] = {"include_usage": True}
+        return "/chat/completions", self._with_options(fields)
 
     def _prompt(self) -> list[Any]:
         return self.messages
@@ -624,13 +654,15 @@ class OpenAIResponsesProducer(_OpenAIProducer):
     def _new_parser(self) -> _EndAwareParser:
         return _ResponsesParser(self._secrets)
 
-    def _request(self) -> Any:
-        kwargs: dict[str, Any] = {"model": self.model, "input": self.input, "stream": True}
+    def _request(self) -> tuple[str, dict[str, Any]]:
+        fields: dict[str, Any] = {"input": self.input}
         if self.instructions is not None:
-            kwargs["instructions"] = self.instructions
+            fields["instructions"] = self.instructions
         if self.max_output_tokens is not None:
-            kwargs["max_output_tokens"] = self.max_output_tokens
-        return self._client.responses.with_streaming_response.create(**self._with_options(kwargs))
+            fields["max_output_tokens"] = self.max_output_tokens
+        fields["model"] = self.model
+        fields["stream"] = True
+        return "/responses", self._with_options(fields)
 
     def _prompt(self) -> list[Any]:
         return [self.instructions or None, self.input]
