@@ -209,3 +209,38 @@ def test_any_bytes_in_any_chunking_decode_as_the_whole_replaced_text(
     reference = parse(stream.decode("utf-8", "replace").encode())
     assert parse(*chunks) == reference
     assert parse(stream) == reference
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"data: a\n\n",
+                b"data:b\n\n",
+                b"data:  c\n\n",
+                b"data:\n\n",
+                b"data: [DONE]\n\n",
+                b"data: x\ndata: y\n\n",
+                b"id: 7\n",
+                b"id: 8\ndata: d\n\n",
+                b"event: e\n",
+                b"retry: 10\n",
+                b": comment\n",
+                b"\n",
+                b"data: p",
+                b"art\n\n",
+                b"data: q\r\n\r\n",
+                b"data: \xc3",
+                b"\xa9\n\n",
+            ]
+        ),
+        max_size=20,
+    )
+)
+def test_chunks_of_one_whole_event_decode_as_the_same_stream_byte_by_byte(
+    chunks: list[bytes],
+) -> None:
+    # A chunk that is exactly one event of one data line, with nothing pending, takes the
+    # decoder's shortcut: the same events (ids carried over, a pending event type or retry
+    # field honoured) as the stream decoded one byte at a time.
+    assert parse(*chunks) == parse_bytewise(b"".join(chunks))

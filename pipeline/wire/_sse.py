@@ -100,6 +100,20 @@ class SSEDecoder:
             self._skip_lf = False
             if text.startswith("\n"):
                 text = text[1:]
+        if (
+            text.startswith("data:")
+            and text.endswith("\n\n")
+            and text.count("\n") == 2
+            and "\r" not in text
+            and not (self._parts or self._pieces or self._data or self._event)
+            and self._retry_seen is None
+        ):
+            # The usual chunk of a provider's stream: one whole event of one data line, and
+            # nothing pending. What the general path below makes of it, without its lines.
+            if self._id_set:
+                self.last_event_id = self._id_buffer
+            data = text[6:-2] if text.startswith(" ", 5) else text[5:-2]
+            return [SSEEvent(data, "message", self.last_event_id, None)]
         out: list[SSEEvent] = []
         if "\r" not in text:
             # The common case (LF line ends only): split once, no regular expression.
