@@ -112,8 +112,8 @@ class SSEDecoder:
             # nothing pending. What the general path below makes of it, without its lines.
             if self._id_set:
                 self.last_event_id = self._id_buffer
-            data = text[6:-2] if text.startswith(" ", 5) else text[5:-2]
-            return [SSEEvent(data, "message", self.last_event_id, None)]
+            value = text[6:-2] if text.startswith(" ", 5) else text[5:-2]
+            return [SSEEvent(value, "message", self.last_event_id, None)]
         out: list[SSEEvent] = []
         if "\r" not in text:
             # The common case (LF line ends only): split once, no regular expression.
