@@ -152,6 +152,23 @@ async def test_the_terminal_event_ends_the_response(autojump_clock: trio.abc.Clo
     assert metric(runtime, "llmpipe_expected_ends_total") == 0
 
 
+async def test_the_last_write_waits_for_a_slow_heartbeat_and_still_goes_out(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The response's last write (the done event) may have to wait for another write to the
+    same client: here the heartbeat at t=35 s takes 8 s while the last text and done arrive at
+    t=40. It waits as long as that write takes (a client that stopped reading is the send
+    deadline's business), and the response still ends with the done event."""
+    producer = CountingProducer(count=2, text="ab", delay=20)
+    # Writes: 1 headers + heartbeat (t=15), 2 the first text (t=20), 3 a heartbeat (t=35).
+    client = ScriptedClient(BODY, freeze_at={3}, freeze=8.0)
+    runtime = await serve_scripted(producer, client)
+    events = client.events()
+    assert [e.event for e in events] == ["text", "text", "done"]
+    assert client._ended.is_set()
+    assert metric(runtime, "llmpipe_client_disconnects_total") == 0
+
+
 @pytest.mark.parametrize("policy", ["coalesce", "spill", "fail"])
 async def test_a_client_that_freezes_mid_stream_gets_the_policy(
     autojump_clock: trio.abc.Clock, policy: str

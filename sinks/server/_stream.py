@@ -242,9 +242,9 @@ class StreamWriter:
     async def write(self, data: bytes, *, last: bool = False) -> None:
         """Send ``data`` (the headers first if needed). ``last``: ``data`` ends the response
         (a stream's terminal event: a client that reads to the end of the body is done with it,
-        and one that closes the connection on it does not cut the stream short), sent like
-        :meth:`end`'s message. Once the response has ended, nothing more is sent (a heartbeat
-        may race the last event). Raises :class:`ClientGone`."""
+        and one that closes the connection on it does not cut the stream short); it is
+        shielded from cancellation. Once the response has ended, nothing more is sent (a
+        heartbeat may race the last event). Raises :class:`ClientGone`."""
         if self.gone:
             raise ClientGone("the client went away")
         if self.ended:
@@ -255,7 +255,11 @@ class StreamWriter:
         messages = (message,) if self.headers_sent else (self._start_message(), message)
         if last:
             self.ended = True
-            await self._raw_final(*messages, send=send)
+            # Not cut half-way (see _raw_final), however long it waits (a write in progress, a
+            # client that reads slowly): a client that stopped reading is the send deadline's
+            # (run_stream), as for any write.
+            with trio.CancelScope(shield=True):
+                await self._raw(*messages, send=send, final=True)
         else:
             await self._raw(*messages, send=send)
         self.bytes_written += len(data)
