@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _benchlib import Summary, add_harness_arguments, free_port
 
 SLACK = 16  # tasks or file descriptors over the baseline that are not a leak (see soak())
+KEEP_ALIVE_GRACE = 8.0  # seconds for idle kept-alive connections to close (hypercorn: 5 s)
 WORDS = ("alpha", "beta", "gamma", "naïve", "café", "日本語", "🎉", "delta", "x", "stream")
 
 
@@ -450,6 +451,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             ):
                 await trio.sleep(0.05)
         await trio.sleep(0.5)
+        # A connection whose last response ended whole stays open, idle, until the server's
+        # keep-alive timeout (hypercorn's 5 s) closes it: give them that long to go.
+        with trio.move_on_after(KEEP_ALIVE_GRACE):
+            while _tasks(emu) > base[0] + SLACK or _fds(emu) > base[1] + SLACK:  # noqa: ASYNC110
+                await trio.sleep(0.25)
         gc.collect()
         after = (_tasks(emu), _fds(emu), _rss_mb())
         servers.cancel_scope.cancel()
