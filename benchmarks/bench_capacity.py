@@ -183,7 +183,11 @@ def start_server(
 ) -> Proc:
     """Start server ``kind`` relaying ``upstream``, pinned to ``core``; ``python`` is the
     interpreter command it runs under (``calls_per_token.py`` puts a call counter there), ``cwd``
-    the checkout whose llmpipe it runs (``cpu_pair.py`` compares two)."""
+    the checkout whose llmpipe it runs. ``kind@DIR`` runs it from the checkout in ``DIR``
+    instead (``cpu_pair.py`` and ``instructions_per_token.py`` compare two)."""
+    kind, _, checkout = kind.partition("@")
+    if checkout:
+        cwd = Path(checkout).resolve()
     env = {**os.environ, "OPENAI_API_KEY": "x", "OPENAI_BASE_URL": upstream + "/v1"}
     if kind in ("relay", "relay-standard"):
         port = free_port()
@@ -364,6 +368,12 @@ async def one_stream(ld: Load) -> None:
                     ld.in_window += 1
     if ld.start <= now_us() <= ld.end:  # ended in the window (a cancelled one never gets here)
         ld.streams.append(res)
+
+
+async def streams_in_turn(ld: Load, n: int) -> None:
+    """``n`` streams of ``ld``, one after the other."""
+    for _ in range(n):
+        await one_stream(ld)
 
 
 async def user(ld: Load, first_at: float) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _benchlib import ROOT, Proc, command
-from bench_capacity import Load, one_stream, start_server, start_upstream
+from bench_capacity import Load, start_server, start_upstream, streams_in_turn
 
 SERVERS = ("llmpipe", "floor-httpx")
 Counts = dict[str, int]  # "function (file)" -> calls
@@ -86,15 +86,10 @@ def count(server: str, upstream: str, streams: int, tokens: int, workdir: str) -
     try:
         host, port = srv.url.removeprefix("http://").rsplit(":", 1)
         load = Load(host, int(port), "/v1/stream", True, 1.0, start=0)  # every stream kept
-
-        async def run(n: int) -> None:
-            for _ in range(n):
-                await one_stream(load)
-
-        asyncio.run(run(1))
+        asyncio.run(streams_in_turn(load, 1))
         snaps = []
         for n in (0, streams):
-            asyncio.run(run(n))
+            asyncio.run(streams_in_turn(load, n))
             srv.popen.send_signal(signal.SIGUSR1)
             path = Path(f"{out}.{len(snaps) + 1}")
             deadline = time.monotonic() + 30

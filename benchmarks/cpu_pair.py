@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import HERE, ROOT, Summary, add_harness_arguments, command, versions
+from _benchlib import HERE, Summary, add_harness_arguments, command, versions
 from bench_capacity import (
     CPU_GOAL,
     Load,
@@ -56,9 +56,7 @@ def one_repeat(args: argparse.Namespace, servers: Sequence[str], n: int) -> list
     procs = []
     try:
         for server in servers:
-            kind, _, checkout = server.partition("@")
-            cwd = Path(checkout).resolve() if checkout else ROOT
-            procs.append(start_server(kind, up.url, args.server_core, cwd=cwd))
+            procs.append(start_server(server, up.url, args.server_core))
         time.sleep(0.5)
         loads = []
         for proc in procs:

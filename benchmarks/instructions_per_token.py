@@ -35,18 +35,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import ROOT, command
-from bench_capacity import Load, one_stream, start_server, start_upstream
+from _benchlib import command
+from bench_capacity import Load, start_server, start_upstream, streams_in_turn
 
 
 def count(server: str, upstream: str, streams: int, tokens: int, rate: float, workdir: str) -> int:
     """Instructions ``server`` executed over ``streams`` streams (after a warm-up one)."""
-    kind, _, checkout = server.partition("@")
-    cwd = Path(checkout).resolve() if checkout else ROOT
-    out = Path(workdir) / f"{kind}-{len(list(Path(workdir).iterdir()))}"
+    out = Path(workdir) / f"server-{len(list(Path(workdir).iterdir()))}"
     valgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={out}", sys.executable)  # fmt: skip
-    srv = start_server(kind, upstream, None, python=valgrind, cwd=cwd)
+    srv = start_server(server, upstream, None, python=valgrind)
 
     def control(*args: str) -> None:
         subprocess.run(["callgrind_control", *args, str(srv.popen.pid)], check=True,
@@ -55,15 +53,10 @@ def count(server: str, upstream: str, streams: int, tokens: int, rate: float, wo
     try:
         host, port = srv.url.removeprefix("http://").rsplit(":", 1)
         load = Load(host, int(port), "/v1/stream", True, rate, start=0)  # every stream kept
-
-        async def run(n: int) -> None:
-            for _ in range(n):
-                await one_stream(load)
-
         control("--instr=on")
-        asyncio.run(run(1))
+        asyncio.run(streams_in_turn(load, 1))
         control("--zero")
-        asyncio.run(run(streams))
+        asyncio.run(streams_in_turn(load, streams))
         control("--dump")
         got = sum(s.tokens for s in load.streams)
         if got < (streams + 1) * tokens:
