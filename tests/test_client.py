@@ -348,13 +348,16 @@ async def test_retry_after_as_an_http_date_or_a_fraction(
     server: SSEServer, autojump_clock: trio.testing.MockClock, form: str
 ) -> None:
     # RFC 9110: Retry-After is delay-seconds or an HTTP-date (wall-clock time, 1 s resolution).
-    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=7)
+    # A whole second 7-8 s from now (the header has no fraction): the wait is that, less
+    # the wall time that passes before the client reads the header.
+    now = datetime.datetime.now(datetime.UTC)
+    when = now.replace(microsecond=0) + datetime.timedelta(seconds=8)
     value = email.utils.format_datetime(when, usegmt=True) if form == "http-date" else "6.5"
     server.plan.append(Conn(status=503, retry_after=value))
     backoff = Backoff(initial=0.5, maximum=0.5, jitter=False)
     assert await _collect(server.url, backoff=backoff) == EVENTS
     t0, t1 = (r.at for r in server.gets())
-    assert 6.0 <= t1 - t0 <= 7.0
+    assert 6.0 <= t1 - t0 <= 8.0
 
 
 def test_backoff_delay() -> None:

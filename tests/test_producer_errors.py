@@ -177,10 +177,40 @@ def _outcome(parse: Callable[[str], object], text: str) -> tuple[str, object]:
         return (type(exc).__name__, str(exc))
 
 
-@given(_JSON, st.sampled_from(["", " ", "\n", " \t"]), st.sampled_from(["", " ", "\r\n"]))
-def test_parse_json_gives_what_json_loads_gives(value: object, before: str, after: str) -> None:
-    text = before + json.dumps(value) + after
+@given(
+    _JSON,
+    st.sampled_from(["", " ", "\n", " \t"]),
+    st.sampled_from(["", " ", "\r\n"]),
+    st.booleans(),
+)
+def test_parse_json_gives_what_json_loads_gives(
+    value: object, before: str, after: str, ascii_only: bool
+) -> None:
+    # Integers of any size, floats (infinities: ``Infinity``), strings raw or escaped.
+    text = before + json.dumps(value, ensure_ascii=ascii_only) + after
     assert _outcome(parse_json, text) == _outcome(json.loads, text)
+    assert type(parse_json(text)) is type(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"\\ud800"',  # an escaped lone surrogate: json.loads keeps it
+        '"\\ud83d\\ude00"',  # an escaped pair: one character
+        "NaN",
+        "-Infinity",
+        "1e400",
+        "123456789012345678901234567890",
+        "-9223372036854775809",
+        "18446744073709551616",
+        '{"a": 1, "a": 2}',
+        "\ufeff{}",
+        '"a\x01b"',
+    ],
+)
+def test_parse_json_on_what_parsers_disagree_about(text: str) -> None:
+    got, want = _outcome(parse_json, text), _outcome(json.loads, text)
+    assert repr(got) == repr(want)
 
 
 @given(st.text(alphabet='{}[]":,0123456789.eE+-truefalsn \\\ufeff', max_size=30))

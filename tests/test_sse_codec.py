@@ -244,3 +244,53 @@ def test_chunks_of_one_whole_event_decode_as_the_same_stream_byte_by_byte(
     # decoder's shortcut: the same events (ids carried over, a pending event type or retry
     # field honoured) as the stream decoded one byte at a time.
     assert parse(*chunks) == parse_bytewise(b"".join(chunks))
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"data: a\n\n",
+                b"data:b\n\n",
+                b"data:  c\n\n",
+                b"data:\n\n",
+                b"data: x\ndata: y\n\n",
+                b"id: 7\n",
+                b"id: 8\ndata: d\n\n",
+                b"event: e\n",
+                b"retry: 10\n",
+                b": comment\n",
+                b"\n",
+                b"\xef\xbb\xbfdata: bom\n\n",
+                b"data: p",
+                b"art\n\n",
+                b"data: q\r",
+                b"\r",
+                b"\n\n",
+                b"\ndata: n\n",
+                b"data: \xc3",
+                b"\xa9\n\n",
+                b"data: \xff\n\n",
+            ]
+        ),
+        max_size=20,
+    )
+)
+def test_feed_single_takes_exactly_the_chunks_of_one_plain_event(chunks: list[bytes]) -> None:
+    # The producers' loop: ``feed_single`` first, ``feed`` when it declines. Together they
+    # give the events of the stream decoded byte by byte (a taken chunk is a "message" event
+    # whose id is the decoder's last event id), and ``feed_single`` declines every chunk that
+    # is not one event of one data line (it never takes part of one, or a chunk after a CR).
+    d = SSEDecoder()
+    out: list[SSEEvent] = []
+    for c in chunks:
+        single = d.feed_single(c)
+        if single is None:
+            out += d.feed(c)
+        else:
+            assert c.startswith(b"data:")
+            assert c.count(b"\n") == 2
+            assert c.endswith(b"\n\n")
+            out.append(SSEEvent(single, "message", d.last_event_id))
+    out += d.close()
+    assert out == parse_bytewise(b"".join(chunks))

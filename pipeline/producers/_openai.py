@@ -123,11 +123,11 @@ def _stream_error(error: object, secrets: Sequence[str | None], where: str) -> P
     return ProducerError(redact(text, secrets), retryable=retryable)
 
 
-def _loads(sse: SSEEvent, secrets: Sequence[str | None]) -> dict[str, Any]:
+def _loads(data: str, secrets: Sequence[str | None]) -> dict[str, Any]:
     try:
-        obj = parse_json(sse.data)
+        obj = parse_json(data)
     except ValueError as exc:
-        snippet = redact(sse.data, secrets, limit=SNIPPET_CHARS)
+        snippet = redact(data, secrets, limit=SNIPPET_CHARS)
         raise ProducerProtocolError(
             f"{PROVIDER}: malformed event data ({exc}): {snippet!r}", retryable=False
         ) from None
@@ -384,12 +384,15 @@ class _ChatParser(_EndAwareParser):
         self._meta = False
 
     def feed(self, sse: SSEEvent) -> Sequence[Event]:
+        return self.feed_data(sse.data)
+
+    def feed_data(self, data: str) -> Sequence[Event]:
         if self.ended:
             return ()
-        if sse.data == "[DONE]":
+        if data == "[DONE]":
             self.ended = True
             return ()
-        obj = _loads(sse, self._secrets)
+        obj = _loads(data, self._secrets)
         error = obj.get("error")
         if error:
             raise _stream_error(error, self._secrets, "error event in the stream")
@@ -529,7 +532,7 @@ class _ResponsesParser(_EndAwareParser):
     def feed(self, sse: SSEEvent) -> Sequence[Event]:
         if self.ended:
             return ()
-        obj = _loads(sse, self._secrets)
+        obj = _loads(sse.data, self._secrets)
         kind = obj.get("type") or sse.event
         if kind == "response.output_text.delta":
             delta = obj.get("delta")

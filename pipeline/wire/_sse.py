@@ -75,8 +75,35 @@ class SSEDecoder:
         self.retry: int | None = None
         self.closed = False
 
+    def feed_single(self, chunk: bytes) -> str | None:
+        """If ``chunk`` is exactly one whole event of one ``data`` line (no other field, no
+        CR) and nothing is pending, the usual chunk of a provider's stream: take it and return
+        its data, as :meth:`feed` would return it in an ``SSEEvent`` of type ``"message"``
+        with :attr:`last_event_id` as its id. Else ``None``, with nothing taken: pass the
+        chunk to :meth:`feed`. (No event object, no list: this is the per-token path.)"""
+        if not self._started or self._skip_lf or not self._whole or self.closed:
+            return None
+        if self._data or self._event or self._parts or self._pieces:
+            return None
+        if self._retry_seen is not None:
+            return None
+        if not (chunk.startswith(b"data:") and chunk.endswith(b"\n\n")):
+            return None
+        if chunk.count(b"\n") != 2 or b"\r" in chunk:
+            return None
+        try:
+            text = chunk.decode()
+        except UnicodeDecodeError:
+            return None
+        if self._id_set:
+            self.last_event_id = self._id_buffer
+        return text[6:-2] if text.startswith(" ", 5) else text[5:-2]
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse ``chunk``; return the events it completed, in order."""
+        single = self.feed_single(chunk)
+        if single is not None:
+            return [SSEEvent(single, "message", self.last_event_id, None)]
         if self.closed:
             raise RuntimeError("SSEDecoder.feed() after close()")
         text: str | None = None
@@ -100,20 +127,6 @@ class SSEDecoder:
             self._skip_lf = False
             if text.startswith("\n"):
                 text = text[1:]
-        if (
-            text.startswith("data:")
-            and text.endswith("\n\n")
-            and text.count("\n") == 2
-            and "\r" not in text
-            and not (self._parts or self._pieces or self._data or self._event)
-            and self._retry_seen is None
-        ):
-            # The usual chunk of a provider's stream: one whole event of one data line, and
-            # nothing pending. What the general path below makes of it, without its lines.
-            if self._id_set:
-                self.last_event_id = self._id_buffer
-            value = text[6:-2] if text.startswith(" ", 5) else text[5:-2]
-            return [SSEEvent(value, "message", self.last_event_id, None)]
         out: list[SSEEvent] = []
         if "\r" not in text:
             # The common case (LF line ends only): split once, no regular expression.

@@ -298,7 +298,11 @@ class StreamWriter:
             self.gone = True
             return False
         finally:
-            self._release()
+            # :meth:`_release`, inlined
+            self._waiting_since = None
+            self._writing = False
+            if self._waiting:  # someone is parked
+                self._waiting.unpark()
         self.last_write_seconds = self._now() - started
         self.bytes_written += len(data)
         self.on_direct_write(event)
