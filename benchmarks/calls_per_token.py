@@ -12,6 +12,11 @@ is one call), so this is a guide to where the frames are, not to CPU time.
 
     .venv/bin/python benchmarks/calls_per_token.py                  # 3 streams of 400 tokens
     .venv/bin/python benchmarks/calls_per_token.py --top 40
+    .venv/bin/python benchmarks/calls_per_token.py --opcodes --streams 2 --tokens 300
+
+``--opcodes`` counts the bytecodes each function executes instead (a ``sys.settrace`` hook
+with ``f_trace_opcodes``; each call or resumption counts one more): closer to the work done
+than a count of calls, and as repeatable, but the server runs tens of times slower.
 """
 
 from __future__ import annotations
@@ -39,35 +44,50 @@ SERVERS = ("llmpipe", "floor-httpx")
 Counts = dict[str, int]  # "function (file)" -> calls
 
 
-def _child(out: str, argv: list[str]) -> None:
-    """Run ``argv`` (``-m module args`` or ``script args``) counting calls; each SIGUSR1 writes
-    the counts so far to ``out``.N (N = 1, 2, ...)."""
+def _child(out: str, mode: str, argv: list[str]) -> None:
+    """Run ``argv`` (``-m module args`` or ``script args``) counting calls (``mode``
+    ``calls``) or bytecodes (``opcodes``); each SIGUSR1 writes the counts so far to ``out``.N
+    (N = 1, 2, ...)."""
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     snapshots = 0
 
-    def hook(frame: FrameType, event: str, arg: Any) -> None:
+    def on_call(frame: FrameType, event: str, arg: Any) -> None:
         if event == "call":
             code = frame.f_code
             counts[code.co_filename, code.co_name] += 1
 
+    def on_opcode(frame: FrameType, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        counts[code.co_filename, code.co_name] += 1
+        if event == "call":
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        return on_opcode
+
+    def install(on: bool) -> None:
+        if mode == "opcodes":
+            sys.settrace(on_opcode if on else None)
+        else:
+            sys.setprofile(on_call if on else None)
+
     def snapshot(signum: int, frame: object) -> None:
         nonlocal snapshots
-        sys.setprofile(None)  # the snapshot's own calls are not the server's
+        install(False)  # the snapshot's own calls are not the server's
         snapshots += 1
         data = {f"{name} ({_short(path)})": n for (path, name), n in list(counts.items())}
         Path(f"{out}.{snapshots}").write_text(json.dumps(data))
-        sys.setprofile(hook)
+        install(True)
 
     signal.signal(signal.SIGUSR1, snapshot)
     if argv[0] == "-m":  # as ``python -m``: the working directory first on the path
         sys.path.insert(0, os.getcwd())
         sys.argv = [argv[1], *argv[2:]]
-        sys.setprofile(hook)
+        install(True)
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:  # as ``python script``: the script's folder first
         sys.path.insert(0, str(Path(argv[0]).resolve().parent))
         sys.argv = argv
-        sys.setprofile(hook)
+        install(True)
         runpy.run_path(argv[0], run_name="__main__")
 
 
@@ -78,10 +98,13 @@ def _short(path: str) -> str:
     return Path(path).name
 
 
-def count(server: str, upstream: str, streams: int, tokens: int, workdir: str) -> Counts:
-    """Calls ``server`` made over ``streams`` streams (after a warm-up one)."""
+def count(
+    server: str, upstream: str, streams: int, tokens: int, workdir: str, mode: str = "calls"
+) -> Counts:
+    """Calls (or bytecodes, ``mode="opcodes"``) ``server`` made over ``streams`` streams (after
+    a warm-up one)."""
     out = os.path.join(workdir, server)
-    python = (sys.executable, __file__, "_child", out)
+    python = (sys.executable, __file__, "_child", out, mode)
     srv: Proc = start_server(server, upstream, None, python=python)
     try:
         host, port = srv.url.removeprefix("http://").rsplit(":", 1)
@@ -112,23 +135,30 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=400, help="per stream")
     parser.add_argument("--top", type=int, default=25, help="functions listed")
+    parser.add_argument(
+        "--opcodes", action="store_true", help="count bytecodes executed instead of calls"
+    )
     args = parser.parse_args()
+    mode = "opcodes" if args.opcodes else "calls"
+    unit = "bytecodes" if args.opcodes else "calls"
     up = start_upstream("stamped", args.tokens, 200.0, None)
     try:
         with tempfile.TemporaryDirectory() as workdir:
-            counts = {s: count(s, up.url, args.streams, args.tokens, workdir) for s in SERVERS}
+            counts = {
+                s: count(s, up.url, args.streams, args.tokens, workdir, mode) for s in SERVERS
+            }
     finally:
         up.popen.kill()
     total = args.streams * args.tokens
     print(f"`{command()}`: {args.streams} streams of {args.tokens} tokens, after a warm-up one")
     print()
-    print("| server | Python calls per token (stream set-up included) |")
+    print(f"| server | Python {unit} per token (stream set-up included) |")
     print("|---|---:|")
     for server in SERVERS:
         print(f"| {server} | {sum(counts[server].values()) / total:.1f} |")
     ours, floor = counts["llmpipe"], counts["floor-httpx"]
     print()
-    print("| calls per token: llmpipe | floor-httpx | function |")
+    print(f"| {unit} per token: llmpipe | floor-httpx | function |")
     print("|---:|---:|---|")
     keys = sorted(ours.keys() | floor.keys(), key=lambda k: floor.get(k, 0) - ours.get(k, 0))
     for key in keys[: args.top]:
@@ -136,7 +166,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["_child"]:  # _child OUT ARGV...: a server under the counter
-        _child(sys.argv[2], sys.argv[3:])
+    if sys.argv[1:2] == ["_child"]:  # _child OUT MODE ARGV...: a server under the counter
+        _child(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
         main()

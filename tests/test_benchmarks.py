@@ -115,6 +115,26 @@ def test_calls_per_token_counts_both_servers() -> None:
 
 
 @pytest.mark.timeout(150)
+def test_calls_per_token_counts_bytecodes_too() -> None:
+    """``--opcodes``: bytecodes per token, more than calls (every call executes several), with
+    llmpipe's own per-token functions in its table only."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/calls_per_token.py", "--opcodes", "--streams", "1",
+         "--tokens", "20", "--top", "80"],
+        cwd=ROOT, capture_output=True, text=True, timeout=140, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = dict(re.findall(r"^\| (llmpipe|floor-httpx) \| ([\d.]+) \|$", result.stdout, re.M))
+    assert set(rows) == {"llmpipe", "floor-httpx"}, result.stdout
+    assert all(float(v) > 1000 for v in rows.values()), rows
+    assert "bytecodes per token: llmpipe" in result.stdout
+    own = re.search(r"^\| ([\d.]+) \| ([\d.]+) \| `_fan_out \(pipeline", result.stdout, re.M)
+    assert own is not None, result.stdout
+    assert float(own.group(1)) > 10, result.stdout
+    assert float(own.group(2)) == 0, result.stdout
+
+
+@pytest.mark.timeout(150)
 def test_cpu_pair_measures_two_servers_in_one_window() -> None:
     """``benchmarks/cpu_pair.py`` runs two servers at once (the second one named as
     ``SERVER@DIR``, the form that compares two checkouts) and reports each one's CPU per token
