@@ -211,32 +211,42 @@ def test_any_bytes_in_any_chunking_decode_as_the_whole_replaced_text(
     assert parse(stream) == reference
 
 
-@given(
-    st.lists(
-        st.sampled_from(
-            [
-                b"data: a\n\n",
-                b"data:b\n\n",
-                b"data:  c\n\n",
-                b"data:\n\n",
-                b"data: [DONE]\n\n",
-                b"data: x\ndata: y\n\n",
-                b"id: 7\n",
-                b"id: 8\ndata: d\n\n",
-                b"event: e\n",
-                b"retry: 10\n",
-                b": comment\n",
-                b"\n",
-                b"data: p",
-                b"art\n\n",
-                b"data: q\r\n\r\n",
-                b"data: \xc3",
-                b"\xa9\n\n",
-            ]
-        ),
-        max_size=20,
-    )
+# Chunks as a provider's stream may cut it: whole events of one data line (the decoder's
+# shortcut), events of several lines or fields, fields pending across chunks, a line cut in
+# two, CR line ends (one ending a chunk), a BOM, a UTF-8 character cut in two or invalid.
+_CHUNKS = st.lists(
+    st.sampled_from(
+        [
+            b"data: a\n\n",
+            b"data:b\n\n",
+            b"data:  c\n\n",
+            b"data:\n\n",
+            b"data: [DONE]\n\n",
+            b"data: x\ndata: y\n\n",
+            b"id: 7\n",
+            b"id: 8\ndata: d\n\n",
+            b"event: e\n",
+            b"retry: 10\n",
+            b": comment\n",
+            b"\n",
+            b"\xef\xbb\xbfdata: bom\n\n",
+            b"data: p",
+            b"art\n\n",
+            b"data: q\r\n\r\n",
+            b"data: q\r",
+            b"\r",
+            b"\n\n",
+            b"\ndata: n\n",
+            b"data: \xc3",
+            b"\xa9\n\n",
+            b"data: \xff\n\n",
+        ]
+    ),
+    max_size=20,
 )
+
+
+@given(_CHUNKS)
 def test_chunks_of_one_whole_event_decode_as_the_same_stream_byte_by_byte(
     chunks: list[bytes],
 ) -> None:
@@ -246,36 +256,7 @@ def test_chunks_of_one_whole_event_decode_as_the_same_stream_byte_by_byte(
     assert parse(*chunks) == parse_bytewise(b"".join(chunks))
 
 
-@given(
-    st.lists(
-        st.sampled_from(
-            [
-                b"data: a\n\n",
-                b"data:b\n\n",
-                b"data:  c\n\n",
-                b"data:\n\n",
-                b"data: x\ndata: y\n\n",
-                b"id: 7\n",
-                b"id: 8\ndata: d\n\n",
-                b"event: e\n",
-                b"retry: 10\n",
-                b": comment\n",
-                b"\n",
-                b"\xef\xbb\xbfdata: bom\n\n",
-                b"data: p",
-                b"art\n\n",
-                b"data: q\r",
-                b"\r",
-                b"\n\n",
-                b"\ndata: n\n",
-                b"data: \xc3",
-                b"\xa9\n\n",
-                b"data: \xff\n\n",
-            ]
-        ),
-        max_size=20,
-    )
-)
+@given(_CHUNKS)
 def test_feed_single_takes_exactly_the_chunks_of_one_plain_event(chunks: list[bytes]) -> None:
     # The producers' loop: ``feed_single`` first, ``feed`` when it declines. Together they
     # give the events of the stream decoded byte by byte (a taken chunk is a "message" event
